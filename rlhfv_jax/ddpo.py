@@ -1,0 +1,277 @@
+r"""Dense Direct Preference Optimization (DDPO), the loss of RLHF-V (Yu et al., CVPR 2024).
+
+Notation follows the paper. A response y is split into corrected segments y_c (tokens a
+human labeler rewrote) and unchanged segments y_u. With per-token log-probs
+lp_t = log p(y_t | x, y_<t):
+
+  score(y) = (Σ_{t∈y_u} lp_t + γ Σ_{t∈y_c} lp_t) / N,   N = |y_u| + γ|y_c|      (paper, Eq. 4)
+  score(y) =  Σ_{t∈y_u} lp_t + γ Σ_{t∈y_c} lp_t                                 (released scripts)
+
+  h    = (score_π(y_w) − score_ref(y_w)) − (score_π(y_l) − score_ref(y_l))
+  loss = −log σ(β h)                                                          (Eq. 3, DPO form)
+
+y_w is the labeler-corrected ("chosen") answer, y_l the model's original ("rejected") one.
+The reference model is the frozen instruction-tuned model; only the policy trains.
+
+Everything here is a pure function of arrays, jit/pmap/grad-safe, and meant to be imported
+into notebooks as well as used by the trainer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhfv_jax.batch import PreferenceBatch, SFTBatch, TokenSequences
+
+# Named hyper-parameter sets. The paper's is the default everywhere.
+PAPER_HPARAMS = dict(gamma=5.0, beta=0.5, normalize=True)
+RLHFV_RELEASE_HPARAMS = dict(gamma=1.1, beta=0.1, normalize=False)
+
+LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
+
+Metrics = dict[str, jax.Array]
+
+
+class ApplyFn(Protocol):
+  """The model call the losses need (see `rlhfv_jax.model.make_apply_fn`)."""
+
+  def __call__(self, params: Any, input_ids: jax.Array, attention_mask: jax.Array,
+               pixel_values: Optional[jax.Array], sequences_per_image: int = 1) -> jax.Array:
+    """Returns logits [N, T, V]; sequence j of the N = k·B uses image j mod B."""
+
+
+def _at_least_f32(dtype) -> jnp.dtype:
+  # bf16/f16 are upcast; f64 (x64 mode, gradient checks) stays f64.
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def token_logps(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Log-probability of each target token: log softmax(logits)[targets].
+
+  Args:
+    logits: [B, T, V] in any float dtype; `logits[:, t]` predicts `targets[:, t]`.
+    targets: [B, T] int token ids (valid ids everywhere; padding is masked later).
+
+  Returns:
+    [B, T] log-probs in float32 (float64 for float64 logits). The softmax normaliser is
+    computed in at least float32, so bf16 logits lose nothing beyond their own rounding.
+  """
+  logits = logits.astype(_at_least_f32(logits.dtype))
+  log_normalizer = jax.nn.logsumexp(logits, axis=-1)
+  target_logits = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)
+  return target_logits[..., 0] - log_normalizer
+
+
+def _raise_if_empty(counts: np.ndarray) -> None:
+  empty = np.flatnonzero(np.asarray(counts) == 0)
+  if empty.size:
+    raise ValueError(
+        f"sequence_logps: example(s) at batch index {empty.tolist()} have an empty response "
+        "(loss_mask has no True entry); a response must contain at least one scored token.")
+
+
+def sequence_logps(token_logps: jax.Array, loss_mask: jax.Array, corrected_mask: jax.Array,
+                   gamma: float, normalize: bool = True) -> jax.Array:
+  r"""DDPO sequence score: corrected tokens weighted γ, unchanged tokens weighted 1.
+
+  normalize=True (the paper):  (Σ_u lp + γ Σ_c lp) / (|y_u| + γ|y_c|)
+  normalize=False (released RLHF-V scripts):  Σ_u lp + γ Σ_c lp
+
+  With γ = 1 and normalize=True this is length-normalised DPO's mean token log-prob.
+
+  Args:
+    token_logps: [B, T] per-token log-probs (from `token_logps`).
+    loss_mask: [B, T] bool, tokens of the response y.
+    corrected_mask: [B, T] bool, tokens in corrected segments y_c; must be ⊆ loss_mask.
+    gamma: weight γ of corrected tokens.
+    normalize: weighted mean (paper) or weighted sum (released scripts).
+
+  Returns:
+    [B] scores (float32, or float64 for float64 inputs).
+
+  Raises:
+    ValueError: if a response is empty. Checked eagerly on concrete inputs, and inside
+      jit/pmap through a host callback (the step then fails with this message instead of
+      silently training on NaN).
+  """
+  loss_mask = loss_mask.astype(bool)
+  corrected = jnp.logical_and(corrected_mask.astype(bool), loss_mask)
+  dtype = _at_least_f32(token_logps.dtype)
+  weights = loss_mask.astype(dtype) + (gamma - 1.0) * corrected.astype(dtype)
+  weighted_sum = jnp.sum(weights * token_logps.astype(dtype), axis=-1)
+
+  counts = jnp.sum(loss_mask, axis=-1)
+  if isinstance(counts, jax.core.Tracer):
+    jax.debug.callback(_raise_if_empty, counts)
+  else:
+    _raise_if_empty(counts)
+
+  if not normalize:
+    return weighted_sum
+  return weighted_sum / jnp.sum(weights, axis=-1)
+
+
+def preference_loss(policy_chosen: jax.Array, policy_rejected: jax.Array,
+                    ref_chosen: jax.Array, ref_rejected: jax.Array, beta: float,
+                    loss_type: str = "sigmoid",
+                    label_smoothing: float = 0.0) -> tuple[jax.Array, Metrics]:
+  r"""Per-example preference loss on sequence scores.
+
+  With h = (policy_chosen − ref_chosen) − (policy_rejected − ref_rejected) and ε the
+  label smoothing (the probability that a preference label is flipped):
+
+    sigmoid (DPO; with ε > 0, conservative DPO):  −(1−ε) log σ(βh) − ε log σ(−βh)
+    robust  (rDPO, unbiased under label noise):   (−(1−ε) log σ(βh) + ε log σ(−βh)) / (1−2ε)
+    ipo     (IPO, τ = β):                          (h − 1/(2β))²
+    hinge   (SLiC):                                max(0, 1 − βh)
+
+  Args:
+    policy_chosen, policy_rejected, ref_chosen, ref_rejected: [B] sequence scores.
+    beta: β > 0, the strength of the KL regularisation towards the reference.
+    loss_type: one of LOSS_TYPES.
+    label_smoothing: ε in [0, 0.5); only for "sigmoid" and "robust".
+
+  Returns:
+    (loss [B], metrics) where every metric is a [B] array: rewards/{chosen, rejected,
+    margin, accuracy} with reward = β(score_π − score_ref), and logps/{policy_chosen,
+    policy_rejected, ref_chosen, ref_rejected}.
+  """
+  if loss_type not in LOSS_TYPES:
+    raise ValueError(f"loss_type={loss_type!r}; expected one of {LOSS_TYPES}")
+  if not 0.0 <= label_smoothing < 0.5:
+    raise ValueError(f"label_smoothing={label_smoothing} must lie in [0, 0.5)")
+  if label_smoothing and loss_type not in ("sigmoid", "robust"):
+    raise ValueError(f"label_smoothing is only defined for 'sigmoid' and 'robust', not {loss_type!r}")
+  if beta <= 0:
+    raise ValueError(f"beta={beta} must be > 0")
+
+  chosen_logratio = policy_chosen - ref_chosen
+  rejected_logratio = policy_rejected - ref_rejected
+  h = chosen_logratio - rejected_logratio
+  eps = label_smoothing
+
+  if loss_type == "sigmoid":
+    loss = -(1 - eps) * jax.nn.log_sigmoid(beta * h) - eps * jax.nn.log_sigmoid(-beta * h)
+  elif loss_type == "robust":
+    loss = (-(1 - eps) * jax.nn.log_sigmoid(beta * h)
+            + eps * jax.nn.log_sigmoid(-beta * h)) / (1 - 2 * eps)
+  elif loss_type == "ipo":
+    loss = (h - 1 / (2 * beta)) ** 2
+  else:  # hinge
+    loss = jax.nn.relu(1 - beta * h)
+
+  chosen_reward = beta * jax.lax.stop_gradient(chosen_logratio)
+  rejected_reward = beta * jax.lax.stop_gradient(rejected_logratio)
+  metrics = {
+      "rewards/chosen": chosen_reward,
+      "rewards/rejected": rejected_reward,
+      "rewards/margin": chosen_reward - rejected_reward,
+      "rewards/accuracy": (chosen_reward > rejected_reward).astype(jnp.float32),
+      "logps/policy_chosen": jax.lax.stop_gradient(policy_chosen),
+      "logps/policy_rejected": jax.lax.stop_gradient(policy_rejected),
+      "logps/ref_chosen": jax.lax.stop_gradient(ref_chosen),
+      "logps/ref_rejected": jax.lax.stop_gradient(ref_rejected),
+  }
+  return loss, metrics
+
+
+def _get(config: Any, name: str, default: Any) -> Any:
+  if isinstance(config, Mapping):
+    return config.get(name, default)
+  return getattr(config, name, default)
+
+
+def _concat_sequences(a: TokenSequences, b: TokenSequences) -> TokenSequences:
+  return jax.tree.map(lambda x, y: jnp.concatenate([x, y], axis=0), a, b)
+
+
+def make_ddpo_loss(apply_fn: ApplyFn, config: Any) -> Callable[..., tuple[jax.Array, Metrics]]:
+  """Builds `ddpo_loss(policy_params, ref_params, batch) -> (loss, metrics)`.
+
+  Chosen and rejected answers go through the model in ONE forward pass of 2B sequences
+  that share each example's image (`sequences_per_image=2`, the image is encoded once).
+  The reference model runs under `stop_gradient`, unless the batch carries cached
+  reference log-probs (`batch.chosen.ref_token_logps`), in which case `ref_params` is
+  not used and may be None.
+
+  Args:
+    apply_fn: the model call, see `ApplyFn`.
+    config: mapping or ConfigDict with gamma, beta, normalize (default True: the paper),
+      loss_type (default "sigmoid"), label_smoothing (default 0).
+
+  Returns:
+    A pure function; `loss` is the batch mean and every metric a batch-mean scalar.
+  """
+  gamma = float(_get(config, "gamma", PAPER_HPARAMS["gamma"]))
+  beta = float(_get(config, "beta", PAPER_HPARAMS["beta"]))
+  normalize = bool(_get(config, "normalize", PAPER_HPARAMS["normalize"]))
+  loss_type = str(_get(config, "loss_type", "sigmoid"))
+  label_smoothing = float(_get(config, "label_smoothing", 0.0))
+  if gamma <= 0:
+    raise ValueError(f"ddpo.gamma={gamma} must be > 0 (the paper uses γ > 1, e.g. 5)")
+  # Fail at build time, not at the first step.
+  preference_loss(jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), beta, loss_type,
+                  label_smoothing)
+
+  def score(lps: jax.Array, tokens: TokenSequences) -> jax.Array:
+    return sequence_logps(lps, tokens.loss_mask, tokens.corrected_mask, gamma, normalize)
+
+  def both_token_logps(params: Any, tokens: TokenSequences, pixel_values: jax.Array) -> jax.Array:
+    logits = apply_fn(params, tokens.input_ids, tokens.attention_mask, pixel_values,
+                      sequences_per_image=2)
+    return token_logps(logits, tokens.targets)
+
+  def ddpo_loss(policy_params: Any, ref_params: Any,
+                batch: PreferenceBatch) -> tuple[jax.Array, Metrics]:
+    tokens = _concat_sequences(batch.chosen.replace(ref_token_logps=None),
+                               batch.rejected.replace(ref_token_logps=None))
+    policy_scores = score(both_token_logps(policy_params, tokens, batch.pixel_values), tokens)
+
+    if batch.chosen.ref_token_logps is not None:
+      ref_lps = jnp.concatenate([batch.chosen.ref_token_logps, batch.rejected.ref_token_logps])
+    elif ref_params is None:
+      raise ValueError("ddpo_loss: ref_params is None and the batch carries no cached "
+                       "reference log-probs (batch.chosen.ref_token_logps)")
+    else:
+      ref_lps = both_token_logps(ref_params, tokens, batch.pixel_values)
+    ref_scores = score(jax.lax.stop_gradient(ref_lps), tokens)
+
+    policy_chosen, policy_rejected = jnp.split(policy_scores, 2)
+    ref_chosen, ref_rejected = jnp.split(ref_scores, 2)
+    losses, metrics = preference_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
+                                      beta, loss_type, label_smoothing)
+    loss = jnp.mean(losses)
+    metrics = {k: jnp.mean(v) for k, v in metrics.items()}
+    metrics["loss"] = loss
+    return loss, metrics
+
+  return ddpo_loss
+
+
+def make_sft_loss(apply_fn: ApplyFn) -> Callable[..., tuple[jax.Array, Metrics]]:
+  """Builds `sft_loss(params, batch: SFTBatch) -> (loss, metrics)`: answer-token NLL.
+
+  The loss is the mean negative log-likelihood over all answer tokens of the batch
+  (token-weighted, as in LLaVA's SFT). Under pmap each device averages its own shard.
+  """
+
+  def sft_loss(params: Any, batch: SFTBatch) -> tuple[jax.Array, Metrics]:
+    tokens = batch.tokens
+    logits = apply_fn(params, tokens.input_ids, tokens.attention_mask, batch.pixel_values,
+                      sequences_per_image=1)
+    mask = tokens.loss_mask.astype(jnp.float32)
+    num_tokens = jnp.maximum(jnp.sum(mask), 1.0)
+    loss = -jnp.sum(token_logps(logits, tokens.targets) * mask) / num_tokens
+    correct = (jnp.argmax(logits, axis=-1) == tokens.targets).astype(jnp.float32)
+    metrics = {
+        "loss": loss,
+        "token_accuracy": jnp.sum(correct * mask) / num_tokens,
+        "num_tokens": jnp.sum(mask),
+    }
+    return loss, metrics
+
+  return sft_loss
