@@ -1,0 +1,76 @@
+"""TFDS builders: local dir -> array_record -> tfds.data_source, without TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from raw_files import GOOD_ROWS, image_bytes, rlhfv_row
+from rlhfv_jax.data import readers, tfds_builders
+from rlhfv_jax.data.records import ErrorLog, RecordError
+
+
+def test_rlhfv_parquet_round_trip_through_array_record(good_rlhfv_dir, tmp_path):
+  data_dir = tmp_path / "tfds"
+  builder = tfds_builders.prepare("rlhfv_parquet", source_dir=good_rlhfv_dir, data_dir=data_dir)
+  assert builder.info.file_format.value == "array_record"
+  assert list((data_dir / "rlhfv_parquet" / "1.0.0").glob("*.array_record*"))
+  source = tfds_builders.open_split("rlhfv_parquet", data_dir, "train")
+  expected = list(readers.read_rlhfv_parquet(good_rlhfv_dir, ErrorLog("raise")))
+  assert len(source) == 3
+  assert [source[i] for i in range(len(source))] == expected  # same order, every field
+  assert "tensorflow" not in sys.modules
+
+
+def test_jsonl_builders_keep_spans_and_make_one_split_per_file(make_jsonl_dir, tmp_path):
+  lines = [dict(id=f"j{i}", image=image_bytes(i), **f) for i, f in enumerate(GOOD_ROWS)]
+  lines[1]["segments"] = {"chosen": [], "rejected": [[30, 38]]}
+  make_jsonl_dir(lines[:2], split="train")
+  directory = make_jsonl_dir(lines[2:], split="test")
+  data_dir = tmp_path / "tfds"
+  tfds_builders.prepare("jsonl_preference", source_dir=directory, data_dir=data_dir)
+  train = tfds_builders.open_split("jsonl_preference", data_dir, "train")
+  test = tfds_builders.open_split("jsonl_preference", data_dir, "test")
+  assert [train[i].id for i in range(2)] == ["j0", "j1"] and test[0].id == "j2"
+  assert not train[0].has_spans and train[0].chosen_spans == ()
+  assert train[1].has_spans and train[1].rejected_spans == ((30, 38),)
+  assert train[1].chosen_spans == ()
+
+  sft_dir = tmp_path / "sft"
+  sft = [dict(id="s0", image=image_bytes(9), question="Q?", answer="A.")]
+  (sft_dir / "images").mkdir(parents=True)
+  (sft_dir / "images" / "s0.png").write_bytes(image_bytes(9))
+  (sft_dir / "train.jsonl").write_text(json.dumps(dict(sft[0], image="images/s0.png")))
+  tfds_builders.prepare("jsonl_sft", source_dir=sft_dir, data_dir=data_dir)
+  record = tfds_builders.open_split("jsonl_sft", data_dir, "train")[0]
+  assert (record.id, record.answer, record.image) == ("s0", "A.", image_bytes(9))
+  assert "tensorflow" not in sys.modules
+
+
+def test_vqav2_builder_skip_policy_lists_skipped_ids(make_vqav2_dir, tmp_path):
+  directory = make_vqav2_dir([(1, "What?", "dog"), (2, "Where?", "park"), (3, "Who?", "man")],
+                             missing_images=(2,))
+  run_dir = tmp_path / "run"
+  tfds_builders.prepare("vqav2", source_dir=directory, data_dir=tmp_path / "tfds",
+                        error_policy="skip", run_dir=run_dir)
+  source = tfds_builders.open_split("vqav2", tmp_path / "tfds", "val")
+  assert [source[i].answer for i in range(len(source))] == ["dog", "man"]
+  (line,) = (run_dir / "skipped_vqav2_val.jsonl").read_text().splitlines()
+  assert json.loads(line)["id"] == "2001"
+  assert "tensorflow" not in sys.modules
+
+
+def test_builder_fails_fast_on_a_bad_record(make_rlhfv_dir, tmp_path):
+  directory = make_rlhfv_dir([rlhfv_row(1, GOOD_ROWS[0]),
+                              rlhfv_row(2, GOOD_ROWS[1], image=b"\x89PNG broken")])
+  with pytest.raises(RecordError, match=r"record '2' .*undecodable image"):
+    tfds_builders.prepare("rlhfv_parquet", source_dir=directory, data_dir=tmp_path / "tfds")
+
+
+def test_unknown_dataset_and_missing_source_dir(tmp_path):
+  with pytest.raises(ValueError, match="unknown dataset"):
+    tfds_builders.prepare("coco", source_dir=tmp_path, data_dir=tmp_path)
+  with pytest.raises(ValueError, match="needs source_dir"):
+    tfds_builders.RlhfvParquet(data_dir=str(tmp_path)).download_and_prepare()
