@@ -1,0 +1,158 @@
+"""Batched autoregressive generation with a KV cache: greedy, temperature and top-p.
+
+Everything has a fixed shape, so one compilation serves every call with the same
+(batch, prompt length, max_new_tokens) and config; temperature and top_p are traced
+values (changing them does not recompile).
+
+Prompt padding: any side. Prompts are [N, P] with an attention mask; the cache holds
+P + max_new_tokens slots, the prompt is written at slots [0, P) with its padding
+masked out, and generated token i at slot P + i. RoPE positions count real tokens
+only (`cumsum(mask) - 1`, then prompt length + i), so left-, right- or even
+interior-padded prompts give the same result (HF `generate` expects left padding; a
+left-padded batch reproduces it exactly).
+
+Stopping: a row is finished after it emits an EOS token (which is kept in the
+output); later slots hold `pad_token_id`. The loop exits early once every row is
+finished.
+
+Example:
+  tokens = generate(params, cfg, input_ids, attention_mask, pixel_values,
+                    max_new_tokens=64, eos_token_id=2, pad_token_id=0,
+                    temperature=0.7, top_p=0.9, rng=jax.random.key(0))
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from rlhfv_jax.model import layers
+from rlhfv_jax.model import llama
+from rlhfv_jax.model import llava
+
+GenerateFn = Callable[..., jax.Array]
+
+
+def sample_tokens(logits: jax.Array, rng: jax.Array, temperature: jax.Array,
+                  top_p: jax.Array) -> jax.Array:
+  """Picks one token per row from logits [N, V].
+
+  temperature <= 0 is greedy (argmax). Otherwise samples from softmax(logits / T)
+  restricted to the nucleus: the most likely tokens whose cumulative probability
+  first reaches `top_p` (always at least the top token).
+  """
+  greedy = jnp.argmax(logits, axis=-1)
+  scaled = logits / jnp.maximum(temperature, 1e-6)
+  sorted_logits = jnp.sort(scaled, axis=-1)[:, ::-1]
+  sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
+  mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+  num_kept = jnp.sum(mass_before < top_p, axis=-1, keepdims=True).clip(min=1)
+  threshold = jnp.take_along_axis(sorted_logits, num_kept - 1, axis=-1)
+  nucleus = jnp.where(scaled >= threshold, scaled, -jnp.inf)
+  sampled = jax.random.categorical(rng, nucleus, axis=-1)
+  return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+
+
+def make_generate_fn(cfg: ml_collections.ConfigDict, *, max_new_tokens: int,
+                     eos_token_id: Union[int, Sequence[int]], pad_token_id: int,
+                     sequences_per_image: int = 1) -> GenerateFn:
+  """Builds `fn(params, input_ids, attention_mask, pixel_values, rng, temperature, top_p)`.
+
+  The returned function is jitted and returns tokens [N, max_new_tokens] int32.
+  `pixel_values` may be None for text-only prompts.
+  """
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  model = llava.Llava(cfg)
+  eos_ids = jnp.asarray([eos_token_id] if isinstance(eos_token_id, int) else eos_token_id,
+                        jnp.int32)
+
+  def generate_fn(params, input_ids, attention_mask, pixel_values, rng, temperature, top_p):
+    variables = {"params": params}
+    num_rows, prompt_len = input_ids.shape
+    attention_mask = attention_mask.astype(bool)
+    features = None
+    if pixel_values is not None:
+      features = model.apply(variables, pixel_values, method=llava.Llava.encode_images)
+    cache = llama.init_kv_cache(cfg, num_rows, prompt_len + max_new_tokens)
+    # Generated slots are real tokens; causality hides each one until it is written.
+    key_valid = jnp.concatenate(
+        [attention_mask, jnp.ones((num_rows, max_new_tokens), bool)], axis=1)
+    lengths = attention_mask.sum(axis=1).astype(jnp.int32)
+    last_real = prompt_len - 1 - jnp.argmax(attention_mask[:, ::-1], axis=1)
+    logits, cache = model.apply(
+        variables, input_ids, key_valid, features, sequences_per_image,
+        positions=layers.positions_from_mask(attention_mask), kv_cache=cache,
+        cache_index=0, logits_index=last_real, method=llava.Llava.decode)
+
+    def cond(state):
+      step, _, _, done, _, _ = state
+      return (step < max_new_tokens) & ~jnp.all(done)
+
+    def body(state):
+      step, logits, cache, done, tokens, rng = state
+      rng, step_rng = jax.random.split(rng)
+      token = sample_tokens(logits[:, -1], step_rng, temperature, top_p)
+      token = jnp.where(done, pad_token_id, token)
+      tokens = tokens.at[:, step].set(token)
+      done = done | jnp.isin(token, eos_ids)
+      logits, cache = model.apply(
+          variables, token[:, None], key_valid, None,
+          positions=(lengths + step)[:, None], kv_cache=cache,
+          cache_index=prompt_len + step, method=llava.Llava.decode)
+      return step + 1, logits, cache, done, tokens, rng
+
+    tokens = jnp.full((num_rows, max_new_tokens), pad_token_id, jnp.int32)
+    state = (jnp.int32(0), logits, cache, jnp.zeros((num_rows,), bool), tokens, rng)
+    return jax.lax.while_loop(cond, body, state)[4]
+
+  return jax.jit(generate_fn)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_generate_fn(cfg: ml_collections.FrozenConfigDict, max_new_tokens: int,
+                        eos_token_id: tuple[int, ...], pad_token_id: int,
+                        sequences_per_image: int) -> GenerateFn:
+  return make_generate_fn(cfg, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+                          pad_token_id=pad_token_id, sequences_per_image=sequences_per_image)
+
+
+def generate(params, cfg: ml_collections.ConfigDict, input_ids: jax.Array,
+             attention_mask: jax.Array, pixel_values: Optional[jax.Array], *,
+             max_new_tokens: int, eos_token_id: Union[int, Sequence[int]],
+             pad_token_id: int, temperature: float = 0.0, top_p: float = 1.0,
+             rng: Optional[jax.Array] = None, sequences_per_image: int = 1) -> jax.Array:
+  """Generates up to `max_new_tokens` tokens per prompt (see the module docstring).
+
+  Args:
+    params: `Llava(cfg)` parameters.
+    cfg: model config.
+    input_ids: [N, P] int32 prompts with expanded image placeholders, any padding side.
+    attention_mask: [N, P] bool, True for real prompt tokens.
+    pixel_values: [B, H, W, C] images with N = sequences_per_image * B (row j uses
+      image j % B), or None for text-only prompts.
+    max_new_tokens: number of output slots (static: a new value recompiles).
+    eos_token_id: id or ids that finish a row.
+    pad_token_id: fills the slots after a row's EOS.
+    temperature: 0 for greedy decoding, else the sampling temperature.
+    top_p: nucleus mass for sampling (1.0 = plain sampling).
+    rng: PRNG key; required when temperature > 0.
+    sequences_per_image: e.g. 4 to draw 4 samples per image from a tiled prompt batch.
+
+  Returns:
+    tokens [N, max_new_tokens] int32 (EOS included, then pad_token_id).
+  """
+  if temperature > 0 and rng is None:
+    raise ValueError("Sampling (temperature > 0) needs an rng key.")
+  if not 0.0 < top_p <= 1.0:
+    raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+  eos = (eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id)
+  fn = _cached_generate_fn(ml_collections.FrozenConfigDict(cfg), max_new_tokens, eos,
+                           pad_token_id, sequences_per_image)
+  rng = jax.random.key(0) if rng is None else rng
+  return fn(params, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, bool),
+            pixel_values, rng, jnp.float32(temperature), jnp.float32(top_p))

@@ -1,0 +1,107 @@
+"""Building blocks shared by the vision tower and the decoder: activations, RMSNorm,
+rotary embeddings and attention masks."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def _quick_gelu(x: jax.Array) -> jax.Array:
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    # HF "gelu" is the exact erf form; "gelu_new"/"gelu_pytorch_tanh" the tanh one.
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "quick_gelu": _quick_gelu,  # OpenAI CLIP.
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "relu": jax.nn.relu,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  """The activation function HF's `ACT2FN[name]` computes."""
+  try:
+    return _ACTIVATIONS[name]
+  except KeyError:
+    raise ValueError(f"Unknown activation {name!r}; known: {sorted(_ACTIVATIONS)}") from None
+
+
+class RMSNorm(nn.Module):
+  """Llama RMSNorm: normalizes in float32, casts back, then scales (as HF does)."""
+
+  eps: float
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return scale.astype(self.dtype) * normed.astype(self.dtype)
+
+
+def rope_cos_sin(positions: jax.Array, head_dim: int,
+                 theta: float) -> tuple[jax.Array, jax.Array]:
+  """Rotary tables for integer `positions` [N, T] -> cos, sin [N, T, head_dim] (f32).
+
+  Uses the "rotate half" layout of HF Llama checkpoints: frequency i drives both
+  channel i and channel i + head_dim/2.
+  """
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+  angles = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotates `x` [N, T, heads, head_dim] by the tables from `rope_cos_sin`."""
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+  out = x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin
+  return out.astype(x.dtype)
+
+
+def causal_attention_mask(query_slots: jax.Array, key_valid: jax.Array,
+                          query_segment_ids: Optional[jax.Array] = None,
+                          key_segment_ids: Optional[jax.Array] = None) -> jax.Array:
+  """Boolean mask [N, 1, T, S] for `jax.nn.dot_product_attention`.
+
+  Key slot s is visible from query t iff the key is a real token, s <= query slot t
+  (causality in slot order, i.e. storage order, which for a KV cache is the order
+  tokens were written), and both lie in the same segment when segments are given
+  (sequence packing).
+
+  Args:
+    query_slots: [N, T] or [T] int, the key-slot index each query occupies.
+    key_valid: [N, S] bool, False for padding keys.
+    query_segment_ids: optional [N, T] int segment ids of the queries.
+    key_segment_ids: optional [N, S] int segment ids of the keys.
+  """
+  num_keys = key_valid.shape[-1]
+  query_slots = jnp.broadcast_to(query_slots, (key_valid.shape[0],) + query_slots.shape[-1:])
+  key_slots = jnp.arange(num_keys, dtype=query_slots.dtype)
+  mask = key_slots[None, None, :] <= query_slots[:, :, None]
+  mask &= key_valid[:, None, :].astype(bool)
+  if query_segment_ids is not None:
+    mask &= query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
+  return mask[:, None, :, :]
+
+
+def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
+  """RoPE positions 0, 1, ... over the real tokens of each row (any padding side).
+
+  Padding slots get the position of the last real token before them (0 if none);
+  their outputs are never used.
+  """
+  return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)

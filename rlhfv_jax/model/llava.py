@@ -1,0 +1,205 @@
+"""The LLaVA-1.5-style multimodal LLM: CLIP tower -> projector -> spliced into Llama.
+
+Image placeholders: the data pipeline expands each `<image>` into
+`num_image_tokens(cfg)` copies of `cfg.image_token_id` (as transformers 5's
+`LlavaProcessor` does); the k-th placeholder of a row receives the k-th feature
+vector of that row's image. A row must hold either 0 placeholders (text-only row) or
+exactly `num_image_tokens(cfg)`. Shapes are static, so the check is done where it can
+be: with concrete (non-traced) `input_ids` a mismatch raises ValueError naming the
+rows; under `jax.jit` the offending rows' embeddings become NaN so the loss is NaN
+instead of silently wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from rlhfv_jax.model import config as config_lib
+from rlhfv_jax.model import layers
+from rlhfv_jax.model import llama
+from rlhfv_jax.model import vision
+
+ApplyFn = Callable[..., jax.Array]
+
+
+def _check_placeholder_counts(input_ids, num_tokens: int) -> None:
+  """Eagerly validates per-row image placeholder counts when `input_ids` is concrete."""
+  if isinstance(input_ids, jax.core.Tracer):
+    return
+  counts = np.asarray(input_ids).sum(axis=1)
+  bad = np.nonzero((counts != 0) & (counts != num_tokens))[0]
+  if bad.size:
+    raise ValueError(
+        f"Rows {bad.tolist()} hold {counts[bad].tolist()} image placeholder tokens; each "
+        f"row needs 0 or exactly num_image_tokens={num_tokens} (expand `<image>` first).")
+
+
+def merge_image_features(inputs_embeds: jax.Array, is_image_token: jax.Array,
+                         image_features: jax.Array) -> jax.Array:
+  """Replaces the placeholder embeddings of each row by its image features, in order.
+
+  Args:
+    inputs_embeds: [N, T, D] token embeddings.
+    is_image_token: [N, T] bool, True at placeholder positions.
+    image_features: [N, n, D] features of each row's image.
+
+  Returns:
+    [N, T, D] embeddings; rows whose placeholder count is neither 0 nor n are NaN.
+  """
+  num_tokens = image_features.shape[1]
+  _check_placeholder_counts(is_image_token, num_tokens)
+  feature_index = jnp.clip(jnp.cumsum(is_image_token, axis=1) - 1, 0, num_tokens - 1)
+  gathered = jnp.take_along_axis(image_features, feature_index[..., None], axis=1)
+  merged = jnp.where(is_image_token[..., None], gathered.astype(inputs_embeds.dtype),
+                     inputs_embeds)
+  count = is_image_token.sum(axis=1)
+  bad_row = (count != 0) & (count != num_tokens)
+  return jnp.where(bad_row[:, None, None], jnp.nan, merged)
+
+
+class Llava(nn.Module):
+  """LLaVA-1.5 MLLM. Parameter tree mirrors HF `LlavaForConditionalGeneration`:
+  `vision_tower`, `multi_modal_projector`, `language_model` and (untied) `lm_head`.
+
+  Attributes:
+    cfg: model config (see `rlhfv_jax.model.config`); stored frozen.
+  """
+
+  cfg: ml_collections.ConfigDict
+
+  def __post_init__(self):
+    if not isinstance(self.cfg, ml_collections.FrozenConfigDict):
+      config_lib.validate_config(self.cfg)
+      object.__setattr__(self, "cfg", ml_collections.FrozenConfigDict(self.cfg))
+    super().__post_init__()
+
+  def setup(self):
+    self.vision_tower = vision.ClipVisionTower(self.cfg)
+    self.multi_modal_projector = vision.MultiModalProjector(self.cfg)
+    self.language_model = llama.LlamaModel(self.cfg)
+    if not self.cfg.text.tie_word_embeddings:
+      self.lm_head = nn.Dense(self.cfg.text.vocab_size, use_bias=False,
+                              dtype=jnp.dtype(self.cfg.dtype),
+                              param_dtype=jnp.dtype(self.cfg.param_dtype))
+
+  def encode_images(self, pixel_values: jax.Array) -> jax.Array:
+    """[B, H, W, C] NHWC pixels -> [B, num_image_tokens, text_hidden] features."""
+    features = self.vision_tower(pixel_values)
+    if self.cfg.vision.feature_select_strategy == "default":
+      features = features[:, 1:]  # Drop CLS.
+    return self.multi_modal_projector(features)
+
+  def decode(self, input_ids: jax.Array, attention_mask: jax.Array,
+             image_features: Optional[jax.Array] = None, sequences_per_image: int = 1, *,
+             positions: Optional[jax.Array] = None, segment_ids: Optional[jax.Array] = None,
+             kv_cache: Optional[llama.KVCache] = None, cache_index: jax.Array | int = 0,
+             logits_index: Optional[jax.Array] = None):
+    """Runs the decoder on tokens with image features spliced in.
+
+    Args:
+      input_ids: [N, T] int32 token ids with expanded image placeholders.
+      attention_mask: [N, T] bool, True for real tokens. With `kv_cache` it is instead
+        [N, S], True for cache slots holding (or about to hold) real tokens.
+      image_features: optional [B, n, D] from `encode_images`, N = sequences_per_image * B;
+        row j uses image j % B.
+      sequences_per_image: how many consecutive blocks of B rows share the images.
+      positions: [N, T] RoPE positions; default `cumsum(attention_mask) - 1`, which is
+        right for any padding side. Required with `segment_ids` or `kv_cache`.
+      segment_ids: optional [N, T] int; tokens attend only within their segment
+        (sequence packing; padding must still be False in `attention_mask`).
+      kv_cache: optional cache from `llama.init_kv_cache`; the T tokens are written at
+        slots `cache_index ...` and attend to all valid earlier slots.
+      cache_index: write slot of the first of the T tokens.
+      logits_index: optional [N] int; if given, logits are computed only at time
+        index `logits_index[j]` of row j (shape [N, 1, V]), e.g. a prompt's last token.
+
+    Returns:
+      logits [N, T, V] float32, or (logits, updated cache) when `kv_cache` is given.
+    """
+    cfg = self.cfg
+    embeds = self.language_model.embed_tokens(input_ids)
+    if image_features is not None:
+      if image_features.shape[0] * sequences_per_image != input_ids.shape[0]:
+        raise ValueError(
+            f"{input_ids.shape[0]} sequences do not match {image_features.shape[0]} images "
+            f"x sequences_per_image={sequences_per_image}")
+      tiled = jnp.concatenate([image_features] * sequences_per_image, axis=0)
+      embeds = merge_image_features(embeds, input_ids == cfg.image_token_id, tiled)
+    num_new = input_ids.shape[1]
+    if kv_cache is None:
+      if segment_ids is not None and positions is None:
+        raise ValueError("Packed sequences (segment_ids) need explicit positions.")
+      if positions is None:
+        positions = layers.positions_from_mask(attention_mask)
+      query_slots = jnp.arange(num_new)
+      key_segments = segment_ids
+    else:
+      if positions is None or segment_ids is not None:
+        raise ValueError("KV-cache decoding needs explicit positions and no segment_ids.")
+      query_slots = cache_index + jnp.arange(num_new)
+      key_segments = None
+    mask = layers.causal_attention_mask(query_slots, attention_mask, segment_ids, key_segments)
+    hidden, new_cache = self.language_model(embeds, positions, mask, kv_cache, cache_index)
+    if logits_index is not None:
+      hidden = jnp.take_along_axis(hidden, logits_index[:, None, None], axis=1)
+    if cfg.text.tie_word_embeddings:
+      logits = self.language_model.embed_tokens.attend(hidden)
+    else:
+      logits = self.lm_head(hidden)
+    logits = logits.astype(jnp.float32)
+    return logits if kv_cache is None else (logits, new_cache)
+
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+               pixel_values: Optional[jax.Array] = None, sequences_per_image: int = 1, *,
+               positions: Optional[jax.Array] = None,
+               segment_ids: Optional[jax.Array] = None) -> jax.Array:
+    """Logits [N, T, V] float32 for N = sequences_per_image * B sequences.
+
+    Each of the B images in `pixel_values` [B, H, W, C] is encoded once; sequence j
+    uses image j % B. Without `pixel_values`, placeholder ids are embedded as tokens.
+    """
+    features = None if pixel_values is None else self.encode_images(pixel_values)
+    return self.decode(input_ids, attention_mask, features, sequences_per_image,
+                       positions=positions, segment_ids=segment_ids)
+
+
+def _dummy_inputs(cfg: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array, jax.Array]:
+  n = config_lib.num_image_tokens(cfg)
+  input_ids = jnp.full((1, n + 1), cfg.image_token_id, jnp.int32).at[0, 0].set(cfg.bos_token_id)
+  pixels = jnp.zeros((1, cfg.vision.image_size, cfg.vision.image_size,
+                      cfg.vision.num_channels), jnp.float32)
+  return input_ids, jnp.ones_like(input_ids, bool), pixels
+
+
+def init_params(cfg: ml_collections.ConfigDict, rng: jax.Array):
+  """Random parameters (a plain nested dict of `param_dtype` arrays)."""
+  model = Llava(cfg)
+  return jax.jit(lambda r: model.init(r, *_dummy_inputs(cfg))["params"])(rng)
+
+
+def param_shapes(cfg: ml_collections.ConfigDict):
+  """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating anything."""
+  model = Llava(cfg)
+  return jax.eval_shape(lambda r: model.init(r, *_dummy_inputs(cfg))["params"],
+                        jax.random.key(0))
+
+
+def make_apply_fn(cfg: ml_collections.ConfigDict) -> ApplyFn:
+  """`apply_fn(params, input_ids, attention_mask, pixel_values, sequences_per_image=1)`.
+
+  Returns logits [N, T, V] float32 (see `Llava.__call__`); not jitted, the caller
+  jits the step that uses it. `sequences_per_image` must be a Python int.
+  """
+  model = Llava(cfg)
+
+  def apply_fn(params, input_ids, attention_mask, pixel_values, sequences_per_image=1):
+    return model.apply({"params": params}, input_ids, attention_mask, pixel_values,
+                       sequences_per_image)
+
+  return apply_fn
