@@ -1,0 +1,308 @@
+"""Records -> `PreferenceBatch` / `SFTBatch`: tokenization, masks, buckets, the grain loader.
+
+Per example (`tokenize_record`):
+  prompt ids = the chat template with image ids spliced (see `tokenizer`), and for each
+  answer its response ids y and a corrected flag per token: from the record's explicit
+  character spans if it has them, else from `segments.correction_masks(rejected, chosen,
+  mode, min_match)` (all False for SFT answers).
+
+Per sequence (`pack_sequence`), in the layout of `rlhfv_jax.batch`:
+  ids = prompt + y + [EOS], right-padded to the bucket length T; targets = ids shifted
+  left; loss_mask covers y and the EOS; corrected_mask ⊆ loss_mask (the EOS is never
+  corrected). Truncation only ever cuts the answer, from its end: if prompt + y + EOS
+  exceeds the largest bucket, y is cut to fit and the EOS is dropped (a cut answer must
+  not teach the model to stop there). A prompt that leaves no room for a single answer
+  token is an error, or is skipped and listed under the "skip" error policy; image
+  tokens and the prompt are never cut.
+
+Buckets: a global batch uses the smallest configured length that holds its longest
+example (the largest one if none does), so the train step compiles once per bucket.
+Chosen and rejected are padded to the same length (the loss concatenates them).
+
+Loader (`Loader`, grain): source indices are shuffled per epoch from `seed` (grain's
+index shuffle, a new permutation each epoch), repeated for `num_epochs` (None =
+forever), tokenized in a thread pool, filtered (prompt too long), grouped into *global*
+batches, and each process keeps the contiguous slice
+``[process_index * B/P, (process_index + 1) * B/P)`` of every global batch. Every process
+tokenizes the whole global batch (cheap text work) so all of them pick the same bucket,
+and decodes only its own images. So the concatenated host batches of a P-process run
+equal, example for example and in order, the batch of a single-process run with the same
+global batch size. Augmentation draws from (seed, epoch, source index), so it does not
+depend on the process layout either. The iterator is a grain `DatasetIterator`:
+`get_state()` / `set_state()` give a small dict to checkpoint and exact resumption.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+from typing import Any, Callable, Optional, Sequence, Union
+
+import grain
+import jax
+import numpy as np
+
+from rlhfv_jax import segments
+from rlhfv_jax.batch import PreferenceBatch, SFTBatch, TokenSequences
+from rlhfv_jax.data.images import ImagePreprocessor, augmentation_rng
+from rlhfv_jax.data.records import ErrorLog, PreferenceRecord, Record, RecordError, SFTRecord
+from rlhfv_jax.data.tokenizer import ChatTemplate
+
+KINDS = ("preference", "sft")
+Batch = Union[PreferenceBatch, SFTBatch]
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+  """One response: its token ids y (no EOS) and which of them are corrected."""
+
+  ids: np.ndarray        # [n] int32
+  corrected: np.ndarray  # [n] bool
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizedExample:
+  """A record after tokenization; the image stays encoded until its host decodes it."""
+
+  id: str
+  index: int   # position in the source split
+  epoch: int
+  image: bytes
+  prompt_ids: np.ndarray  # [P] int32, BOS and image ids included
+  answers: dict[str, Answer]  # "chosen"/"rejected" or "tokens"
+
+  @property
+  def required_length(self) -> int:
+    """Tokens needed to hold the prompt and the longest answer with its EOS, untruncated."""
+    return len(self.prompt_ids) + max(len(a.ids) for a in self.answers.values()) + 1
+
+
+def spans_to_token_mask(offsets: Sequence[tuple[int, int]],
+                        spans: Sequence[tuple[int, int]]) -> np.ndarray:
+  """True for each token whose character range [start, end) overlaps a span."""
+  mask = np.zeros(len(offsets), dtype=bool)
+  for k, (start, end) in enumerate(offsets):
+    mask[k] = any(start < span_end and span_start < end for span_start, span_end in spans)
+  return mask
+
+
+def tokenize_record(record: Record, template: ChatTemplate, *, segment_mode: str = "paper",
+                    min_match: int = 3, index: int = 0, epoch: int = 0) -> TokenizedExample:
+  """Tokenizes a record and computes the corrected flags of its answers (module docstring)."""
+  prompt_ids = np.asarray(template.encode_prompt(record.question), np.int32)
+  if isinstance(record, PreferenceRecord):
+    if record.has_spans:
+      tok = template.tokenizer
+      chosen_ids, chosen_offsets = tok.encode_with_offsets(record.chosen)
+      rejected_ids, rejected_offsets = tok.encode_with_offsets(record.rejected)
+      chosen_corrected = spans_to_token_mask(chosen_offsets, record.chosen_spans)
+      rejected_corrected = spans_to_token_mask(rejected_offsets, record.rejected_spans)
+    else:
+      chosen_ids = template.encode_answer(record.chosen)
+      rejected_ids = template.encode_answer(record.rejected)
+      rejected_corrected, chosen_corrected = segments.correction_masks(
+          rejected_ids, chosen_ids, mode=segment_mode, min_match=min_match)
+    answers = {"chosen": Answer(np.asarray(chosen_ids, np.int32), chosen_corrected),
+               "rejected": Answer(np.asarray(rejected_ids, np.int32), rejected_corrected)}
+  elif isinstance(record, SFTRecord):
+    ids = np.asarray(template.encode_answer(record.answer), np.int32)
+    answers = {"tokens": Answer(ids, np.zeros(len(ids), bool))}
+  else:
+    raise TypeError(f"record {getattr(record, 'id', '?')!r}: unsupported type {type(record)}")
+  return TokenizedExample(id=record.id, index=index, epoch=epoch, image=record.image,
+                          prompt_ids=prompt_ids, answers=answers)
+
+
+def check_prompt_fits(example: TokenizedExample, max_length: int) -> None:
+  """Raises `RecordError` if the prompt leaves no room for one answer token."""
+  if len(example.prompt_ids) + 1 > max_length:
+    raise RecordError(example.id, f"prompt of {len(example.prompt_ids)} tokens (image tokens "
+                      f"included) leaves no room for the answer in the largest bucket "
+                      f"({max_length}); prompts are never truncated", f"index {example.index}")
+
+
+def answer_positions(prompt_length: int, answer_length: int, length: int) -> slice:
+  """Target positions scored for an answer of `answer_length` ids (+EOS) after truncation."""
+  scored = min(answer_length + 1, length - prompt_length)
+  return slice(prompt_length - 1, prompt_length - 1 + scored)
+
+
+def pack_sequence(prompt_ids: np.ndarray, answer: Answer, length: int, *, eos_id: int,
+                  pad_id: int) -> dict[str, np.ndarray]:
+  """One row of a `TokenSequences` (see the module docstring for truncation).
+
+  Returns:
+    dict of [length] arrays: input_ids, attention_mask, targets, loss_mask, corrected_mask.
+  """
+  prompt_length = len(prompt_ids)
+  if prompt_length + 1 > length:
+    raise ValueError(f"prompt of {prompt_length} tokens does not fit length {length}")
+  room = length - prompt_length
+  if len(answer.ids) + 1 <= room:
+    response = np.concatenate([answer.ids, [eos_id]])
+    corrected = np.concatenate([answer.corrected, [False]])
+  else:  # truncated: keep what fits, drop the EOS
+    response, corrected = answer.ids[:room], answer.corrected[:room]
+  ids = np.concatenate([prompt_ids, response]).astype(np.int32)
+  n = len(ids)
+  input_ids = np.full(length, pad_id, np.int32)
+  input_ids[:n] = ids
+  targets = np.full(length, pad_id, np.int32)
+  targets[:n - 1] = ids[1:]
+  scored = answer_positions(prompt_length, len(answer.ids), length)
+  loss_mask = np.zeros(length, bool)
+  loss_mask[scored] = True
+  corrected_mask = np.zeros(length, bool)
+  corrected_mask[scored] = corrected
+  return dict(input_ids=input_ids, attention_mask=np.arange(length) < n, targets=targets,
+              loss_mask=loss_mask, corrected_mask=corrected_mask)
+
+
+def choose_bucket(required_length: int, buckets: Sequence[int]) -> int:
+  """The smallest bucket >= `required_length`, else the largest (answers get truncated)."""
+  fitting = [b for b in buckets if b >= required_length]
+  return min(fitting) if fitting else max(buckets)
+
+
+RefLookup = Callable[[str, str, int], np.ndarray]  # (example id, answer name, n scored) -> [n]
+
+
+def assemble_batch(examples: Sequence[TokenizedExample], pixel_values: np.ndarray, length: int,
+                   *, eos_id: int, pad_id: int, ref_lookup: Optional[RefLookup] = None
+                   ) -> Batch:
+  """Packs tokenized examples into a `PreferenceBatch` or `SFTBatch` of sequence `length`.
+
+  Args:
+    examples: the host's examples, all of one kind.
+    pixel_values: [B, H, W, 3] float32, image b belongs to examples[b].
+    length: the bucket length T.
+    eos_id, pad_id: special token ids.
+    ref_lookup: if given, fills `ref_token_logps` from the reference cache.
+  """
+  names = list(examples[0].answers)
+  sequences = {}
+  for name in names:
+    rows = [pack_sequence(e.prompt_ids, e.answers[name], length, eos_id=eos_id, pad_id=pad_id)
+            for e in examples]
+    fields = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    if ref_lookup is not None:
+      ref = np.zeros((len(examples), length), np.float32)
+      for b, e in enumerate(examples):
+        scored = answer_positions(len(e.prompt_ids), len(e.answers[name].ids), length)
+        ref[b, scored] = ref_lookup(e.id, name, scored.stop - scored.start)
+      fields["ref_token_logps"] = ref
+    sequences[name] = TokenSequences(**fields)
+  if names == ["tokens"]:
+    return SFTBatch(pixel_values=pixel_values, tokens=sequences["tokens"])
+  return PreferenceBatch(pixel_values=pixel_values, chosen=sequences["chosen"],
+                         rejected=sequences["rejected"])
+
+
+def split_for_devices(batch: Any, num_devices: int) -> Any:
+  """Reshapes every [B, ...] leaf to [num_devices, B / num_devices, ...] for `jax.pmap`."""
+  def split(x):
+    if x.shape[0] % num_devices:
+      raise ValueError(f"batch of {x.shape[0]} examples does not split over {num_devices} "
+                       "devices; make the per-host batch size a multiple of the device count")
+    return x.reshape(num_devices, x.shape[0] // num_devices, *x.shape[1:])
+  return jax.tree.map(split, batch)
+
+
+class Loader:
+  """Deterministic, resumable, per-process sharded batches (module docstring).
+
+  Iterating gives a grain `DatasetIterator` of `PreferenceBatch`/`SFTBatch` (numpy
+  leaves) whose `get_state()`/`set_state()` checkpoint the position exactly.
+  """
+
+  def __init__(self, source: Any, template: ChatTemplate, preprocessor: ImagePreprocessor, *,
+               global_batch_size: int, buckets: Sequence[int], seed: int = 0,
+               num_epochs: Optional[int] = None, shuffle: bool = True,
+               process_index: int = 0, process_count: int = 1,
+               segment_mode: str = "paper", min_match: int = 3,
+               errors: Optional[ErrorLog] = None,
+               ref_lookup: Optional[RefLookup] = None, num_threads: int = 4):
+    """Args:
+      source: random-access records (`tfds_builders.RecordSource` or any sequence).
+      template: chat template with the tokenizer and `num_image_tokens`.
+      preprocessor: image processor with the augmentation policy.
+      global_batch_size: examples per step over all processes.
+      buckets: allowed sequence lengths.
+      seed: shuffle and augmentation seed.
+      num_epochs: passes over the data; None repeats forever.
+      shuffle: False keeps the source order (evaluation, reference pass).
+      process_index, process_count: this process and how many share the batch
+        (`jax.process_index()`, `jax.process_count()` in training).
+      segment_mode, min_match: `segments.correction_masks` settings.
+      errors: error policy for examples whose prompt is too long (default: raise).
+      ref_lookup: reference log-prob lookup (`ref_cache.ReferenceCache.lookup`) or None.
+      num_threads: threads for tokenization and image decoding.
+    """
+    if not buckets or any(int(b) < 2 for b in buckets):
+      raise ValueError(f"buckets={tuple(buckets)}: need at least one length >= 2")
+    if global_batch_size % process_count:
+      raise ValueError(f"global batch size {global_batch_size} is not divisible by "
+                       f"{process_count} processes")
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+    if len(source) == 0:
+      raise ValueError(f"empty data source {source!r}")
+    self.source = source
+    self.template = template
+    self.preprocessor = preprocessor
+    self.global_batch_size = global_batch_size
+    self.host_batch_size = global_batch_size // process_count
+    self.buckets = tuple(sorted(int(b) for b in buckets))
+    self.seed = seed
+    self.num_epochs = num_epochs
+    self.shuffle = shuffle
+    self.process_index = process_index
+    self.segment_mode = segment_mode
+    self.min_match = min_match
+    self.errors = errors if errors is not None else ErrorLog("raise")
+    self.ref_lookup = ref_lookup
+    self.num_threads = num_threads
+    self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=num_threads)
+
+  def _tokenize(self, position: int, index: int) -> TokenizedExample:
+    epoch = position // len(self.source)
+    return tokenize_record(self.source[index], self.template, segment_mode=self.segment_mode,
+                           min_match=self.min_match, index=int(index), epoch=epoch)
+
+  def _prompt_fits(self, example: TokenizedExample) -> bool:
+    try:
+      check_prompt_fits(example, self.buckets[-1])
+    except RecordError as e:
+      self.errors.handle(e)  # raises under the "raise" policy
+      return False
+    return True
+
+  def _image(self, example: TokenizedExample) -> np.ndarray:
+    rng = augmentation_rng(self.seed, example.epoch, example.index)
+    return self.preprocessor(example.image, rng)
+
+  def host_batch(self, global_examples: Sequence[TokenizedExample]) -> Batch:
+    """This process's slice of a global batch, padded to the global batch's bucket."""
+    length = choose_bucket(max(e.required_length for e in global_examples), self.buckets)
+    start = self.process_index * self.host_batch_size
+    own = global_examples[start:start + self.host_batch_size]
+    pixel_values = np.stack(list(self._pool.map(self._image, own)))
+    tok = self.template.tokenizer
+    return assemble_batch(own, pixel_values, length, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                          ref_lookup=self.ref_lookup)
+
+  def dataset(self) -> grain.IterDataset:
+    """The grain pipeline (see the module docstring)."""
+    indices = grain.MapDataset.range(len(self.source))
+    if self.shuffle:
+      indices = indices.shuffle(seed=self.seed)
+    indices = indices.repeat(self.num_epochs)
+    examples = indices.map_with_index(self._tokenize).to_iter_dataset(
+        grain.ReadOptions(num_threads=self.num_threads,
+                          prefetch_buffer_size=2 * self.global_batch_size))
+    return (examples.filter(self._prompt_fits)
+            .batch(self.global_batch_size, drop_remainder=True, batch_fn=list)
+            .map(self.host_batch))
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return iter(self.dataset())

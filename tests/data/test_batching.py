@@ -1,0 +1,140 @@
+"""Token layout, masks, corrected segments, truncation and device splitting, by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from raw_files import GOOD_ROWS, image_bytes
+from rlhfv_jax import segments
+from rlhfv_jax.batch import PreferenceBatch, SFTBatch
+from rlhfv_jax.data.pipeline import (Answer, assemble_batch, choose_bucket, pack_sequence,
+                                     split_for_devices, tokenize_record)
+from rlhfv_jax.data.records import make_preference_record, make_sft_record
+from rlhfv_jax.data.tokenizer import ChatTemplate
+
+I = 32000  # image token id
+PROMPT = np.array([1, 10, 11, I, I, 12], np.int32)
+ANSWER = Answer(np.array([20, 21, 22], np.int32), np.array([False, True, False]))
+T, F = True, False
+
+
+def test_pack_sequence_by_hand():
+  row = pack_sequence(PROMPT, ANSWER, 12, eos_id=2, pad_id=0)
+  np.testing.assert_array_equal(row["input_ids"], [1, 10, 11, I, I, 12, 20, 21, 22, 2, 0, 0])
+  np.testing.assert_array_equal(row["targets"], [10, 11, I, I, 12, 20, 21, 22, 2, 0, 0, 0])
+  np.testing.assert_array_equal(row["attention_mask"], [T] * 10 + [F] * 2)
+  np.testing.assert_array_equal(row["loss_mask"], [F] * 5 + [T] * 4 + [F] * 3)
+  np.testing.assert_array_equal(row["corrected_mask"], [F] * 6 + [T] + [F] * 5)
+
+
+def test_truncation_cuts_the_answer_end_and_drops_eos():
+  row = pack_sequence(PROMPT, ANSWER, 8, eos_id=2, pad_id=0)
+  np.testing.assert_array_equal(row["input_ids"], [1, 10, 11, I, I, 12, 20, 21])
+  np.testing.assert_array_equal(row["targets"], [10, 11, I, I, 12, 20, 21, 0])
+  np.testing.assert_array_equal(row["loss_mask"], [F] * 5 + [T, T, F])
+  np.testing.assert_array_equal(row["corrected_mask"], [F] * 6 + [T, F])
+  # Exactly answer + EOS fits: nothing is cut.
+  row = pack_sequence(PROMPT, ANSWER, 10, eos_id=2, pad_id=0)
+  assert row["input_ids"][-1] == 2 and row["loss_mask"].sum() == 4
+  # The prompt plus one answer token is the minimum; less is an error, never a prompt cut.
+  assert pack_sequence(PROMPT, ANSWER, 7, eos_id=2, pad_id=0)["loss_mask"].sum() == 1
+  with pytest.raises(ValueError, match="prompt of 6 tokens"):
+    pack_sequence(PROMPT, ANSWER, 6, eos_id=2, pad_id=0)
+
+
+def test_choose_bucket():
+  assert choose_bucket(10, (16, 32, 64)) == 16
+  assert choose_bucket(16, (16, 32, 64)) == 16
+  assert choose_bucket(17, (16, 32, 64)) == 32
+  assert choose_bucket(100, (16, 32, 64)) == 64  # truncated to the largest
+
+
+def _preference_records(n=3):
+  return [make_preference_record(dict(GOOD_ROWS[i % 3], id=f"r{i}", image=image_bytes(i)))
+          for i in range(n)]
+
+
+@pytest.mark.parametrize("mode", ["paper", "rlhfv"])
+def test_corrected_masks_agree_with_segments_on_the_answer_ids(tokenizer, mode):
+  template = ChatTemplate(tokenizer, num_image_tokens=4)
+  records = _preference_records()
+  examples = [tokenize_record(r, template, segment_mode=mode) for r in records]
+  length = 128
+  batch = assemble_batch(examples, np.zeros((3, 8, 8, 3), np.float32), length,
+                         eos_id=2, pad_id=0)
+  assert isinstance(batch, PreferenceBatch)
+  for b, record in enumerate(records):
+    chosen_ids = tokenizer.encode(record.chosen)
+    rejected_ids = tokenizer.encode(record.rejected)
+    rej_mask, cho_mask = segments.correction_masks(rejected_ids, chosen_ids, mode=mode)
+    for seq, ids, mask in ((batch.chosen, chosen_ids, cho_mask),
+                           (batch.rejected, rejected_ids, rej_mask)):
+      prompt = template.encode_prompt(record.question)
+      assert seq.input_ids[b, :len(prompt)].tolist() == prompt
+      assert seq.targets[b][seq.loss_mask[b]].tolist() == ids + [2]
+      assert seq.corrected_mask[b][seq.loss_mask[b]].tolist() == mask.tolist() + [False]
+      # The first scored position is the last prompt token predicting y_0.
+      assert np.argmax(seq.loss_mask[b]) == len(prompt) - 1
+      assert seq.input_ids[b].tolist().count(I) == 4
+      assert not (seq.corrected_mask[b] & ~seq.loss_mask[b]).any()
+      assert seq.attention_mask[b].sum() == len(prompt) + len(ids) + 1
+
+
+def test_replacement_example_marks_the_replaced_words(tokenizer):
+  # "There is a blue mug ..." vs "There is a red cup ...": paper mode marks the swap.
+  example = tokenize_record(_preference_records(1)[0], ChatTemplate(tokenizer, 1))
+  chosen, rejected = example.answers["chosen"], example.answers["rejected"]
+  assert tokenizer.decode(chosen.ids[chosen.corrected]) == "blue mug"
+  assert tokenizer.decode(rejected.ids[rejected.corrected]) == "red cup"
+
+
+def test_explicit_spans_override_the_diff(tokenizer):
+  fields = dict(GOOD_ROWS[0], id="s", image=image_bytes(0))
+  # Annotate only "wooden" in the chosen answer, nothing in the rejected one.
+  start = fields["chosen"].index("wooden")
+  record = make_preference_record(dict(fields, segments={"chosen": [[start, start + 6]]}))
+  example = tokenize_record(record, ChatTemplate(tokenizer, 1))
+  chosen, rejected = example.answers["chosen"], example.answers["rejected"]
+  assert tokenizer.decode(chosen.ids[chosen.corrected]) == "wooden"
+  assert not rejected.corrected.any()
+  assert chosen.ids.tolist() == tokenizer.encode(record.chosen)
+
+
+def test_sft_batch_has_no_corrected_tokens(tokenizer):
+  template = ChatTemplate(tokenizer, 2)
+  record = make_sft_record(dict(id="q", image=image_bytes(0), question="Color?", answer="red"))
+  batch = assemble_batch([tokenize_record(record, template)], np.zeros((1, 8, 8, 3), np.float32),
+                         64, eos_id=2, pad_id=0)
+  assert isinstance(batch, SFTBatch)
+  assert batch.tokens.targets[0][batch.tokens.loss_mask[0]].tolist() == (
+      tokenizer.encode("red") + [2])
+  assert not batch.tokens.corrected_mask.any()
+
+
+def test_reference_logps_land_on_the_scored_positions(tokenizer):
+  template = ChatTemplate(tokenizer, 1)
+  examples = [tokenize_record(r, template) for r in _preference_records(2)]
+  def lookup(example_id, name, n):
+    return np.arange(n, dtype=np.float32) + (100 if name == "chosen" else 200) + int(example_id[1:])
+  batch = assemble_batch(examples, np.zeros((2, 8, 8, 3), np.float32), 96, eos_id=2, pad_id=0,
+                         ref_lookup=lookup)
+  for b in range(2):
+    for seq, offset in ((batch.chosen, 100), (batch.rejected, 200)):
+      n = seq.loss_mask[b].sum()
+      np.testing.assert_array_equal(seq.ref_token_logps[b][seq.loss_mask[b]],
+                                    np.arange(n) + offset + b)
+      assert (seq.ref_token_logps[b][~seq.loss_mask[b]] == 0).all()
+
+
+def test_split_for_devices(tokenizer):
+  template = ChatTemplate(tokenizer, 1)
+  examples = [tokenize_record(r, template) for r in _preference_records(4)]
+  batch = assemble_batch(examples, np.zeros((4, 8, 8, 3), np.float32), 96, eos_id=2, pad_id=0)
+  split = split_for_devices(batch, 2)
+  assert split.pixel_values.shape == (2, 2, 8, 8, 3)
+  assert split.chosen.input_ids.shape == (2, 2, 96)
+  np.testing.assert_array_equal(split.rejected.targets[1, 0], batch.rejected.targets[2])
+  assert split.chosen.ref_token_logps is None
+  with pytest.raises(ValueError, match="does not split over 3 devices"):
+    split_for_devices(batch, 3)
