@@ -281,18 +281,19 @@ class Loader:
     rng = augmentation_rng(self.seed, example.epoch, example.index)
     return self.preprocessor(example.image, rng)
 
-  def host_batch(self, global_examples: Sequence[TokenizedExample]) -> Batch:
-    """This process's slice of a global batch, padded to the global batch's bucket."""
+  def host_batch(self, global_examples: Sequence[TokenizedExample]
+                 ) -> tuple[list[str], Batch]:
+    """(ids, batch) of this process's slice of a global batch, at the global batch's bucket."""
     length = choose_bucket(max(e.required_length for e in global_examples), self.buckets)
     start = self.process_index * self.host_batch_size
     own = global_examples[start:start + self.host_batch_size]
     pixel_values = np.stack(list(self._pool.map(self._image, own)))
     tok = self.template.tokenizer
-    return assemble_batch(own, pixel_values, length, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                          ref_lookup=self.ref_lookup)
+    return [e.id for e in own], assemble_batch(own, pixel_values, length, eos_id=tok.eos_id,
+                                               pad_id=tok.pad_id, ref_lookup=self.ref_lookup)
 
-  def dataset(self) -> grain.IterDataset:
-    """The grain pipeline (see the module docstring)."""
+  def dataset(self, with_ids: bool = False) -> grain.IterDataset:
+    """The grain pipeline (module docstring); elements are batches, or (ids, batch) pairs."""
     indices = grain.MapDataset.range(len(self.source))
     if self.shuffle:
       indices = indices.shuffle(seed=self.seed)
@@ -300,9 +301,10 @@ class Loader:
     examples = indices.map_with_index(self._tokenize).to_iter_dataset(
         grain.ReadOptions(num_threads=self.num_threads,
                           prefetch_buffer_size=2 * self.global_batch_size))
-    return (examples.filter(self._prompt_fits)
-            .batch(self.global_batch_size, drop_remainder=True, batch_fn=list)
-            .map(self.host_batch))
+    batches = (examples.filter(self._prompt_fits)
+               .batch(self.global_batch_size, drop_remainder=True, batch_fn=list)
+               .map(self.host_batch))
+    return batches if with_ids else batches.map(lambda ids_and_batch: ids_and_batch[1])
 
   def __iter__(self) -> grain.DatasetIterator:
     return iter(self.dataset())

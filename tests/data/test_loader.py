@@ -1,0 +1,160 @@
+"""The grain loader: determinism, exact resumption, per-process shards, buckets, skipping."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from raw_files import GOOD_ROWS, image_bytes
+from rlhfv_jax.data import tfds_builders
+from rlhfv_jax.data.images import AugmentationPolicy, ImagePreprocessor
+from rlhfv_jax.data.pipeline import Loader
+from rlhfv_jax.data.records import ErrorLog, RecordError, make_preference_record
+from rlhfv_jax.data.tokenizer import ChatTemplate
+
+NUM_IMAGE_TOKENS = 4
+BUCKETS = (80, 96, 160)
+
+
+def records(n: int, long_every: int = 0):
+  """n preference records; every `long_every`-th has a ~60-token answer (needs bucket 160)."""
+  out = []
+  for i in range(n):
+    fields = dict(GOOD_ROWS[i % 3])
+    if long_every and i % long_every == long_every - 1:
+      tail = " It sits near a window with white curtains and a small green plant." * 3
+      fields = dict(fields, chosen=fields["chosen"] + tail, rejected=fields["rejected"] + tail)
+    out.append(make_preference_record(dict(fields, id=f"r{i}", image=image_bytes(i, (20, 16)))))
+  return out
+
+
+@pytest.fixture(scope="module")
+def template(tokenizer):
+  return ChatTemplate(tokenizer, NUM_IMAGE_TOKENS)
+
+
+@pytest.fixture(scope="module")
+def preprocessor():
+  return ImagePreprocessor(16, policy=AugmentationPolicy("photometric"))
+
+
+def make_loader(source, template, preprocessor, **kwargs):
+  kwargs = dict(dict(global_batch_size=4, buckets=BUCKETS, seed=0, num_threads=2), **kwargs)
+  return Loader(source, template, preprocessor, **kwargs)
+
+
+def take(iterator, k):
+  return [next(iterator) for _ in range(k)]
+
+
+def assert_same_batches(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    jax.tree.map(np.testing.assert_array_equal, x, y)
+
+
+def test_order_is_a_function_of_the_seed(template, preprocessor):
+  source = records(12)
+  ids = lambda seed: [i for ids, _ in take(iter(make_loader(
+      source, template, preprocessor, seed=seed).dataset(with_ids=True)), 6) for i in ids]
+  first = ids(0)
+  assert first == ids(0)
+  assert first != ids(1)
+  # Each epoch is a permutation of the data, and epochs are shuffled differently.
+  assert sorted(first[:12]) == sorted(first[12:]) == sorted(r.id for r in source)
+  assert first[:12] != first[12:]
+
+
+def test_restored_iterator_continues_with_exactly_the_same_batches(template, preprocessor):
+  source = records(10, long_every=3)
+  iterator = iter(make_loader(source, template, preprocessor))
+  take(iterator, 3)
+  state = iterator.get_state()
+  json.dumps(state)  # small and serializable, for the checkpoint
+  expected = take(iterator, 5)  # crosses the epoch boundary (10 examples, 4 per batch)
+  resumed = iter(make_loader(source, template, preprocessor))  # a fresh loader and iterator
+  resumed.set_state(state)
+  assert_same_batches(take(resumed, 5), expected)
+
+
+def test_process_shards_are_disjoint_and_rebuild_the_single_process_batch(template, preprocessor):
+  source = records(12, long_every=5)
+  single = take(iter(make_loader(source, template, preprocessor).dataset(with_ids=True)), 3)
+  hosts = [take(iter(make_loader(source, template, preprocessor, process_index=p,
+                                 process_count=2).dataset(with_ids=True)), 3)
+           for p in range(2)]
+  for k in range(3):
+    (ids0, b0), (ids1, b1) = hosts[0][k], hosts[1][k]
+    ids, batch = single[k]
+    assert ids0 + ids1 == ids and not set(ids0) & set(ids1)
+    assert b0.chosen.input_ids.shape == b1.chosen.input_ids.shape  # same bucket on both hosts
+    jax.tree.map(lambda s, x, y: np.testing.assert_array_equal(s, np.concatenate([x, y])),
+                 batch, b0, b1)
+  # One epoch (12 examples = 3 global batches): the two shards cover the data exactly once.
+  seen = [i for host in hosts for ids, _ in host for i in ids]
+  assert sorted(seen) == sorted(r.id for r in source)
+
+
+def test_batches_use_the_smallest_bucket_that_fits_their_longest_example(template, preprocessor,
+                                                                         tokenizer):
+  source = records(12, long_every=4)
+  long_ids = {r.id for r in source if len(r.chosen) > 100}
+  for ids, batch in take(iter(make_loader(source, template, preprocessor, shuffle=False)
+                              .dataset(with_ids=True)), 3):
+    length = batch.chosen.input_ids.shape[1]
+    assert batch.rejected.input_ids.shape[1] == length
+    needed = max(m.attention_mask.sum(1).max() for m in (batch.chosen, batch.rejected))
+    assert length == min(b for b in BUCKETS if b >= needed)
+    assert (length == 160) == bool(set(ids) & long_ids)
+
+
+def test_long_answers_are_truncated_to_the_largest_bucket(template, preprocessor, tokenizer):
+  source = records(4, long_every=1)
+  ids, batch = next(iter(make_loader(source, template, preprocessor, buckets=(80, 96),
+                                     shuffle=False).dataset(with_ids=True)))
+  assert batch.chosen.input_ids.shape == (4, 96)
+  assert batch.chosen.attention_mask.all()  # full: cut to fit
+  assert not (batch.chosen.input_ids == tokenizer.eos_id).any()  # the EOS was dropped
+  record = source[0]
+  kept = batch.chosen.targets[0][batch.chosen.loss_mask[0]].tolist()
+  assert kept == tokenizer.encode(record.chosen)[:len(kept)]
+
+
+def test_prompt_too_long_fails_fast_or_is_skipped_and_listed(template, preprocessor, tmp_path):
+  source = records(9)
+  long_question = make_preference_record(dict(GOOD_ROWS[0], id="too-long", image=image_bytes(0),
+                                              question="Why? " * 80))
+  source.insert(2, long_question)
+  with pytest.raises(RecordError, match=r"record 'too-long' .*prompt of \d+ tokens"):
+    take(iter(make_loader(source, template, preprocessor, shuffle=False)), 2)
+  errors = ErrorLog("skip", tmp_path, name="pipeline")
+  loader = make_loader(source, template, preprocessor, shuffle=False, num_epochs=2,
+                       errors=errors)
+  seen = [i for ids, _ in loader.dataset(with_ids=True) for i in ids]
+  assert len(seen) == 16 and "too-long" not in seen  # 2 epochs x 9 usable, whole batches
+  lines = (tmp_path / "skipped_pipeline.jsonl").read_text().splitlines()
+  assert [json.loads(l)["id"] for l in lines] == ["too-long"]  # listed once, not per epoch
+
+
+def test_loader_over_a_tfds_source_matches_the_in_memory_records(make_jsonl_dir, tmp_path,
+                                                                 template, preprocessor):
+  source = records(8)
+  lines = [dict(id=r.id, image=r.image, question=r.question, chosen=r.chosen,
+                rejected=r.rejected) for r in source]
+  tfds_builders.prepare("jsonl_preference", source_dir=make_jsonl_dir(lines),
+                        data_dir=tmp_path / "tfds")
+  tfds_source = tfds_builders.open_split("jsonl_preference", tmp_path / "tfds", "train")
+  assert_same_batches(take(iter(make_loader(tfds_source, template, preprocessor)), 3),
+                      take(iter(make_loader(source, template, preprocessor)), 3))
+
+
+def test_constructor_rejects_bad_layouts(template, preprocessor):
+  with pytest.raises(ValueError, match="not divisible by 3 processes"):
+    make_loader(records(4), template, preprocessor, process_count=3)
+  with pytest.raises(ValueError, match="process_index"):
+    make_loader(records(4), template, preprocessor, process_index=2, process_count=2)
+  with pytest.raises(ValueError, match="empty data source"):
+    make_loader([], template, preprocessor)
