@@ -113,12 +113,15 @@ def tokenize_record(record: Record, template: ChatTemplate, *, segment_mode: str
                           prompt_ids=prompt_ids, answers=answers)
 
 
-def check_prompt_fits(example: TokenizedExample, max_length: int) -> None:
-  """Raises `RecordError` if the prompt leaves no room for one answer token."""
-  if len(example.prompt_ids) + 1 > max_length:
-    raise RecordError(example.id, f"prompt of {len(example.prompt_ids)} tokens (image tokens "
-                      f"included) leaves no room for the answer in the largest bucket "
-                      f"({max_length}); prompts are never truncated", f"index {example.index}")
+def prompt_fits(example: TokenizedExample, max_length: int, errors: ErrorLog) -> bool:
+  """Whether the prompt leaves room for one answer token; if not, `errors` raises or skips."""
+  if len(example.prompt_ids) + 1 <= max_length:
+    return True
+  errors.handle(RecordError(
+      example.id, f"prompt of {len(example.prompt_ids)} tokens (image tokens included) leaves "
+      f"no room for the answer in the largest bucket ({max_length}); prompts are never "
+      "truncated", f"index {example.index}"))
+  return False
 
 
 def answer_positions(prompt_length: int, answer_length: int, length: int) -> slice:
@@ -270,12 +273,7 @@ class Loader:
                            min_match=self.min_match, index=int(index), epoch=epoch)
 
   def _prompt_fits(self, example: TokenizedExample) -> bool:
-    try:
-      check_prompt_fits(example, self.buckets[-1])
-    except RecordError as e:
-      self.errors.handle(e)  # raises under the "raise" policy
-      return False
-    return True
+    return prompt_fits(example, self.buckets[-1], self.errors)
 
   def _image(self, example: TokenizedExample) -> np.ndarray:
     rng = augmentation_rng(self.seed, example.epoch, example.index)

@@ -1,0 +1,193 @@
+"""Reference log-prob cache: one reference forward pass per example, reused every epoch.
+
+DDPO compares policy and reference scores of both answers. The reference model is frozen,
+so its per-token log-probs can be computed once (`compute_reference_cache`, the
+``precompute_ref`` stage) and merged into the batches (`ReferenceCache.lookup` as the
+loader's ``ref_lookup``), letting the train step skip the reference forward.
+
+What is stored, per example id and answer ("chosen", "rejected"): the float32 log-probs
+of the *scored* tokens only, i.e. the targets under ``loss_mask`` (the answer tokens and
+the closing EOS, or the kept part of a truncated answer). That makes the cache
+independent of padding and bucket length (the model is causal, right-padded), and of γ
+and of the normalization (both are applied to per-token log-probs later, in
+`ddpo.sequence_logps`). When merged, the loader checks that the cached length equals the
+number of scored tokens of the current tokenization: a different tokenizer, chat
+template, image token count or a smaller largest bucket is a clear error, not silently
+misaligned log-probs.
+
+Images are preprocessed without augmentation here. With an augmentation policy the
+training batches see augmented images while the cached reference saw the plain one (as in
+the released RLHF-V scripts, which precompute reference log-probs once); with "none"
+(the default) the two are identical.
+
+Layout, next to the dataset by default (`default_cache_dir`):
+``<data_dir>/<dataset>/ref_logps/<split>-<tag>/ref_logps-<process>-of-<count>.npz``; each
+process of a multi-host pass writes its own shard (it handles source indices
+``process_index::process_count``); `ReferenceCache.load` merges all shards and refuses
+an incomplete set. Each ``.npz`` holds ``ids``, ``{chosen,rejected}_lengths``,
+``{chosen,rejected}_logps`` (concatenated) and ``metadata`` (JSON), no pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import re
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from rlhfv_jax.batch import PreferenceBatch
+from rlhfv_jax.data.images import ImagePreprocessor
+from rlhfv_jax.data.pipeline import (TokenizedExample, assemble_batch, choose_bucket,
+                                     prompt_fits, tokenize_record)
+from rlhfv_jax.data.records import ErrorLog
+from rlhfv_jax.data.tokenizer import ChatTemplate
+
+PathLike = Union[str, pathlib.Path]
+TokenLogpsFn = Callable[[PreferenceBatch], tuple[Any, Any]]  # -> ([B, T], [B, T]) per-token
+ANSWERS = ("chosen", "rejected")
+_SHARD_RE = re.compile(r"ref_logps-(\d{5})-of-(\d{5})\.npz")
+
+
+def default_cache_dir(data_dir: PathLike, dataset: str, split: str,
+                      tag: str = "reference") -> pathlib.Path:
+  """Where the cache of `split` lives next to the built dataset; `tag` names the reference."""
+  return pathlib.Path(data_dir) / dataset / "ref_logps" / f"{split}-{tag}"
+
+
+def shard_path(cache_dir: PathLike, process_index: int, process_count: int) -> pathlib.Path:
+  return pathlib.Path(cache_dir) / f"ref_logps-{process_index:05d}-of-{process_count:05d}.npz"
+
+
+def compute_reference_cache(source: Sequence[Any], template: ChatTemplate,
+                            preprocessor: ImagePreprocessor, token_logps_fn: TokenLogpsFn,
+                            cache_dir: PathLike, *, batch_size: int, buckets: Sequence[int],
+                            segment_mode: str = "paper", min_match: int = 3,
+                            process_index: int = 0, process_count: int = 1,
+                            errors: Optional[ErrorLog] = None,
+                            metadata: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
+  """Runs the reference over this process's share of `source` and writes its shard.
+
+  Args:
+    source: random-access preference records (e.g. `tfds_builders.RecordSource`).
+    template, preprocessor: as for the training loader (augmentation is not applied).
+    token_logps_fn: batch -> (chosen, rejected) per-token log-probs [B, T] aligned with
+      `targets` (the reference model + `ddpo.token_logps`). Every call gets exactly
+      `batch_size` examples (the last batch is padded with repeats, which are discarded).
+    cache_dir: output directory.
+    batch_size: examples per call.
+    buckets: sequence lengths, as in training (the largest bounds truncation).
+    segment_mode, min_match: as in training (they do not change the stored values).
+    process_index, process_count: this process's share.
+    errors: policy for prompts that do not fit (as in training).
+    metadata: JSON-able facts to store (e.g. the reference checkpoint).
+
+  Returns:
+    The written shard path.
+  """
+  errors = errors if errors is not None else ErrorLog("raise")
+  tok = template.tokenizer
+  buckets = sorted(buckets)
+  stored: dict[str, list[np.ndarray]] = {name: [] for name in ANSWERS}
+  ids: list[str] = []
+  indices = list(range(process_index, len(source), process_count))
+  for start in range(0, len(indices), batch_size):
+    examples = [tokenize_record(source[i], template, segment_mode=segment_mode,
+                                min_match=min_match, index=i)
+                for i in indices[start:start + batch_size]]
+    examples = [e for e in examples if prompt_fits(e, buckets[-1], errors)]
+    if not examples:
+      continue
+    padded: list[TokenizedExample] = examples + [examples[-1]] * (batch_size - len(examples))
+    length = choose_bucket(max(e.required_length for e in padded), buckets)
+    pixel_values = np.stack([preprocessor(e.image) for e in padded])
+    batch = assemble_batch(padded, pixel_values, length, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    outputs = [np.asarray(x, np.float32) for x in token_logps_fn(batch)]
+    for name, logps in zip(ANSWERS, outputs):
+      if logps.shape != (batch_size, length):
+        raise ValueError(f"token_logps_fn returned {name} log-probs of shape {logps.shape}; "
+                         f"expected {(batch_size, length)} (one per target position)")
+      loss_mask = getattr(batch, name).loss_mask
+      stored[name].extend(logps[b][loss_mask[b]] for b in range(len(examples)))
+    ids.extend(e.id for e in examples)
+    logging.info("reference cache: %d / %d examples", len(ids), len(indices))
+  if not ids:
+    raise ValueError(f"reference cache: no usable example in {source!r} for process "
+                     f"{process_index} of {process_count}")
+  meta = dict(metadata or {}, num_source_examples=len(source), source=repr(source))
+  arrays = {"ids": np.asarray(ids), "metadata": np.asarray(json.dumps(meta, sort_keys=True))}
+  for name in ANSWERS:
+    arrays[f"{name}_lengths"] = np.asarray([len(x) for x in stored[name]], np.int64)
+    arrays[f"{name}_logps"] = np.concatenate(stored[name]).astype(np.float32)
+  path = shard_path(cache_dir, process_index, process_count)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp.npz")
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)  # atomic: a half-written shard is never mistaken for a result
+  return path
+
+
+class ReferenceCache:
+  """Cached reference per-token log-probs keyed by example id (merged shards)."""
+
+  def __init__(self, entries: Mapping[str, Mapping[str, np.ndarray]], metadata: Mapping[str, Any],
+               cache_dir: PathLike):
+    self._entries = dict(entries)
+    self.metadata = dict(metadata)
+    self.cache_dir = pathlib.Path(cache_dir)
+
+  @classmethod
+  def load(cls, cache_dir: PathLike) -> "ReferenceCache":
+    """Reads and merges every shard in `cache_dir`; refuses a missing or mixed set."""
+    cache_dir = pathlib.Path(cache_dir)
+    shards = sorted(p for p in cache_dir.glob("ref_logps-*.npz") if _SHARD_RE.fullmatch(p.name))
+    if not shards:
+      raise FileNotFoundError(f"no reference cache shards in {str(cache_dir)!r}; run the "
+                              "precompute_ref stage first")
+    counts = {int(_SHARD_RE.fullmatch(p.name).group(2)) for p in shards}
+    found = sorted(int(_SHARD_RE.fullmatch(p.name).group(1)) for p in shards)
+    if len(counts) != 1 or found != list(range(counts.pop())):
+      raise ValueError(f"reference cache {str(cache_dir)!r} has an incomplete or mixed set of "
+                       f"shards: {[p.name for p in shards]}")
+    entries: dict[str, dict[str, np.ndarray]] = {}
+    metadata = None
+    for path in shards:
+      with np.load(path, allow_pickle=False) as shard:
+        shard_meta = json.loads(str(shard["metadata"]))
+        if metadata is not None and shard_meta != metadata:
+          raise ValueError(f"reference cache shard {path.name} was computed with different "
+                           f"metadata: {shard_meta} vs {metadata}")
+        metadata = shard_meta
+        split = {name: np.split(shard[f"{name}_logps"],
+                                np.cumsum(shard[f"{name}_lengths"])[:-1]) for name in ANSWERS}
+        for k, example_id in enumerate(shard["ids"].tolist()):
+          if example_id in entries:
+            raise ValueError(f"reference cache: example id {example_id!r} appears twice "
+                             f"(shard {path.name})")
+          entries[example_id] = {name: split[name][k] for name in ANSWERS}
+    return cls(entries, metadata, cache_dir)
+
+  def __len__(self) -> int:
+    return len(self._entries)
+
+  def __contains__(self, example_id: str) -> bool:
+    return example_id in self._entries
+
+  def lookup(self, example_id: str, name: str, num_scored: int) -> np.ndarray:
+    """The cached log-probs of answer `name` of `example_id`, checked to have `num_scored`."""
+    entry = self._entries.get(example_id)
+    if entry is None:
+      raise KeyError(f"example id {example_id!r} is missing from the reference cache at "
+                     f"{str(self.cache_dir)!r} ({len(self)} ids; computed for another dataset "
+                     "or split?). Rerun the precompute_ref stage.")
+    logps = entry[name]
+    if len(logps) != num_scored:
+      raise ValueError(
+          f"reference cache at {str(self.cache_dir)!r}: example {example_id!r} has "
+          f"{len(logps)} cached log-probs for the {name} answer but the current tokenization "
+          f"scores {num_scored} tokens (tokenizer, chat template, image tokens or the largest "
+          "bucket changed?). Rerun the precompute_ref stage.")
+    return logps
