@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import jax
 import numpy as np
@@ -149,6 +150,7 @@ def test_loader_over_a_tfds_source_matches_the_in_memory_records(make_jsonl_dir,
   tfds_source = tfds_builders.open_split("jsonl_preference", tmp_path / "tfds", "train")
   assert_same_batches(take(iter(make_loader(tfds_source, template, preprocessor)), 3),
                       take(iter(make_loader(source, template, preprocessor)), 3))
+  assert "tensorflow" not in sys.modules
 
 
 def test_constructor_rejects_bad_layouts(template, preprocessor):

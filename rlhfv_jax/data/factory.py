@@ -1,0 +1,184 @@
+"""`config.data` defaults and the builders that turn a run config into data objects.
+
+The training code calls::
+
+  loader = factory.make_loader(config, global_batch_size=..., run_dir=workdir)
+  state = iter(loader)            # grain iterator: get_state() / set_state() for checkpoints
+  factory.precompute_reference(config, token_logps_fn, batch_size=..., run_dir=workdir)
+
+The model facts the pipeline needs (``num_image_tokens``, ``image_token_id``,
+``image_size``) come from ``config.model`` (through `rlhfv_jax.model.num_image_tokens`)
+unless passed as `ModelFacts`, so the data code does not depend on the model otherwise.
+The segment rule is ``config.ddpo.segment_mode`` (default "paper").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Optional, Union
+
+import jax
+import ml_collections
+from jax.experimental import multihost_utils
+
+from rlhfv_jax.data import tfds_builders
+from rlhfv_jax.data.images import AugmentationPolicy, ImagePreprocessor
+from rlhfv_jax.data.pipeline import Loader
+from rlhfv_jax.data.records import ErrorLog
+from rlhfv_jax.data.ref_cache import (ReferenceCache, TokenLogpsFn, compute_reference_cache,
+                                      default_cache_dir)
+from rlhfv_jax.data.tokenizer import (PROMPT_TEMPLATE, VICUNA_V1_SYSTEM, ChatTemplate,
+                                      Tokenizer, load_tokenizer)
+
+PathLike = Union[str, pathlib.Path]
+
+
+def get_data_config() -> ml_collections.ConfigDict:
+  """Defaults for ``config.data`` (LLaVA-1.5 sizes; tests and the demo override them)."""
+  return ml_collections.ConfigDict(dict(
+      dataset="rlhfv_parquet",   # a `tfds_builders.BUILDERS` name
+      source_dir="",             # raw local data; if set, the dataset is built on first use
+      data_dir="",               # TFDS data dir holding the array_record files
+      split="train",
+      tokenizer="",              # a SentencePiece .model file or a local HF tokenizer dir
+      system_message=VICUNA_V1_SYSTEM,
+      prompt_template=PROMPT_TEMPLATE,  # jinja2; exactly one <image>
+      image_processor_dir="",    # optional local dir with preprocessor_config.json
+      image_resize_mode="pad",   # "pad" (LLaVA-1.5) or "center_crop" (CLIP default)
+      # 576 image tokens + ~45 prompt tokens + answers of up to a few hundred tokens.
+      buckets=(768, 1024, 2048),
+      seed=0,
+      shuffle=True,
+      num_epochs=ml_collections.config_dict.placeholder(int),  # None: repeat forever
+      error_policy="raise",      # or "skip": skipped ids go to <workdir>/skipped_*.jsonl
+      augmentation="none",       # "photometric", "flip" (needs allow_flip), or the
+      allow_flip=False,          #   "random_crop_ablation"; see `images`
+      photometric_strength=0.1,
+      segment_min_match=3,       # `segments.correction_masks(min_match=...)`
+      num_threads=4,
+      use_ref_cache=False,       # merge precomputed reference log-probs into batches
+      ref_cache_dir="",          # default: next to the dataset (`ref_cache.default_cache_dir`)
+      ref_cache_tag="reference",
+  ))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFacts:
+  """What the pipeline must agree on with the model."""
+
+  num_image_tokens: int
+  image_token_id: int
+  image_size: int
+
+  @classmethod
+  def from_config(cls, config: Any) -> "ModelFacts":
+    from rlhfv_jax import model  # local: only this accessor needs the model package
+    return cls(num_image_tokens=model.num_image_tokens(config.model),
+               image_token_id=int(config.model.image_token_id),
+               image_size=int(config.model.vision.image_size))
+
+
+def make_template(config: Any, facts: ModelFacts, tokenizer: Optional[Tokenizer] = None
+                  ) -> ChatTemplate:
+  """The chat template; checks that the tokenizer's ``<image>`` id is the model's."""
+  data = config.data
+  if tokenizer is None:
+    if not data.tokenizer:
+      raise ValueError("config.data.tokenizer is empty: set it to a tokenizer.model file or a "
+                       "local HF tokenizer directory")
+    tokenizer = load_tokenizer(data.tokenizer)
+  if tokenizer.image_token_id != facts.image_token_id:
+    raise ValueError(f"the tokenizer's <image> id is {tokenizer.image_token_id} but the model's "
+                     f"image_token_id is {facts.image_token_id}")
+  return ChatTemplate(tokenizer, facts.num_image_tokens, system=data.system_message,
+                      template=data.prompt_template)
+
+
+def make_preprocessor(config: Any, facts: ModelFacts, augment: bool = True) -> ImagePreprocessor:
+  """The image processor with the validated augmentation policy (none if not `augment`)."""
+  policy = AugmentationPolicy.from_config(config.data) if augment else AugmentationPolicy()
+  return ImagePreprocessor(facts.image_size, resize_mode=config.data.image_resize_mode,
+                           policy=policy, processor_dir=config.data.image_processor_dir or None)
+
+
+def open_source(config: Any, run_dir: Optional[PathLike] = None,
+                split: Optional[str] = None) -> tfds_builders.RecordSource:
+  """The split's records; builds the dataset from ``source_dir`` first if that is set."""
+  data = config.data
+  if not data.data_dir:
+    raise ValueError("config.data.data_dir is empty: set the TFDS data directory")
+  if data.source_dir:
+    if jax.process_index() == 0:  # one writer; the others wait for it
+      tfds_builders.prepare(data.dataset, source_dir=data.source_dir, data_dir=data.data_dir,
+                            error_policy=data.error_policy, run_dir=run_dir)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"data prepared: {data.dataset}")
+  return tfds_builders.open_split(data.dataset, data.data_dir, split or data.split)
+
+
+def _errors(config: Any, run_dir: Optional[PathLike], name: str) -> ErrorLog:
+  return ErrorLog(config.data.error_policy, run_dir, name=name)
+
+
+def ref_cache_dir(config: Any) -> pathlib.Path:
+  data = config.data
+  return pathlib.Path(data.ref_cache_dir) if data.ref_cache_dir else default_cache_dir(
+      data.data_dir, data.dataset, data.split, data.ref_cache_tag)
+
+
+def _segment_settings(config: Any) -> dict[str, Any]:
+  ddpo = config.get("ddpo") or {}
+  return dict(segment_mode=ddpo.get("segment_mode", "paper"),
+              min_match=config.data.segment_min_match)
+
+
+def make_loader(config: Any, *, global_batch_size: int, run_dir: Optional[PathLike] = None,
+                facts: Optional[ModelFacts] = None, tokenizer: Optional[Tokenizer] = None,
+                process_index: Optional[int] = None, process_count: Optional[int] = None,
+                source: Any = None, shuffle: Optional[bool] = None,
+                num_epochs: Optional[int] = None) -> Loader:
+  """The training (or evaluation) `Loader` described by ``config.data``.
+
+  Args:
+    config: the run config (``data``, ``model`` unless `facts`, optional ``ddpo``).
+    global_batch_size: examples per step over all processes.
+    run_dir: where skipped ids are listed (needed for ``error_policy="skip"``).
+    facts: model facts; default `ModelFacts.from_config(config)`.
+    tokenizer: overrides ``config.data.tokenizer`` (e.g. the demo's own tokenizer).
+    process_index, process_count: default `jax.process_index()` / `jax.process_count()`.
+    source: overrides the TFDS split (any random-access sequence of records).
+    shuffle, num_epochs: override ``config.data``.
+  """
+  facts = facts or ModelFacts.from_config(config)
+  data = config.data
+  ref_lookup = ReferenceCache.load(ref_cache_dir(config)).lookup if data.use_ref_cache else None
+  return Loader(
+      source if source is not None else open_source(config, run_dir),
+      make_template(config, facts, tokenizer), make_preprocessor(config, facts),
+      global_batch_size=global_batch_size, buckets=tuple(data.buckets), seed=data.seed,
+      num_epochs=data.num_epochs if num_epochs is None else num_epochs,
+      shuffle=data.shuffle if shuffle is None else shuffle,
+      process_index=jax.process_index() if process_index is None else process_index,
+      process_count=jax.process_count() if process_count is None else process_count,
+      errors=_errors(config, run_dir, "pipeline"), ref_lookup=ref_lookup,
+      num_threads=data.num_threads, **_segment_settings(config))
+
+
+def precompute_reference(config: Any, token_logps_fn: TokenLogpsFn, *, batch_size: int,
+                         run_dir: Optional[PathLike] = None, facts: Optional[ModelFacts] = None,
+                         tokenizer: Optional[Tokenizer] = None, source: Any = None,
+                         metadata: Optional[dict[str, Any]] = None,
+                         process_index: Optional[int] = None,
+                         process_count: Optional[int] = None) -> pathlib.Path:
+  """The ``precompute_ref`` stage: writes this process's shard of the reference cache."""
+  facts = facts or ModelFacts.from_config(config)
+  return compute_reference_cache(
+      source if source is not None else open_source(config, run_dir),
+      make_template(config, facts, tokenizer), make_preprocessor(config, facts, augment=False),
+      token_logps_fn, ref_cache_dir(config), batch_size=batch_size,
+      buckets=tuple(config.data.buckets),
+      process_index=jax.process_index() if process_index is None else process_index,
+      process_count=jax.process_count() if process_count is None else process_count,
+      errors=_errors(config, run_dir, "reference"), metadata=metadata,
+      **_segment_settings(config))

@@ -1,0 +1,58 @@
+"""config.data -> loader and reference pass, wired to the tiny model config."""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+import pytest
+
+from raw_files import GOOD_ROWS, image_bytes
+from rlhfv_jax import model
+from rlhfv_jax.data import factory
+
+
+@pytest.fixture
+def config(make_jsonl_dir, tmp_path, llama_tokenizer_path):
+  lines = [dict(id=f"j{i}", image=image_bytes(i), **GOOD_ROWS[i % 3]) for i in range(6)]
+  lines.append(dict(id="bad", image=b"broken", **GOOD_ROWS[0]))
+  data = factory.get_data_config()
+  data.update(dataset="jsonl_preference", source_dir=str(make_jsonl_dir(lines)),
+              data_dir=str(tmp_path / "tfds"), tokenizer=str(llama_tokenizer_path),
+              buckets=(96, 128), error_policy="skip", num_threads=2)
+  return ml_collections.ConfigDict(dict(
+      data=data, model=model.llava_config("tiny"),
+      ddpo=ml_collections.ConfigDict(dict(segment_mode="rlhfv"))))
+
+
+def test_loader_from_config_builds_the_dataset_and_matches_the_model(config, tmp_path):
+  run_dir = tmp_path / "run"
+  loader = factory.make_loader(config, global_batch_size=2, run_dir=run_dir)
+  assert len(loader.source) == 6  # the broken image was skipped and listed
+  assert "bad" in (run_dir / "skipped_jsonl_preference_train.jsonl").read_text()
+  assert loader.segment_mode == "rlhfv" and loader.min_match == 3
+  batch = next(iter(loader))
+  assert batch.pixel_values.shape == (2, 32, 32, 3)  # tiny model: 32px images
+  image_id = config.model.image_token_id
+  assert ((batch.chosen.input_ids == image_id).sum(1) == model.num_image_tokens(config.model)).all()
+
+
+def test_reference_pass_then_cached_batches(config, tmp_path):
+  run_dir = tmp_path / "run"
+  fn = lambda b: tuple(np.full(s.input_ids.shape, -0.5, np.float32) for s in (b.chosen, b.rejected))
+  path = factory.precompute_reference(config, fn, batch_size=4, run_dir=run_dir,
+                                      metadata={"reference": "tiny"})
+  assert path.parent == factory.ref_cache_dir(config)
+  config.data.use_ref_cache = True
+  batch = next(iter(factory.make_loader(config, global_batch_size=2, run_dir=run_dir)))
+  for seq in (batch.chosen, batch.rejected):
+    np.testing.assert_array_equal(seq.ref_token_logps, np.where(seq.loss_mask, -0.5, 0))
+
+
+def test_config_errors(config, tmp_path):
+  config.model.image_token_id = 7
+  with pytest.raises(ValueError, match="<image> id is 32000 but the model's image_token_id is 7"):
+    factory.make_loader(config, global_batch_size=2, run_dir=tmp_path)
+  config.model.image_token_id = 32000
+  config.data.augmentation = "random_crop"
+  with pytest.raises(ValueError, match="random_crop_ablation"):
+    factory.make_loader(config, global_batch_size=2, run_dir=tmp_path)
