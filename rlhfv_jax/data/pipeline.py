@@ -48,7 +48,6 @@ from rlhfv_jax.data.images import ImagePreprocessor, augmentation_rng
 from rlhfv_jax.data.records import ErrorLog, PreferenceRecord, Record, RecordError, SFTRecord
 from rlhfv_jax.data.tokenizer import ChatTemplate
 
-KINDS = ("preference", "sft")
 Batch = Union[PreferenceBatch, SFTBatch]
 
 
@@ -224,7 +223,8 @@ class Loader:
                process_index: int = 0, process_count: int = 1,
                segment_mode: str = "paper", min_match: int = 3,
                errors: Optional[ErrorLog] = None,
-               ref_lookup: Optional[RefLookup] = None, num_threads: int = 4):
+               ref_lookup: Optional[RefLookup] = None, num_threads: int = 4,
+               prefetch_batches: int = 2):
     """Args:
       source: random-access records (`tfds_builders.RecordSource` or any sequence).
       template: chat template with the tokenizer and `num_image_tokens`.
@@ -240,6 +240,7 @@ class Loader:
       errors: error policy for examples whose prompt is too long (default: raise).
       ref_lookup: reference log-prob lookup (`ref_cache.ReferenceCache.lookup`) or None.
       num_threads: threads for tokenization and image decoding.
+      prefetch_batches: host batches prepared ahead in a background thread (0: none).
     """
     if not buckets or any(int(b) < 2 for b in buckets):
       raise ValueError(f"buckets={tuple(buckets)}: need at least one length >= 2")
@@ -265,6 +266,7 @@ class Loader:
     self.errors = errors if errors is not None else ErrorLog("raise")
     self.ref_lookup = ref_lookup
     self.num_threads = num_threads
+    self.prefetch_batches = prefetch_batches
     self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=num_threads)
 
   def _tokenize(self, position: int, index: int) -> TokenizedExample:
@@ -302,7 +304,12 @@ class Loader:
     batches = (examples.filter(self._prompt_fits)
                .batch(self.global_batch_size, drop_remainder=True, batch_fn=list)
                .map(self.host_batch))
-    return batches if with_ids else batches.map(lambda ids_and_batch: ids_and_batch[1])
+    if not with_ids:
+      batches = batches.map(lambda ids_and_batch: ids_and_batch[1])
+    # Images of the next batches are decoded in the background while a step runs; the
+    # iterator state still counts only the batches handed out.
+    return grain.experimental.ThreadPrefetchIterDataset(
+        batches, prefetch_buffer_size=self.prefetch_batches)
 
   def __iter__(self) -> grain.DatasetIterator:
     return iter(self.dataset())
