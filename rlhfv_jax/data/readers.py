@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, TypeVar
 import pyarrow.parquet as pq
 
 from rlhfv_jax.data.records import (ErrorLog, PreferenceRecord, RecordError, SFTRecord,
-                                    check_text, make_preference_record,
+                                    as_utf8, make_preference_record,
                                     make_sft_record)
 
 RecordT = TypeVar("RecordT", PreferenceRecord, SFTRecord)
@@ -97,7 +97,7 @@ def _rlhfv_row_to_raw(row: Mapping[str, Any], parquet_dir: pathlib.Path,
   if row.get("idx") is None:
     raise RecordError(None, "missing key 'idx'", location)
   record_id = str(row["idx"])
-  text = check_text(record_id, "text", row.get("text"), location)
+  text = as_utf8(record_id, "text", row.get("text"), location)
   try:
     fields = json.loads(text)
   except json.JSONDecodeError as e:
@@ -135,7 +135,7 @@ def _jsonl_raw_lines(path: pathlib.Path) -> Iterator[tuple[str, Any]]:
       if not line.strip():
         continue
       try:
-        text = check_text(None, "line", line, location)
+        text = as_utf8(None, "line", line, location)
         try:
           raw = json.loads(text)
         except json.JSONDecodeError as e:
@@ -209,6 +209,8 @@ def _vqav2_raw_questions(directory: pathlib.Path, split: str) -> Iterator[tuple[
       if annotation.get("image_id") != image_id:
         raise RecordError(record_id, f"image_id {image_id} disagrees with the annotation's "
                           f"{annotation.get('image_id')}", location)
+      if annotation.get("multiple_choice_answer") is None:
+        raise RecordError(record_id, "annotation has no 'multiple_choice_answer'", location)
       image_path = image_dir / f"COCO_{split}2014_{int(image_id):012d}.jpg"
       image = _read_bytes(image_path, record_id, location)
       yield location, {

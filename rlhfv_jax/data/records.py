@@ -85,9 +85,9 @@ class SFTRecord:
 Record = Union[PreferenceRecord, SFTRecord]
 
 
-def check_text(record_id: str, field: str, value: Any, location: Optional[str] = None, *,
-               allow_empty: bool = False) -> str:
-  """Returns `value` as a valid UTF-8 `str`, or raises `RecordError` saying why not.
+def as_utf8(record_id: Optional[str], field: str, value: Any,
+            location: Optional[str] = None) -> str:
+  """Returns `value` as a `str` that is valid UTF-8, or raises `RecordError` saying why not.
 
   Bytes are decoded as strict UTF-8; strings are checked to be encodable (json can
   produce lone surrogates from invalid input).
@@ -106,7 +106,13 @@ def check_text(record_id: str, field: str, value: Any, location: Optional[str] =
     value.encode("utf-8")
   except UnicodeEncodeError as e:
     raise RecordError(record_id, f"field {field!r} is not valid UTF-8 ({e})", location) from e
-  if not allow_empty and not value.strip():
+  return value
+
+
+def check_text(record_id: str, field: str, value: Any, location: Optional[str] = None) -> str:
+  """`as_utf8`, and the text must be non-empty and free of the image placeholder."""
+  value = as_utf8(record_id, field, value, location)
+  if not value.strip():
     raise RecordError(record_id, f"field {field!r} is empty", location)
   if IMAGE_PLACEHOLDER in value:
     raise RecordError(record_id, f"field {field!r} contains the image placeholder "
@@ -168,7 +174,7 @@ def _record_id(raw: Mapping[str, Any], location: Optional[str]) -> str:
   if record_id is None or (isinstance(record_id, str) and not record_id):
     raise RecordError(None, "missing key 'id'", location)
   if isinstance(record_id, (bytes, bytearray)):
-    record_id = check_text("<undecodable id>", "id", record_id, location)
+    record_id = as_utf8(None, "id", record_id, location)
   return str(record_id)
 
 

@@ -67,6 +67,10 @@ def record_to_example(record: Record) -> dict[str, Any]:
   return example
 
 
+def _spans_tuple(spans: Any) -> tuple[tuple[int, int], ...]:
+  return tuple((int(start), int(end)) for start, end in np.asarray(spans).reshape(-1, 2))
+
+
 def _text(value: Any) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
@@ -78,11 +82,10 @@ def example_to_record(example: Mapping[str, Any]) -> Record:
                 origin=json.loads(_text(example["origin"])))
   if "answer" in example:
     return SFTRecord(answer=_text(example["answer"]), **common)
-  spans = lambda key: tuple((int(s), int(e)) for s, e in np.asarray(example[key]))
   return PreferenceRecord(chosen=_text(example["chosen"]), rejected=_text(example["rejected"]),
                           has_spans=bool(example["has_spans"]),
-                          chosen_spans=spans("chosen_spans"),
-                          rejected_spans=spans("rejected_spans"), **common)
+                          chosen_spans=_spans_tuple(example["chosen_spans"]),
+                          rejected_spans=_spans_tuple(example["rejected_spans"]), **common)
 
 
 class _LocalSourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):

@@ -24,7 +24,7 @@ BAD_ROWS = {  # name -> (row, expected record id, expected problem fragment)
     "identical answers": (rlhfv_row(11, dict(GOOD_ROWS[0], rejected=GOOD_ROWS[0]["chosen"])),
                           "11", "identical"),
     "image placeholder in text": (rlhfv_row(12, dict(GOOD_ROWS[0], question="<image>\nQ?")),
-                                  "12", "image placeholder"),
+                                  "12", "field 'question' contains the image placeholder"),
     "missing idx": (dict(rlhfv_row(13, GOOD_ROWS[0]), idx=None), None, "missing key 'idx'"),
     "text not JSON": (dict(rlhfv_row(14, GOOD_ROWS[0]), text="{not json"), "14",
                       "not valid JSON"),
