@@ -25,7 +25,11 @@ VQAv2 (`read_vqav2`, the official release) in ``<dir>``:
   ``<split>2014/COCO_<split>2014_<image_id:012d>.jpg`` (the COCO image folder)
   One SFT record per question, id = question_id, answer = ``multiple_choice_answer``
   (the official single consensus answer among the ten annotators'; the other nine are
-  kept out of training, as in LLaVA-1.5's VQAv2 mix).
+  kept out of training, as in LLaVA-1.5's VQAv2 mix). The question gets LLaVA-1.5's
+  short-answer instruction appended (`VQA_SHORT_ANSWER_PROMPT`), so that one-word VQA
+  targets do not teach the model to answer *every* prompt in one word, which would undo
+  the long descriptions RLHF-V trains on (``short_answer_prompt=False`` keeps the bare
+  question).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from rlhfv_jax.data.records import (ErrorLog, PreferenceRecord, RecordError, SFT
 RecordT = TypeVar("RecordT", PreferenceRecord, SFTRecord)
 RawItem = tuple[str, Mapping[str, Any]]  # (location, raw fields)
 
+VQA_SHORT_ANSWER_PROMPT = "\nAnswer the question using a single word or phrase."
 RLHFV_ORIGIN_COLUMNS = ("idx", "origin_dataset", "origin_split", "ds_name", "image_path")
 
 
@@ -189,7 +194,8 @@ def _load_json_list(path: pathlib.Path, key: str) -> list[Any]:
   return data[key]
 
 
-def _vqav2_raw_questions(directory: pathlib.Path, split: str) -> Iterator[tuple[str, Any]]:
+def _vqav2_raw_questions(directory: pathlib.Path, split: str, question_suffix: str
+                         ) -> Iterator[tuple[str, Any]]:
   questions_path, annotations_path, image_dir = vqav2_paths(directory, split)
   questions = _load_json_list(questions_path, "questions")
   annotations = {a.get("question_id"): a
@@ -214,7 +220,9 @@ def _vqav2_raw_questions(directory: pathlib.Path, split: str) -> Iterator[tuple[
       image_path = image_dir / f"COCO_{split}2014_{int(image_id):012d}.jpg"
       image = _read_bytes(image_path, record_id, location)
       yield location, {
-          "id": record_id, "image": image, "question": question.get("question"),
+          "id": record_id, "image": image,
+          "question": (None if question.get("question") is None
+                       else question["question"] + question_suffix),
           "answer": annotation.get("multiple_choice_answer"),
           "origin": {"dataset": "vqav2", "split": split, "image_id": image_id,
                      "question_id": record_id,
@@ -224,8 +232,9 @@ def _vqav2_raw_questions(directory: pathlib.Path, split: str) -> Iterator[tuple[
       yield location, e
 
 
-def read_vqav2(directory: str | pathlib.Path, split: str, errors: ErrorLog
-               ) -> Iterator[SFTRecord]:
+def read_vqav2(directory: str | pathlib.Path, split: str, errors: ErrorLog,
+               short_answer_prompt: bool = True) -> Iterator[SFTRecord]:
   """Yields one validated SFT record per VQAv2 question (see the module docstring)."""
-  return validated(_vqav2_raw_questions(pathlib.Path(directory), split), make_sft_record,
-                   errors)
+  suffix = VQA_SHORT_ANSWER_PROMPT if short_answer_prompt else ""
+  return validated(_vqav2_raw_questions(pathlib.Path(directory), split, suffix),
+                   make_sft_record, errors)

@@ -155,7 +155,11 @@ def test_vqav2_uses_multiple_choice_answer_and_names_bad_questions(make_vqav2_di
   directory = make_vqav2_dir(items, missing_images=(3,), broken_images=(4,))
   errors = ErrorLog("skip", tmp_path / "run", name="vqa")
   records = list(readers.read_vqav2(directory, "val", errors))
-  assert [(r.question, r.answer) for r in records] == [(q, a) for _, q, a in items[:3]]
+  suffix = "\nAnswer the question using a single word or phrase."
+  assert [(r.question, r.answer) for r in records] == [(q + suffix, a) for _, q, a in items[:3]]
+  bare = list(readers.read_vqav2(directory, "val", ErrorLog("skip", tmp_path / "run2"),
+                                 short_answer_prompt=False))
+  assert [r.question for r in bare] == [q for _, q, _ in items[:3]]
   assert [r.id for r in records] == ["1000", "1001", "2002"]
   assert records[0].image == records[1].image  # both questions of COCO image 1
   assert records[0].origin["image_id"] == "1"
