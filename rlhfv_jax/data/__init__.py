@@ -1,6 +1,13 @@
-"""Data: records and readers, TFDS (array_record) builders, tokenizer and chat template,
-image preprocessing and augmentation, the deterministic grain pipeline that produces
-`rlhfv_jax.batch` batches, and the reference log-prob cache.
+"""Data: from raw files to `rlhfv_jax.batch` batches.
+
+  records        PreferenceRecord / SFTRecord, validation, ErrorLog (fail fast or skip+list)
+  readers        RLHF-V parquet, JSONL + image folder, VQAv2 JSON + COCO images
+  tfds_builders  TFDS builders -> array_record; `prepare`, `open_split` (tfds.data_source)
+  tokenizer      LLaVA-1.5 tokenizer (SentencePiece / HF dir) and the Vicuna v1 ChatTemplate
+  images         ImagePreprocessor (transformers CLIP processor), AugmentationPolicy
+  pipeline       tokenize_record, pack_sequence, assemble_batch, Loader (grain), split_for_devices
+  ref_cache      compute_reference_cache, ReferenceCache (reference log-probs keyed by id)
+  factory        get_data_config (config.data defaults), make_loader, precompute_reference
 
 Submodules are imported explicitly (``from rlhfv_jax.data import pipeline``) so that
 importing one piece does not pull in transformers or TFDS.

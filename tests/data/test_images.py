@@ -113,3 +113,15 @@ def test_flip_mirrors_the_image(wide_image):
   assert 0 < len(flipped) < 8
   for o in flipped:
     np.testing.assert_allclose(o, plain[:, ::-1], atol=1e-5)
+
+
+def test_processor_settings_load_from_a_local_hf_directory(tmp_path, wide_image):
+  from transformers import CLIPImageProcessorPil
+  mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+  CLIPImageProcessorPil(image_mean=mean, image_std=std, size={"shortest_edge": 336},
+                        crop_size={"height": 336, "width": 336}).save_pretrained(tmp_path)
+  out = ImagePreprocessor(SIZE, processor_dir=str(tmp_path))(encoded(wide_image))
+  square = Image.new("RGB", (32, 32), (128, 128, 128))  # padded with the loaded mean
+  square.paste(Image.fromarray(wide_image), (0, 4))
+  resized = np.asarray(square.resize((SIZE, SIZE), Image.Resampling.BICUBIC), np.float32) / 255
+  np.testing.assert_allclose(out, (resized - 0.5) / 0.25, atol=1e-5)
