@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pathlib
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -82,7 +81,3 @@ def make_vqav2_dir(tmp_path):
     return directory
   return make
 
-
-@pytest.fixture
-def repo_root() -> pathlib.Path:
-  return pathlib.Path(__file__).resolve().parents[2]
