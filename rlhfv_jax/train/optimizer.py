@@ -109,9 +109,16 @@ def warmup_steps(optim_config: Any, total_steps: int) -> int:
   return int(round(float(optim_config.get("warmup_fraction", 0.0)) * total_steps))
 
 
+NO_DECAY_NAMES = frozenset({"bias", "scale"})
+
+
 def _decay_mask(params: Any) -> Any:
-  # Decay matrices only: biases, norm scales (1-D) and scalars are not regularised.
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  # Decay weight matrices and embeddings; not biases or norm scales. The leaf name is
+  # checked as well as the rank because stacked (scanned) layers give every leaf a
+  # leading layer axis, so a norm scale is 2-D there.
+  def decay(path, p):
+    return p.ndim >= 2 and path_str(path).split("/")[-1] not in NO_DECAY_NAMES
+  return jax.tree_util.tree_map_with_path(decay, params)
 
 
 def make_optimizer(optim_config: Any, params: Any,

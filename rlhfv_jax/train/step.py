@@ -84,8 +84,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
 
     (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(params)
     metrics = dict(metrics, loss=loss)
-    weight = (jnp.asarray(metrics[loss_weight_key], jnp.float32)
-              if loss_weight_key else jnp.ones((), jnp.float32))
+    weight = _loss_weight(metrics, loss_weight_key)
     scale = lambda x: weight * jnp.asarray(x, jnp.float32)
     return weight, jax.tree.map(scale, grads), jax.tree.map(scale, metrics)
 
@@ -143,6 +142,27 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
   return train_step
 
 
+def _loss_weight(metrics: dict[str, jax.Array], loss_weight_key: Optional[str]) -> jax.Array:
+  if loss_weight_key:
+    return jnp.asarray(metrics[loss_weight_key], jnp.float32)
+  return jnp.ones((), jnp.float32)
+
+
+def make_eval_step(loss_fn: LossFn, *, loss_weight_key: Optional[str] = None):
+  """Builds `eval_step(params, aux, batch) -> (weight, weighted metric sums)`.
+
+  Sum both over batches and divide to get dataset means weighted exactly as the train
+  step weights devices and micro-batches (see the module docstring). Jit it with the
+  batch sharded over devices; the sums are then global.
+  """
+  def eval_step(params, aux, batch):
+    loss, metrics = loss_fn(params, aux, batch, jax.random.PRNGKey(0))
+    metrics = dict(metrics, loss=loss)
+    weight = _loss_weight(metrics, loss_weight_key)
+    return weight, {k: weight * jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+  return eval_step
+
+
 def split_microbatches(batch: Any, num_micro: int) -> Any:
   """[B, ...] -> [num_micro, B / num_micro, ...] on every leaf (host-side numpy)."""
   def split(x):
@@ -156,6 +176,17 @@ def split_microbatches(batch: Any, num_micro: int) -> Any:
 def _to_host(x: jax.Array) -> np.ndarray:
   """One full copy of a replicated array, from this process's first device."""
   return np.asarray(x.addressable_data(0))
+
+
+def _full_host_value(x: Any) -> np.ndarray:
+  """The whole value of a (possibly sharded, possibly multi-process) array on the host."""
+  if not isinstance(x, jax.Array):
+    return np.asarray(x)
+  if x.is_fully_replicated:
+    return _to_host(x)
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  return multihost_utils.process_allgather(x, tiled=True)
 
 
 def _first_replica(x: jax.Array) -> np.ndarray:
@@ -230,7 +261,7 @@ class PmapParallel(Parallel):
     n = len(self.devices)
 
     def put(x):
-      x = np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
+      x = _full_host_value(x)
       return jax.device_put(np.broadcast_to(x[None], (n,) + x.shape), self._local)
     return jax.tree.map(put, tree)
 

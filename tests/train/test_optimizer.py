@@ -46,7 +46,7 @@ def test_linear_and_constant_schedules_and_explicit_warmup():
 
 
 def numpy_adamw(params, grads_per_step, lrs, *, b1, b2, eps, weight_decay, max_norm, frozen):
-  """Reference AdamW (decoupled decay on matrices, global-norm clipping of trainable
+  """Reference AdamW (decoupled decay on weight matrices, global-norm clipping of trainable
   gradients, frozen leaves untouched), written from the Loshchilov & Hutter update."""
   params = {k: v.astype(np.float64) for k, v in params.items()}
   m = {k: np.zeros_like(v) for k, v in params.items()}
@@ -61,7 +61,7 @@ def numpy_adamw(params, grads_per_step, lrs, *, b1, b2, eps, weight_decay, max_n
       v[k] = b2 * v[k] + (1 - b2) * g * g
       m_hat, v_hat = m[k] / (1 - b1 ** t), v[k] / (1 - b2 ** t)
       update = m_hat / (np.sqrt(v_hat) + eps)
-      if params[k].ndim >= 2:
+      if params[k].ndim >= 2 and k not in ("bias", "scale"):
         update = update + weight_decay * params[k]
       params[k] = params[k] - lr * update
   return params
@@ -71,7 +71,9 @@ def test_adamw_clipping_decay_mask_and_frozen_match_numpy_reference():
   rng = np.random.default_rng(0)
   params = {"vision_tower": rng.standard_normal((3, 4)).astype(np.float32),
             "w": rng.standard_normal((4, 5)).astype(np.float32),
-            "b": rng.standard_normal(5).astype(np.float32)}
+            "bias": rng.standard_normal(5).astype(np.float32),
+            # A norm scale of 2 stacked (scanned) layers: 2-D, but never decayed.
+            "scale": rng.standard_normal((2, 5)).astype(np.float32)}
   grads = [{k: (rng.standard_normal(p.shape) * s).astype(np.float32) for k, p in params.items()}
            for s in (3.0, 0.1, 1.0)]
   cfg = config(learning_rate=0.1, warmup_steps=1, weight_decay=0.05, max_grad_norm=1.0,
