@@ -1,6 +1,6 @@
 """Input pipeline throughput at LLaVA-1.5 sizes (336px images, 576 image tokens).
 
-  /work/venv/bin/python benchmarks/data_pipeline.py [--examples 96] [--batch 8]
+  python -m benchmarks.data_pipeline [--examples 96] [--batch 8]
 
 Prints examples/s of (a) a plain serial loop (tokenize + preprocess one example at a
 time, the same work) and (b) the grain `Loader` (thread pool + background batch
