@@ -58,20 +58,19 @@ def sample_tokens(logits: jax.Array, rng: jax.Array, temperature: jax.Array,
 
 
 def make_generate_fn(cfg: ml_collections.ConfigDict, *, max_new_tokens: int,
-                     eos_token_id: Union[int, Sequence[int]], pad_token_id: int,
                      sequences_per_image: int = 1) -> GenerateFn:
-  """Builds `fn(params, input_ids, attention_mask, pixel_values, rng, temperature, top_p)`.
+  """Builds the jitted `fn(params, input_ids, attention_mask, pixel_values, rng,
+  temperature, top_p, eos_token_ids, pad_token_id) -> tokens [N, max_new_tokens]`.
 
-  The returned function is jitted and returns tokens [N, max_new_tokens] int32.
-  `pixel_values` may be None for text-only prompts.
+  `pixel_values` may be None for text-only prompts; `eos_token_ids` is an int32 [E]
+  array; every argument but the shapes is traced, so changing values never recompiles.
   """
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
   model = llava.Llava(cfg)
-  eos_ids = jnp.asarray([eos_token_id] if isinstance(eos_token_id, int) else eos_token_id,
-                        jnp.int32)
 
-  def generate_fn(params, input_ids, attention_mask, pixel_values, rng, temperature, top_p):
+  def generate_fn(params, input_ids, attention_mask, pixel_values, rng, temperature, top_p,
+                  eos_token_ids, pad_token_id):
     variables = {"params": params}
     num_rows, prompt_len = input_ids.shape
     attention_mask = attention_mask.astype(bool)
@@ -99,7 +98,7 @@ def make_generate_fn(cfg: ml_collections.ConfigDict, *, max_new_tokens: int,
       token = sample_tokens(logits[:, -1], step_rng, temperature, top_p)
       token = jnp.where(done, pad_token_id, token)
       tokens = tokens.at[:, step].set(token)
-      done = done | jnp.isin(token, eos_ids)
+      done = done | jnp.isin(token, eos_token_ids)
       logits, cache = model.apply(
           variables, token[:, None], key_valid, None,
           positions=(lengths + step)[:, None], kv_cache=cache,
@@ -115,10 +114,9 @@ def make_generate_fn(cfg: ml_collections.ConfigDict, *, max_new_tokens: int,
 
 @functools.lru_cache(maxsize=16)
 def _cached_generate_fn(cfg: ml_collections.FrozenConfigDict, max_new_tokens: int,
-                        eos_token_id: tuple[int, ...], pad_token_id: int,
                         sequences_per_image: int) -> GenerateFn:
-  return make_generate_fn(cfg, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
-                          pad_token_id=pad_token_id, sequences_per_image=sequences_per_image)
+  return make_generate_fn(cfg, max_new_tokens=max_new_tokens,
+                          sequences_per_image=sequences_per_image)
 
 
 def generate(params, cfg: ml_collections.ConfigDict, input_ids: jax.Array,
@@ -136,7 +134,7 @@ def generate(params, cfg: ml_collections.ConfigDict, input_ids: jax.Array,
     pixel_values: [B, H, W, C] images with N = sequences_per_image * B (row j uses
       image j % B), or None for text-only prompts.
     max_new_tokens: number of output slots (static: a new value recompiles).
-    eos_token_id: id or ids that finish a row.
+    eos_token_id: id or ids that finish a row (their number is part of the shape).
     pad_token_id: fills the slots after a row's EOS.
     temperature: 0 for greedy decoding, else the sampling temperature.
     top_p: nucleus mass for sampling (1.0 = plain sampling).
@@ -150,9 +148,10 @@ def generate(params, cfg: ml_collections.ConfigDict, input_ids: jax.Array,
     raise ValueError("Sampling (temperature > 0) needs an rng key.")
   if not 0.0 < top_p <= 1.0:
     raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-  eos = (eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id)
-  fn = _cached_generate_fn(ml_collections.FrozenConfigDict(cfg), max_new_tokens, eos,
-                           pad_token_id, sequences_per_image)
+  eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+  fn = _cached_generate_fn(ml_collections.FrozenConfigDict(cfg), max_new_tokens,
+                           sequences_per_image)
   rng = jax.random.key(0) if rng is None else rng
   return fn(params, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, bool),
-            pixel_values, rng, jnp.float32(temperature), jnp.float32(top_p))
+            pixel_values, rng, jnp.float32(temperature), jnp.float32(top_p),
+            jnp.asarray(eos, jnp.int32), jnp.int32(pad_token_id))

@@ -56,21 +56,18 @@ def _generate(cfg, params, prompts, pixels, eos, **kwargs):
 def test_greedy_matches_transformers_and_stops_at_eos(reference):
   torch_model, cfg, params, left, right, pixels = reference
   never = ref.IMAGE_TOKEN_ID  # Greedy never picks the placeholder here (checked below).
-  tokens = _generate(cfg, params, left, pixels, never)
+  tokens = _generate(cfg, params, left, pixels, (never, never))
   np.testing.assert_array_equal(tokens, _hf_greedy(torch_model, *left, pixels, never))
   assert tokens.shape == (3, MAX_NEW) and not (tokens == never).any()
   assert len(np.unique(tokens)) > 3  # Not a degenerate repetition.
 
-  # Stop row 0 mid-way: its 4th token (first occurrence) becomes EOS.
+  # Stop row 0 mid-way: its 4th token (first occurrence) becomes EOS (any of several ids).
   eos = next(int(t) for i, t in enumerate(tokens[0]) if i >= 3 and t not in tokens[0, :i])
   stop = list(tokens[0]).index(eos)
-  stopped = _generate(cfg, params, left, pixels, eos)
+  stopped = _generate(cfg, params, left, pixels, (never, eos))
   np.testing.assert_array_equal(stopped, _hf_greedy(torch_model, *left, pixels, eos))
   np.testing.assert_array_equal(stopped[0, :stop + 1], tokens[0, :stop + 1])
   assert (stopped[0, stop + 1:] == ref.PAD_TOKEN_ID).all()
-  # Several EOS ids: a row stops at the first of any of them.
-  both = _generate(cfg, params, left, pixels, (never, eos))
-  np.testing.assert_array_equal(both, stopped)
 
 
 def test_right_padding_equals_left_padding(reference):
@@ -101,12 +98,13 @@ def test_sequences_per_image_and_sampling_controls(reference):
 
 def test_compiles_once_per_shape(reference):
   _, cfg, params, left, _, pixels = reference
-  fn = generate_lib._cached_generate_fn(ml_collections.FrozenConfigDict(cfg), MAX_NEW, (3,),
-                                       ref.PAD_TOKEN_ID, 1)
+  fn = generate_lib._cached_generate_fn(ml_collections.FrozenConfigDict(cfg), MAX_NEW, 1)
+  sizes = []
   for temperature, seed in ((0.0, 0), (0.7, 1), (1.3, 2)):
-    _generate(cfg, params, left, _pixels(3, seed), 3, temperature=temperature,
-              top_p=0.9, rng=jax.random.key(seed))
-  assert fn._cache_size() == 1
+    _generate(cfg, params, left, _pixels(3, seed), seed + 3, temperature=temperature,
+              top_p=0.9 - 0.1 * seed, rng=jax.random.key(seed))
+    sizes.append(fn._cache_size())
+  assert sizes[0] >= 1 and sizes[1] == sizes[2] == sizes[0]
 
 
 def test_sample_tokens_follows_the_nucleus_distribution():
