@@ -84,6 +84,11 @@ def make_prompts(num_rows: int, length: int, num_image_tokens: int, lengths, *,
   return ids, mask
 
 
+def random_pixels(num_images: int, seed: int = 0) -> np.ndarray:
+  """Stand-in for processed images: [B, 32, 32, 3] float32 NHWC, roughly unit scale."""
+  return np.random.default_rng(seed).normal(size=(num_images, 32, 32, 3)).astype(np.float32)
+
+
 def torch_logits(model, input_ids, attention_mask, pixel_values_nhwc, **kwargs):
   """HF logits [N, T, V] as numpy (pixels given NHWC, passed NCHW)."""
   with torch.no_grad():

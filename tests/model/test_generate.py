@@ -18,10 +18,6 @@ torch = ref.torch
 MAX_NEW = 10
 
 
-def _pixels(num_images: int, seed: int = 0) -> np.ndarray:
-  return np.random.default_rng(seed).normal(size=(num_images, 32, 32, 3)).astype(np.float32)
-
-
 def _hf_greedy(model, ids, mask, pixels, eos_token_id):
   """transformers' greedy generate, new tokens padded to MAX_NEW with PAD_TOKEN_ID."""
   with torch.no_grad():
@@ -44,7 +40,7 @@ def reference(tmp_path_factory):
   n = model_lib.num_image_tokens(cfg)
   left = ref.make_prompts(3, n + 8, n, lengths=[n + 8, n + 3, n + 6], left_pad=True, seed=4)
   right = ref.make_prompts(3, n + 8, n, lengths=[n + 8, n + 3, n + 6], left_pad=False, seed=4)
-  return torch_model, cfg, params, left, right, _pixels(3, seed=2)
+  return torch_model, cfg, params, left, right, ref.random_pixels(3, seed=2)
 
 
 def _generate(cfg, params, prompts, pixels, eos, **kwargs):
@@ -101,7 +97,7 @@ def test_compiles_once_per_shape(reference):
   fn = generate_lib._cached_generate_fn(ml_collections.FrozenConfigDict(cfg), MAX_NEW, 1)
   sizes = []
   for temperature, seed in ((0.0, 0), (0.7, 1), (1.3, 2)):
-    _generate(cfg, params, left, _pixels(3, seed), seed + 3, temperature=temperature,
+    _generate(cfg, params, left, ref.random_pixels(3, seed), seed + 3, temperature=temperature,
               top_p=0.9 - 0.1 * seed, rng=jax.random.key(seed))
     sizes.append(fn._cache_size())
   assert sizes[0] >= 1 and sizes[1] == sizes[2] == sizes[0]

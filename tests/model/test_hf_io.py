@@ -18,22 +18,23 @@ from . import hf_reference as ref
 torch, transformers = ref.torch, ref.transformers
 
 
-def _pixels(num_images: int, seed: int = 0) -> np.ndarray:
-  return np.random.default_rng(seed).normal(size=(num_images, 32, 32, 3)).astype(np.float32)
-
-
 def _assert_same_params(a, b):
   assert jax.tree.structure(a) == jax.tree.structure(b)
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
 
 
-def _rename_tensors(src_dir, dst_dir, rename) -> None:
-  """Copies a single-file checkpoint to `dst_dir` with every tensor name mapped."""
+def _edited_copy(src_dir, dst_dir, edit):
+  """Copies a single-file checkpoint to `dst_dir` with its tensor dict passed through `edit`."""
   dst_dir.mkdir()
-  tensors = safetensors.numpy.load_file(src_dir / hf_io.SAFETENSORS_FILE)
-  safetensors.numpy.save_file({rename(k): v for k, v in tensors.items()},
-                              dst_dir / hf_io.SAFETENSORS_FILE, metadata={"format": "pt"})
+  tensors = edit(safetensors.numpy.load_file(src_dir / hf_io.SAFETENSORS_FILE))
+  safetensors.numpy.save_file(tensors, dst_dir / hf_io.SAFETENSORS_FILE,
+                              metadata={"format": "pt"})
   (dst_dir / "config.json").write_text((src_dir / "config.json").read_text())
+  return dst_dir
+
+
+def _rename_tensors(src_dir, dst_dir, rename):
+  return _edited_copy(src_dir, dst_dir, lambda t: {rename(k): v for k, v in t.items()})
 
 
 def _from_pretrained(path):
@@ -99,7 +100,7 @@ def test_export_round_trip_through_transformers(hf_checkpoint, tmp_path, layout)
     np.testing.assert_array_equal(reloaded.state_dict()[name].numpy(), tensor.numpy(), err_msg=name)
   n = model_lib.num_image_tokens(cfg)
   ids, mask = ref.make_prompts(2, n + 6, n, lengths=[n + 6, n + 3])
-  pixels = _pixels(2)
+  pixels = ref.random_pixels(2)
   np.testing.assert_array_equal(ref.torch_logits(reloaded, ids, mask, pixels),
                                 ref.torch_logits(torch_model, ids, mask, pixels))
   assert hf_io.load_hf_llava(tmp_path / "export")[0] == cfg
@@ -117,7 +118,7 @@ def test_exported_flax_init_runs_identically_in_transformers(tmp_path):
   n = model_lib.num_image_tokens(cfg)
   ids, mask = ref.make_prompts(2, n + 6, n, lengths=[n + 6, n + 4])
   ids = np.where(ids == ref.IMAGE_TOKEN_ID, cfg.image_token_id, ids % 90)
-  pixels = _pixels(2, seed=4)
+  pixels = ref.random_pixels(2, seed=4)
   logits = np.asarray(jax.jit(model_lib.make_apply_fn(cfg))(params, ids, mask, pixels))
   np.testing.assert_allclose(logits[mask], ref.torch_logits(hf_model, ids, mask, pixels)[mask],
                              atol=2e-4, rtol=2e-4)
@@ -137,18 +138,17 @@ def test_load_errors_name_the_problem(hf_checkpoint, tmp_path):
     hf_io.load_hf_llava(tmp_path / "missing")
   assert "missing" in str(error.value) and str(tmp_path / "missing") in str(error.value)
 
-  tensors = safetensors.numpy.load_file(path / hf_io.SAFETENSORS_FILE)
-  tensors["multi_modal_projector.linear_1.bias"] = np.zeros(3, np.float32)
-  (tmp_path / "shape").mkdir()
-  safetensors.numpy.save_file(tensors, tmp_path / "shape" / hf_io.SAFETENSORS_FILE)
-  (tmp_path / "shape" / "config.json").write_text((path / "config.json").read_text())
+  wrong_shape = _edited_copy(path, tmp_path / "shape", lambda t: {
+      **t, "multi_modal_projector.linear_1.bias": np.zeros(3, np.float32)})
   with pytest.raises(ValueError, match=r"linear_1\.bias.*shape \(3,\).*expected \(64,\)"):
-    hf_io.load_hf_llava(tmp_path / "shape")
+    hf_io.load_hf_llava(wrong_shape)
 
-  tensors = safetensors.numpy.load_file(path / hf_io.SAFETENSORS_FILE)
-  tensors["multi_modal_projector.linear_3.weight"] = np.zeros((2, 2), np.float32)
-  (tmp_path / "extra").mkdir()
-  safetensors.numpy.save_file(tensors, tmp_path / "extra" / hf_io.SAFETENSORS_FILE)
-  (tmp_path / "extra" / "config.json").write_text((path / "config.json").read_text())
+  extra = _edited_copy(path, tmp_path / "extra", lambda t: {
+      **t, "multi_modal_projector.linear_3.weight": np.zeros((2, 2), np.float32)})
   with pytest.raises(ValueError, match=r"does not use.*linear_3"):
-    hf_io.load_hf_llava(tmp_path / "extra")
+    hf_io.load_hf_llava(extra)
+
+  duplicated = _edited_copy(path, tmp_path / "duplicated", lambda t: {
+      **t, "model.multi_modal_projector.linear_2.bias": t["multi_modal_projector.linear_2.bias"]})
+  with pytest.raises(ValueError, match=r"duplicates .*both are 'multi_modal_projector\.linear_2\.bias'"):
+    hf_io.load_hf_llava(duplicated)

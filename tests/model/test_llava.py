@@ -21,10 +21,6 @@ PARITY_SPECS = {
 }
 
 
-def _pixels(num_images: int, seed: int = 0) -> np.ndarray:
-  return np.random.default_rng(seed).normal(size=(num_images, 32, 32, 3)).astype(np.float32)
-
-
 @pytest.mark.parametrize("name", sorted(PARITY_SPECS))
 def test_logits_match_transformers(hf_checkpoint, name):
   torch_model, path = hf_checkpoint(PARITY_SPECS[name], seed=len(name))
@@ -33,7 +29,7 @@ def test_logits_match_transformers(hf_checkpoint, name):
   assert n == torch_model.config.image_seq_length
   # Right-padded batch with rows of different lengths (the pipeline's layout).
   ids, mask = ref.make_prompts(3, n + 12, n, lengths=[n + 12, n + 5, n + 9])
-  pixels = _pixels(3)
+  pixels = ref.random_pixels(3)
 
   expected = ref.torch_logits(torch_model, ids, mask, pixels)
   logits = np.asarray(jax.jit(model_lib.make_apply_fn(cfg))(params, ids, mask, pixels))
@@ -46,7 +42,7 @@ def test_logits_match_transformers(hf_checkpoint, name):
 def test_encode_images_matches_transformers_image_features(hf_checkpoint):
   torch_model, path = hf_checkpoint(ref.TinySpec(feature_layer=-2))
   cfg, params = hf_io.load_hf_llava(path)
-  pixels = _pixels(2, seed=3)
+  pixels = ref.random_pixels(2, seed=3)
   with ref.torch.no_grad():
     expected = torch_model.get_image_features(
         ref.torch.from_numpy(pixels.transpose(0, 3, 1, 2))).pooler_output
@@ -79,7 +75,7 @@ def tiny():
 def test_sequences_per_image_equals_explicit_image_copies(tiny):
   cfg, params, ids, mask = tiny
   apply_fn = jax.jit(model_lib.make_apply_fn(cfg), static_argnums=4)
-  pixels = _pixels(2, seed=5)
+  pixels = ref.random_pixels(2, seed=5)
   shared = apply_fn(params, ids, mask, pixels, 2)
   # Tile order: row j uses image j % B.
   copies = apply_fn(params, ids, mask, pixels[np.array([0, 1, 0, 1])])
@@ -92,7 +88,7 @@ def test_sequences_per_image_equals_explicit_image_copies(tiny):
 def test_decode_reuses_encoded_images(tiny):
   cfg, params, ids, mask = tiny
   llava = model_lib.Llava(cfg)
-  pixels = _pixels(4, seed=6)
+  pixels = ref.random_pixels(4, seed=6)
   variables = {"params": params}
 
   @jax.jit
@@ -109,7 +105,7 @@ def test_remat_gives_same_logits_and_grads(tiny):
   cfg, params, ids, mask = tiny
   remat_cfg = cfg.copy_and_resolve_references()
   remat_cfg.remat = True
-  pixels = _pixels(4, seed=7)
+  pixels = ref.random_pixels(4, seed=7)
 
   def loss(apply_fn, p):
     logits = apply_fn(p, ids, mask, pixels)
@@ -148,7 +144,7 @@ def test_packed_segments_equal_separate_sequences(tiny):
 def test_placeholder_count_mismatch(tiny):
   cfg, params, ids, mask = tiny
   apply_fn = model_lib.make_apply_fn(cfg)
-  pixels = _pixels(4, seed=9)
+  pixels = ref.random_pixels(4, seed=9)
   broken = ids.copy()
   broken[2, np.nonzero(ids[2] == cfg.image_token_id)[0][0]] = 5  # One placeholder short.
   with pytest.raises(ValueError, match=r"Rows \[2\] hold \[15\] image placeholder"):
@@ -159,3 +155,15 @@ def test_placeholder_count_mismatch(tiny):
   np.testing.assert_allclose(logits[[0, 1, 3]],
                              np.asarray(jax.jit(apply_fn)(params, ids, mask, pixels))[[0, 1, 3]],
                              atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_compute_tracks_float32(tiny):
+  cfg, params, ids, mask = tiny
+  bf16_cfg = cfg.copy_and_resolve_references()
+  bf16_cfg.dtype = "bfloat16"
+  pixels = ref.random_pixels(4, seed=10)
+  f32 = np.asarray(jax.jit(model_lib.make_apply_fn(cfg))(params, ids, mask, pixels))
+  bf16 = jax.jit(model_lib.make_apply_fn(bf16_cfg))(params, ids, mask, pixels)
+  assert bf16.dtype == jnp.float32  # Logits are always returned in float32.
+  error = np.abs(np.asarray(bf16) - f32)[mask]
+  assert 0 < error.mean() < 0.02 * f32[mask].std()
