@@ -114,9 +114,10 @@ def train(parallel: Parallel, state: Any, aux: Any, data_iterator: Iterator[Any]
   shapes_seen: set[tuple] = set()
   last_saved = start_step if checkpointer is not None and start_step > 0 else None
 
-  def check_and_log(step: int, device_metrics: dict) -> None:
+  def check_and_log(step: int, device_metrics: dict, examples: int, tokens: int) -> None:
     values = parallel.host_metrics(device_metrics)
     window.add(values)
+    throughput.add(examples, tokens)
     if values["update_skipped"]:
       logging.warning(
           "step %d: non-finite loss (%s) or gradient norm (%s); update skipped "
@@ -155,12 +156,12 @@ def train(parallel: Parallel, state: Any, aux: Any, data_iterator: Iterator[Any]
       logging.info("step %d: compiling the train step for a new batch shape bucket (%d so far)",
                    step, len(shapes_seen))
     examples, tokens = metrics_lib.batch_size_and_tokens(host_batch)
-    # Every process holds an equal share of the global batch; tokens are extrapolated.
-    throughput.add(examples * jax.process_count(), tokens * jax.process_count())
     state, device_metrics = parallel.step(state, parallel.put_batch(host_batch), aux)
     if pending is not None:
       check_and_log(*pending)
-    pending = (step + 1, device_metrics)
+    # Every process holds an equal share of the global batch; tokens are extrapolated.
+    pending = (step + 1, device_metrics, examples * jax.process_count(),
+               tokens * jax.process_count())
     if checkpointer is not None and checkpointer.maybe_save(
         step + 1, lambda: parallel.checkpointable(state), iterator_state):
       last_saved = step + 1

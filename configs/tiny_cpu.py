@@ -1,0 +1,51 @@
+r"""A tiny LLaVA-style model on a handful of examples: the CPU config of the trainer tests.
+
+It runs every stage in seconds on a laptop CPU. The data paths are left empty on purpose
+(the run tells you what is missing); point them at a JSONL + image folder
+(`rlhfv_jax/data/readers.py` describes the format) and the Llama-2 tokenizer:
+
+  python -m rlhfv_jax.main --config configs/tiny_cpu.py:ddpo --workdir /tmp/tiny_ddpo \
+      --config.data.source_dir=/tmp/tiny_data --config.data.data_dir=/tmp/tiny_tfds \
+      --config.data.tokenizer=../shared/data/llama2-tokenizer.model
+
+Variants: `ddpo` (default), `fsdp` (DDPO on a 2 x 2 data x FSDP mesh; needs 4 devices,
+e.g. XLA_FLAGS=--xla_force_host_platform_device_count=4), `sft` (on `jsonl_sft` data),
+`precompute_ref` (reference cache; then `--config.data.use_ref_cache=True` in `ddpo`),
+`eval` (`--config.init.checkpoint_dir=<a ddpo workdir>`).
+"""
+
+from rlhfv_jax.train import defaults
+
+VARIANTS = ("ddpo", "fsdp", "sft", "precompute_ref", "eval")
+
+
+def get_config(variant: str = "ddpo"):
+  variant = variant or "ddpo"
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+  config = defaults.base_config("ddpo", "tiny")
+  config.seed = 1
+  config.data.dataset = "jsonl_preference"
+  config.data.split = "train"
+  config.data.system_message = "Chat."  # short prompts keep the buckets small
+  config.data.buckets = (48, 64)
+  config.data.num_threads = 2
+  config.train.update(global_batch_size=8, num_steps=6, log_every=1)
+  config.optim.update(learning_rate=1e-3, warmup_steps=1)
+  config.checkpoint.update(every_steps=2, max_to_keep=2)
+  config.precompute.batch_size = 4
+  config.eval.update(split="train", batch_size=4)
+
+  if variant == "fsdp":
+    config.train.parallelism = "fsdp"
+    config.train.mesh.update(data=2, fsdp=2)
+  elif variant == "sft":
+    config.stage = "sft"
+    config.data.dataset = "jsonl_sft"
+    config.eval.objective = "sft"
+  elif variant == "precompute_ref":
+    config.stage = "precompute_ref"
+  elif variant == "eval":
+    config.stage = "eval"
+    config.init.params = "checkpoint"
+  return config

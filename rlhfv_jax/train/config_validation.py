@@ -1,0 +1,192 @@
+"""`validate_config`: refuse a nonsensical run before it spends any compute.
+
+Every problem found is reported at once, each naming the config field, its value and
+what to do instead, e.g.::
+
+  ValueError: invalid config (2 problems):
+    - ddpo.gamma=0.5: gamma < 1 weights corrected tokens LESS than unchanged ones, ...
+    - train.global_batch_size=30 is not divisible by 4 devices x 2 accumulation steps ...
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+
+from rlhfv_jax import ddpo
+from rlhfv_jax.train.optimizer import SCHEDULES
+from rlhfv_jax.train.step import resolve_mesh_shape
+
+STAGES = ("sft", "precompute_ref", "ddpo", "eval")
+TRAINING_STAGES = ("sft", "ddpo")
+PARALLELISMS = ("pmap", "fsdp")
+INIT_SOURCES = ("random", "hf", "checkpoint")
+SEGMENT_MODES = ("paper", "rlhfv")
+EVAL_OBJECTIVES = ("ddpo", "sft")
+
+
+def _problems_ddpo(cfg: Any) -> list[str]:
+  out = []
+  gamma, beta = cfg.get("gamma", 5.0), cfg.get("beta", 0.5)
+  if gamma < 1:
+    out.append(f"ddpo.gamma={gamma}: gamma < 1 weights corrected tokens LESS than unchanged "
+               "ones, the opposite of dense DPO. Use gamma > 1 (paper: 5), or 1 for plain "
+               "(length-normalised) DPO.")
+  if beta <= 0:
+    out.append(f"ddpo.beta={beta} must be > 0: it scales the log-ratio margin (paper: 0.5; "
+               "released scripts: 0.1).")
+  loss_type = cfg.get("loss_type", "sigmoid")
+  if loss_type not in ddpo.LOSS_TYPES:
+    out.append(f"ddpo.loss_type={loss_type!r}; expected one of {ddpo.LOSS_TYPES}")
+  smoothing = cfg.get("label_smoothing", 0.0)
+  if not 0.0 <= smoothing < 0.5:
+    out.append(f"ddpo.label_smoothing={smoothing} must lie in [0, 0.5) (a flip probability)")
+  mode = cfg.get("segment_mode", "paper")
+  if mode not in SEGMENT_MODES:
+    out.append(f"ddpo.segment_mode={mode!r}; expected one of {SEGMENT_MODES}")
+  return out
+
+
+def _problems_batch(cfg: Any, num_devices: int, num_processes: int) -> list[str]:
+  out = []
+  train = cfg.train
+  batch, accum = train.global_batch_size, train.get("grad_accum_steps", 1)
+  if batch <= 0:
+    out.append(f"train.global_batch_size={batch} must be > 0")
+  if accum < 1:
+    out.append(f"train.grad_accum_steps={accum} must be >= 1")
+  if batch > 0 and accum >= 1 and batch % (num_devices * accum):
+    out.append(
+        f"train.global_batch_size={batch} is not divisible by {num_devices} devices x "
+        f"{accum} accumulation steps (train.grad_accum_steps): every device needs the same "
+        f"whole number of examples per micro-batch. Use a multiple of {num_devices * accum}.")
+  if batch > 0 and batch % num_processes:
+    out.append(f"train.global_batch_size={batch} is not divisible by {num_processes} processes")
+  parallelism = train.get("parallelism", "pmap")
+  if parallelism not in PARALLELISMS:
+    out.append(f"train.parallelism={parallelism!r}; expected one of {PARALLELISMS}")
+  elif parallelism == "fsdp":
+    try:
+      resolve_mesh_shape(train.mesh.get("data", -1), train.mesh.get("fsdp", 1), num_devices)
+    except ValueError as e:
+      out.append(str(e))
+  if train.get("num_steps", 0) < 0:
+    out.append(f"train.num_steps={train.num_steps} must be >= 0 (0: from train.num_epochs)")
+  if train.get("num_steps", 0) == 0 and train.get("num_epochs", 0) <= 0:
+    out.append("train.num_steps=0 needs train.num_epochs > 0 to know how long to train")
+  if train.get("log_every", 1) <= 0:
+    out.append(f"train.log_every={train.log_every} must be > 0")
+  if train.get("max_consecutive_nonfinite", 1) <= 0:
+    out.append(f"train.max_consecutive_nonfinite={train.max_consecutive_nonfinite} must be > 0")
+  return out
+
+
+def _problems_optim(cfg: Any) -> list[str]:
+  out = []
+  lr = cfg.learning_rate
+  if not lr > 0:
+    out.append(f"optim.learning_rate={lr} must be > 0 (paper DDPO: 5e-7)")
+  warmup = cfg.get("warmup_fraction", 0.0)
+  if not 0.0 <= warmup < 1.0:
+    out.append(f"optim.warmup_fraction={warmup} must lie in [0, 1) (paper: 0.1)")
+  for name in ("b1", "b2"):
+    if not 0.0 <= cfg.get(name, 0.9) < 1.0:
+      out.append(f"optim.{name}={cfg[name]} must lie in [0, 1)")
+  if cfg.get("weight_decay", 0.0) < 0:
+    out.append(f"optim.weight_decay={cfg.weight_decay} must be >= 0")
+  if cfg.get("max_grad_norm", 0.0) < 0:
+    out.append(f"optim.max_grad_norm={cfg.max_grad_norm} must be >= 0 (0 disables clipping)")
+  if cfg.get("schedule", "cosine") not in SCHEDULES:
+    out.append(f"optim.schedule={cfg.schedule!r}; expected one of {SCHEDULES}")
+  if not 0.0 <= cfg.get("end_lr_fraction", 0.0) <= 1.0:
+    out.append(f"optim.end_lr_fraction={cfg.end_lr_fraction} must lie in [0, 1]")
+  return out
+
+
+def _problems_init(cfg: Any, stage: str) -> list[str]:
+  out = []
+  source = cfg.init.get("params", "random")
+  if source not in INIT_SOURCES:
+    out.append(f"init.params={source!r}; expected one of {INIT_SOURCES}")
+  if source == "hf" and not cfg.init.get("hf_checkpoint"):
+    out.append("init.params='hf' needs init.hf_checkpoint: a local llava-hf directory "
+               "(config.json + model.safetensors); nothing is downloaded")
+  if source == "checkpoint" and not cfg.init.get("checkpoint_dir"):
+    out.append("init.params='checkpoint' needs init.checkpoint_dir: the workdir of an "
+               "earlier stage (e.g. the SFT run)")
+  return out
+
+
+def _problems_checkpoint(cfg: Any) -> list[str]:
+  out = []
+  if cfg.get("every_steps", 1) <= 0:
+    out.append(f"checkpoint.every_steps={cfg.every_steps} must be > 0")
+  if cfg.get("max_to_keep", 1) < 1:
+    out.append(f"checkpoint.max_to_keep={cfg.max_to_keep} must be >= 1")
+  return out
+
+
+def _problems_data_sources(data: Any, stage: str) -> list[str]:
+  out = []
+  if not data.get("data_dir"):
+    out.append(f"data.data_dir is empty: stage {stage!r} reads its examples from a TFDS data "
+               "directory (array_record). Set data.data_dir, and data.source_dir to build it "
+               "from raw files on first use (see rlhfv_jax/data/tfds_builders.py).")
+  if not data.get("tokenizer"):
+    out.append("data.tokenizer is empty: set it to a SentencePiece tokenizer.model file or a "
+               "local HF tokenizer directory (nothing is downloaded)")
+  return out
+
+
+def _problems_data_and_model(config: Any) -> list[str]:
+  out = []
+  if "data" in config:
+    out += _problems_data_sources(config.data, config.get("stage"))
+    from rlhfv_jax.data.images import AugmentationPolicy  # validates the crop/flip rules
+    try:
+      AugmentationPolicy.from_config(config.data)
+    except ValueError as e:
+      out.append(str(e))
+  if "model" in config:
+    from rlhfv_jax import model
+    try:
+      model.validate_config(config.model)
+    except ValueError as e:
+      out.append(f"model: {e}")
+  return out
+
+
+def validate_config(config: Any, *, num_devices: Optional[int] = None,
+                    num_processes: Optional[int] = None) -> None:
+  """Raises ValueError listing every problem of `config` (see the module docstring).
+
+  Args:
+    config: the run's ConfigDict (stage, ddpo, train, optim, init, checkpoint, data,
+      model); sections a stage does not use may be absent.
+    num_devices: global device count (default: `jax.device_count()`).
+    num_processes: process count (default: `jax.process_count()`).
+  """
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  num_processes = jax.process_count() if num_processes is None else num_processes
+  problems = []
+  stage = config.get("stage")
+  if stage not in STAGES:
+    problems.append(f"stage={stage!r} is not a stage; expected one of {STAGES}")
+  if "ddpo" in config:
+    problems += _problems_ddpo(config.ddpo)
+  if "train" in config:
+    problems += _problems_batch(config, num_devices, num_processes)
+  if "optim" in config and stage in TRAINING_STAGES:
+    problems += _problems_optim(config.optim)
+  if "init" in config:
+    problems += _problems_init(config, stage)
+  if "checkpoint" in config:
+    problems += _problems_checkpoint(config.checkpoint)
+  if "eval" in config and config.eval.get("objective", "ddpo") not in EVAL_OBJECTIVES:
+    problems.append(f"eval.objective={config.eval.objective!r}; expected one of "
+                    f"{EVAL_OBJECTIVES}")
+  problems += _problems_data_and_model(config)
+  if problems:
+    raise ValueError(f"invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}):\n"
+                     + "\n".join(f"  - {p}" for p in problems))

@@ -1,0 +1,323 @@
+"""The stages of a run: build model, data, optimizer and devices from the config, then
+train (`sft`, `ddpo`), precompute reference log-probs (`precompute_ref`) or evaluate
+(`eval`). `rlhfv_jax.main` parses flags and calls `run`; notebooks and the demo can call
+the stage functions directly.
+
+Workdir layout:
+  config.json           the resolved config
+  checkpoints/<step>/   orbax checkpoints (resume point; the next stage's init)
+  metrics.jsonl         one record per logged step; tensorboard/ the same as events
+  eval_results.json     the `eval` stage's metrics
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from rlhfv_jax import ddpo
+from rlhfv_jax import model as model_lib
+from rlhfv_jax.batch import PreferenceBatch, SFTBatch
+from rlhfv_jax.train import checkpointing
+from rlhfv_jax.train import loop
+from rlhfv_jax.train import metrics as metrics_lib
+from rlhfv_jax.train import objectives
+from rlhfv_jax.train import optimizer as optimizer_lib
+from rlhfv_jax.train import step as step_lib
+from rlhfv_jax.train.train_state import TrainState
+
+CHECKPOINT_DIR = "checkpoints"
+EVAL_RESULTS = "eval_results.json"
+
+
+def checkpoint_dir(workdir: str | os.PathLike) -> str:
+  return os.path.join(os.fspath(workdir), CHECKPOINT_DIR)
+
+
+def write_config(config: Any, workdir: str | os.PathLike) -> None:
+  """Saves the resolved config as `<workdir>/config.json` (process 0)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(os.fspath(workdir), "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+# ------------------------------------------------------------------------ parameters
+
+def _check_param_shapes(params: Any, expected: Any, source: str) -> None:
+  got = jax.tree.map(lambda x: tuple(x.shape), params)
+  want = jax.tree.map(lambda x: tuple(x.shape), expected)
+  if got != want:
+    flat_got = dict(jax.tree_util.tree_leaves_with_path(got, is_leaf=lambda x: isinstance(x, tuple)))
+    flat_want = dict(jax.tree_util.tree_leaves_with_path(want, is_leaf=lambda x: isinstance(x, tuple)))
+    diffs = [f"{optimizer_lib.path_str(k)}: {flat_got.get(k)} vs config {v}"
+             for k, v in flat_want.items() if flat_got.get(k) != v][:5]
+    raise ValueError(f"{source} does not match config.model; first differences: {diffs}")
+
+
+def load_initial_params(config: Any, target_shardings: Any = None) -> Any:
+  """The starting params named by `config.init` (random, a llava-hf dir, or a checkpoint).
+
+  Args:
+    config: the run config.
+    target_shardings: shardings for a checkpoint restore (default: replicated).
+  """
+  init, cfg = config.init, config.model
+  expected = model_lib.param_shapes(cfg)
+  if init.params == "random":
+    return model_lib.init_params(cfg, jax.random.PRNGKey(config.seed))
+  if init.params == "hf":
+    from rlhfv_jax.model import hf_io  # local: safetensors + transformers config
+    _, params = hf_io.load_hf_llava(init.hf_checkpoint, param_dtype=cfg.param_dtype)
+    _check_param_shapes(params, expected, f"HF checkpoint {init.hf_checkpoint}")
+    return params
+  ckpt = checkpointing.Checkpointer(checkpoint_dir(init.checkpoint_dir), save_every_steps=1)
+  step = ckpt.latest_step() if init.checkpoint_step < 0 else init.checkpoint_step
+  if step is None or step not in ckpt.all_steps():
+    raise FileNotFoundError(
+        f"init.checkpoint_dir={init.checkpoint_dir!r}: no checkpoint "
+        f"{'at all' if step is None else f'at step {step}'} under {ckpt.directory}")
+  if target_shardings is None:
+    replicated = NamedSharding(Mesh(np.array(jax.devices()), ("devices",)), P())
+    target_shardings = jax.tree.map(lambda _: replicated, expected)
+  logging.info("initial params: %s step %d", ckpt.directory, step)
+  return ckpt.restore_params(step, checkpointing.abstract_with_shardings(expected,
+                                                                        target_shardings))
+
+
+def describe_init(config: Any) -> str:
+  init = config.init
+  return {"random": f"random (seed {config.seed})", "hf": f"hf:{init.hf_checkpoint}",
+          "checkpoint": f"checkpoint:{init.checkpoint_dir}@{init.checkpoint_step}"}[init.params]
+
+
+# ------------------------------------------------------------------------ devices
+
+def make_parallel(config: Any, make_step: Callable[..., step_lib.StepFn]) -> step_lib.Parallel:
+  """PmapParallel or MeshParallel, per `config.train.parallelism`."""
+  train = config.train
+  if train.parallelism == "pmap":
+    return step_lib.PmapParallel(make_step, grad_accum_steps=train.grad_accum_steps)
+  mesh = step_lib.make_mesh(train.mesh.data, train.mesh.fsdp)
+  return step_lib.MeshParallel(make_step(axis_name=None), mesh,
+                               grad_accum_steps=train.grad_accum_steps)
+
+
+# ------------------------------------------------------------------------ stages
+
+def _make_loader(config: Any, workdir: str, **overrides: Any):
+  from rlhfv_jax.data import factory  # local: tokenizer/TFDS imports only when needed
+  return factory.make_loader(config, run_dir=workdir, **overrides)
+
+
+def _expect_batch_type(batch: Any, stage: str) -> None:
+  want = PreferenceBatch if stage == "ddpo" else SFTBatch
+  if not isinstance(batch, want):
+    raise TypeError(
+        f"stage {stage!r} needs {want.__name__}es but config.data.dataset yields "
+        f"{type(batch).__name__}es: use a preference dataset (rlhfv_parquet, "
+        "jsonl_preference) for ddpo and an SFT one (vqav2, jsonl_sft) for sft")
+
+
+class _CheckedIterator:
+  """Checks the first batch's type; forwards grain's get_state/set_state."""
+
+  def __init__(self, iterator: Any, stage: str):
+    self._iterator, self._stage, self._checked = iterator, stage, False
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = next(self._iterator)
+    if not self._checked:
+      _expect_batch_type(batch, self._stage)
+      self._checked = True
+    return batch
+
+  def get_state(self):
+    return self._iterator.get_state()
+
+  def set_state(self, state):
+    self._iterator.set_state(state)
+
+
+def stage_objective(config: Any, apply_fn: ddpo.ApplyFn, kind: str) -> objectives.Objective:
+  if kind == "sft":
+    return objectives.sft_objective(apply_fn)
+  return objectives.ddpo_objective(apply_fn, config.ddpo,
+                                   cached_reference=bool(config.data.use_ref_cache))
+
+
+def num_train_steps(config: Any, dataset_size: int) -> int:
+  """train.num_steps, else train.num_epochs passes over `dataset_size` examples."""
+  if config.train.num_steps > 0:
+    return int(config.train.num_steps)
+  return max(1, math.ceil(config.train.num_epochs * dataset_size / config.train.global_batch_size))
+
+
+def train_stage(config: Any, workdir: str) -> Any:
+  """The `sft` and `ddpo` stages: train and leave checkpoints in `<workdir>/checkpoints`.
+
+  Returns:
+    The final params (host numpy), e.g. for a notebook or the demo.
+  """
+  stage = config.stage
+  if stage == "ddpo" and config.init.params == "random":
+    logging.warning("DDPO from RANDOM params (init.params='random'): fine for smoke tests, "
+                    "meaningless otherwise; the paper starts from an instruction-tuned model")
+  loader = _make_loader(config, workdir, global_batch_size=config.train.global_batch_size,
+                        num_epochs=None)  # the run length is train.num_epochs / num_steps
+  num_steps = num_train_steps(config, len(loader.source))
+  logging.info("stage %s: %d examples, %d steps of %d (%s)", stage, len(loader.source),
+               num_steps, config.train.global_batch_size, config.train.parallelism)
+
+  apply_fn = model_lib.make_apply_fn(config.model)
+  objective = stage_objective(config, apply_fn, stage)
+  abstract_params = model_lib.param_shapes(config.model)
+  optimizer, schedule, labels = optimizer_lib.make_optimizer(config.optim, abstract_params,
+                                                             num_steps)
+  make_step = functools.partial(
+      step_lib.make_train_step, objective.loss_fn, optimizer, schedule,
+      trainable=optimizer_lib.trainable_mask(labels), loss_weight_key=objective.loss_weight_key)
+  parallel = make_parallel(config, make_step)
+  make_state = lambda params: TrainState.create(params, optimizer,
+                                                jax.random.PRNGKey(config.seed))
+  initial_params = functools.cache(
+      lambda: load_initial_params(config, parallel.checkpoint_shardings(abstract_params)))
+
+  ckpt = checkpointing.Checkpointer(checkpoint_dir(workdir),
+                                    save_every_steps=config.checkpoint.every_steps,
+                                    max_to_keep=config.checkpoint.max_to_keep,
+                                    async_save=config.checkpoint.async_save)
+  batches = _CheckedIterator(iter(loader), stage)
+  state, start = loop.init_or_restore(parallel, lambda: make_state(initial_params()),
+                                      jax.eval_shape(make_state, abstract_params), ckpt, batches)
+  # The DDPO reference is the starting policy, frozen (unless its log-probs are cached).
+  aux = parallel.put_aux(initial_params()) if objective.needs_aux else None
+  writer = metrics_lib.MetricsWriter(workdir)
+  try:
+    state = loop.train(parallel, state, aux, batches, start_step=start, checkpointer=ckpt,
+                       writer=writer, settings=loop.LoopSettings(
+                           num_steps=num_steps, log_every=config.train.log_every,
+                           max_consecutive_nonfinite=config.train.max_consecutive_nonfinite))
+  finally:
+    writer.close()
+    ckpt.close()
+  return parallel.host_params(state)
+
+
+def make_reference_token_logps_fn(apply_fn: ddpo.ApplyFn, params: Any
+                                  ) -> Callable[[PreferenceBatch], tuple[Any, Any]]:
+  """`batch -> (chosen, rejected)` per-token reference log-probs [B, T], data-parallel over
+  this process's devices (each process runs its own shard of the reference pass)."""
+  mesh = Mesh(np.array(jax.local_devices()), ("data",))
+  replicated, by_example = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  params = jax.device_put(params, replicated)
+
+  @jax.jit
+  def both(params, batch):
+    tokens = jax.tree.map(lambda a, b: jnp.concatenate([a, b]),
+                          batch.chosen.replace(ref_token_logps=None),
+                          batch.rejected.replace(ref_token_logps=None))
+    logits = apply_fn(params, tokens.input_ids, tokens.attention_mask, batch.pixel_values,
+                      sequences_per_image=2)
+    return jnp.split(ddpo.token_logps(logits, tokens.targets), 2)
+
+  def token_logps_fn(batch: PreferenceBatch):
+    if len(batch.pixel_values) % mesh.size:
+      raise ValueError(f"precompute.batch_size={len(batch.pixel_values)} must be a multiple "
+                       f"of the {mesh.size} local devices")
+    chosen, rejected = both(params, jax.device_put(batch, by_example))
+    return np.asarray(chosen), np.asarray(rejected)
+
+  return token_logps_fn
+
+
+def precompute_ref_stage(config: Any, workdir: str) -> str:
+  """The `precompute_ref` stage: the reference's per-token log-probs of every example.
+
+  Returns:
+    The cache shard this process wrote.
+  """
+  from rlhfv_jax.data import factory
+  params = load_initial_params(config)
+  fn = make_reference_token_logps_fn(model_lib.make_apply_fn(config.model), params)
+  path = factory.precompute_reference(config, fn, batch_size=config.precompute.batch_size,
+                                      run_dir=workdir,
+                                      metadata={"reference": describe_init(config)})
+  logging.info("reference cache shard written: %s", path)
+  return str(path)
+
+
+def eval_stage(config: Any, workdir: str) -> dict[str, float]:
+  """The `eval` stage: the objective's metrics over one pass of `config.eval.split`.
+
+  Batches have a fixed size, so the last `len(split) % eval.batch_size` examples are not
+  evaluated; how many were is part of the result.
+  """
+  from rlhfv_jax.data import factory
+  source = factory.open_source(config, workdir, split=config.eval.split)
+  loader = _make_loader(config, workdir, global_batch_size=config.eval.batch_size,
+                        source=source, shuffle=False, num_epochs=1)
+  objective = stage_objective(config, model_lib.make_apply_fn(config.model),
+                              config.eval.objective)
+  mesh = step_lib.make_mesh(-1, 1)
+  replicated = NamedSharding(mesh, P())
+  params = load_initial_params(config)
+  params = jax.device_put(params, replicated)
+  aux = params if objective.needs_aux else None
+  eval_step = jax.jit(step_lib.make_eval_step(objective.loss_fn,
+                                              loss_weight_key=objective.loss_weight_key),
+                      out_shardings=replicated)
+  batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
+  total_weight, sums, examples = 0.0, {}, 0
+  for host_batch in _CheckedIterator(iter(loader), config.eval.objective):
+    batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, x),
+                         host_batch)
+    weight, weighted = eval_step(params, aux, batch)
+    total_weight += float(weight)
+    for k, v in weighted.items():
+      sums[k] = sums.get(k, 0.0) + float(v)
+    examples += metrics_lib.batch_size_and_tokens(host_batch)[0] * jax.process_count()
+  if not examples:
+    raise ValueError(f"eval split {config.eval.split!r} has fewer examples ({len(source)}) "
+                     f"than eval.batch_size={config.eval.batch_size}")
+  results = {k: v / total_weight for k, v in sums.items()}
+  if objective.loss_weight_key:
+    results[objective.loss_weight_key] = total_weight
+  results["examples"] = examples
+  logging.info("eval on %s (%d of %d examples): %s", config.eval.split, examples, len(source),
+               json.dumps(results, sort_keys=True))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, EVAL_RESULTS), "w") as f:
+      json.dump(dict(results, split=config.eval.split, init=describe_init(config)), f, indent=2)
+    writer = metrics_lib.MetricsWriter(workdir)
+    writer.write(0, results, prefix="eval/")
+    writer.close()
+  return results
+
+
+STAGES: dict[str, Callable[[Any, str], Any]] = {
+    "sft": train_stage,
+    "ddpo": train_stage,
+    "precompute_ref": precompute_ref_stage,
+    "eval": eval_stage,
+}
+
+
+def run(config: Any, workdir: str) -> Any:
+  """Runs `config.stage` in `workdir` (the config is validated by the caller)."""
+  write_config(config, workdir)
+  return STAGES[config.stage](config, workdir)
+
