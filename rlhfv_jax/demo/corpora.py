@@ -43,10 +43,11 @@ WHERE_PHRASES: tuple[str, ...] = (
     "on the left", "in the center", "on the right",
     "at the bottom left", "at the bottom", "at the bottom right",
 )
+# Position first: the writer (and the model) names a cell, then what is in it.
 _OBJECT_TEMPLATES: tuple[str, ...] = (
-    "There is a {size} {color} {shape} {where}.",
-    "A {size} {color} {shape} is {where}.",
-    "I can see a {size} {color} {shape} {where}.",
+    "{Where}, there is a {size} {color} {shape}.",
+    "{Where}, I can see a {size} {color} {shape}.",
+    "{Where} is a {size} {color} {shape}.",
 )
 _COUNT_TEMPLATES: tuple[tuple[str, str], ...] = (  # (singular, plural)
     ("There is one object in the image.", "There are {n} objects in the image."),
@@ -98,8 +99,9 @@ def count_sentence(n: int, rng: np.random.Generator) -> str:
 def object_sentence(obj: world.SceneObject, rng: np.random.Generator) -> str:
   """A sentence describing one object with all four attributes."""
   template = _OBJECT_TEMPLATES[int(rng.integers(len(_OBJECT_TEMPLATES)))]
+  where = WHERE_PHRASES[obj.cell]
   return template.format(size=obj.size, color=obj.color, shape=obj.shape,
-                         where=WHERE_PHRASES[obj.cell])
+                         Where=where[:1].upper() + where[1:])
 
 
 def describe(objects: Sequence[world.SceneObject], rng: np.random.Generator,

@@ -14,8 +14,10 @@ SCENES = world.sample_scenes(11, 400, "c")
 def _asserted_objects(caption: str) -> set[tuple[str, str, str, str]]:
   """(size, colour, shape, where) of every object sentence, read with a regex."""
   where = "|".join(corpora.WHERE_PHRASES)
-  pattern = re.compile(rf"(small|large) (\w+) (\w+) (?:is )?({where})\.")
-  return set(pattern.findall(caption))
+  pattern = re.compile(rf"({where}),? (?:there is|I can see|is) a (small|large) (\w+) (\w+)\.",
+                       re.IGNORECASE)
+  return {(size, color, shape, place.lower())
+          for place, size, color, shape in pattern.findall(caption)}
 
 
 def _truth(scene: world.Scene) -> set[tuple[str, str, str, str]]:
