@@ -1,0 +1,138 @@
+"""validate_config: every nonsense case is refused with a message naming the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlhfv_jax.train import config_validation
+from rlhfv_jax.train import defaults
+
+
+def valid_config(stage: str = "ddpo"):
+  config = defaults.base_config(stage, "tiny")
+  config.data.update(data_dir="/data/tfds", tokenizer="/models/tokenizer.model")
+  config.init.params = "random"
+  return config
+
+
+def problems_of(config, num_devices: int = 4, num_processes: int = 1) -> str:
+  with pytest.raises(ValueError) as info:
+    config_validation.validate_config(config, num_devices=num_devices,
+                                      num_processes=num_processes)
+  return str(info.value)
+
+
+@pytest.mark.parametrize("stage", config_validation.STAGES)
+def test_valid_configs_pass(stage):
+  config_validation.validate_config(valid_config(stage), num_devices=4, num_processes=1)
+
+
+CASES = [
+    ("ddpo.gamma", 0.5, "ddpo.gamma=0.5: gamma < 1 weights corrected tokens LESS"),
+    ("ddpo.beta", 0.0, "ddpo.beta=0.0 must be > 0"),
+    ("ddpo.beta", -0.1, "ddpo.beta=-0.1 must be > 0"),
+    ("ddpo.loss_type", "kto", "ddpo.loss_type='kto'"),
+    ("ddpo.label_smoothing", 0.5, "ddpo.label_smoothing=0.5 must lie in [0, 0.5)"),
+    ("ddpo.segment_mode", "words", "ddpo.segment_mode='words'"),
+    ("stage", "rlhf", "stage='rlhf' is not a stage"),
+    ("train.global_batch_size", 30, "train.global_batch_size=30 is not divisible by 4 devices "
+     "x 1 accumulation steps"),
+    ("train.grad_accum_steps", 0, "train.grad_accum_steps=0 must be >= 1"),
+    ("train.parallelism", "tp", "train.parallelism='tp'"),
+    ("optim.learning_rate", 0.0, "optim.learning_rate=0.0 must be > 0"),
+    ("optim.warmup_fraction", 1.0, "optim.warmup_fraction=1.0 must lie in [0, 1)"),
+    ("optim.schedule", "step", "optim.schedule='step'"),
+    ("optim.max_grad_norm", -1.0, "optim.max_grad_norm=-1.0 must be >= 0"),
+    ("optim.b2", 1.0, "optim.b2=1.0 must lie in [0, 1)"),
+    ("checkpoint.every_steps", 0, "checkpoint.every_steps=0 must be > 0"),
+    ("checkpoint.max_to_keep", 0, "checkpoint.max_to_keep=0 must be >= 1"),
+    ("init.params", "scratch", "init.params='scratch'"),
+    ("eval.objective", "chair", "eval.objective='chair'"),
+    ("data.data_dir", "", "data.data_dir is empty"),
+    ("data.tokenizer", "", "data.tokenizer is empty"),
+    ("data.augmentation", "random_crop", "config.data.augmentation='random_crop': random "
+     "cropping is refused"),
+    ("data.augmentation", "flip", "needs config.data.allow_flip=True"),
+    ("model.text.num_kv_heads", 3, "text.num_heads=4 is not a multiple of text.num_kv_heads=3"),
+    ("train.num_steps", -1, "train.num_steps=-1 must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", CASES, ids=[c[0] + "=" + repr(c[1]) for c in CASES])
+def test_nonsense_is_refused_naming_the_field(field, value, message):
+  config = valid_config()
+  *parents, leaf = field.split(".")
+  node = config
+  for name in parents:
+    node = node[name]
+  node[leaf] = value
+  assert message in problems_of(config)
+
+
+def test_batch_divisibility_counts_accumulation_and_processes():
+  config = valid_config()
+  config.train.update(global_batch_size=8, grad_accum_steps=4)
+  assert "8 is not divisible by 4 devices x 4 accumulation steps" in problems_of(config)
+  config.train.update(global_batch_size=6, grad_accum_steps=1)
+  message = problems_of(config, num_devices=2, num_processes=4)
+  assert "train.global_batch_size=6 is not divisible by 4 processes" in message
+
+
+def test_fsdp_mesh_must_match_devices():
+  config = valid_config()
+  config.train.parallelism = "fsdp"
+  config.train.mesh.update(data=3, fsdp=-1)
+  assert "train.mesh data=3 x fsdp=-1 does not match the 4 devices" in problems_of(config)
+
+
+def test_hf_and_checkpoint_init_need_their_paths():
+  config = valid_config()
+  config.init.params = "hf"
+  assert "init.params='hf' needs init.hf_checkpoint" in problems_of(config)
+  config.init.params = "checkpoint"
+  assert "init.params='checkpoint' needs init.checkpoint_dir" in problems_of(config)
+
+
+def test_random_crop_ablation_is_allowed_by_name():
+  config = valid_config()
+  config.data.augmentation = "random_crop_ablation"
+  config_validation.validate_config(config, num_devices=4, num_processes=1)
+
+
+def test_all_problems_are_reported_at_once():
+  config = valid_config()
+  config.ddpo.update(gamma=0.9, beta=0.0)
+  config.optim.learning_rate = -1.0
+  message = problems_of(config)
+  assert message.startswith("invalid config (3 problems):")
+  assert message.count("\n  - ") == 3
+
+
+def test_real_configs_validate_once_their_paths_are_given():
+  for size in ("7b", "13b"):
+    for variant in ("", "rlhfv_release", "precompute_ref"):
+      config = defaults.llava15_ddpo(size, variant)
+      config.init.hf_checkpoint = "/models/llava"
+      config.data.update(data_dir="/d", tokenizer="/t")
+      config_validation.validate_config(config, num_devices=8, num_processes=1)
+  sft = defaults.llava15_vqav2_sft("7b")
+  sft.init.hf_checkpoint = "/models/llava"
+  sft.data.update(data_dir="/d", tokenizer="/t")
+  config_validation.validate_config(sft, num_devices=8, num_processes=1)
+  # Without the paths the messages say what to set.
+  message = problems_of(defaults.llava15_ddpo("7b"), num_devices=8)
+  for field in ("init.hf_checkpoint", "data.data_dir", "data.tokenizer"):
+    assert field in message
+
+
+def test_paper_and_release_hyperparameters():
+  paper = defaults.llava15_ddpo("7b")
+  assert (paper.ddpo.beta, paper.ddpo.gamma, paper.ddpo.normalize) == (0.5, 5.0, True)
+  assert (paper.optim.learning_rate, paper.optim.warmup_fraction) == (5e-7, 0.1)
+  assert (paper.train.global_batch_size, paper.train.num_epochs) == (32, 7.0)
+  assert paper.data.augmentation == "none"
+  release = defaults.llava15_ddpo("13b", "rlhfv_release")
+  assert (release.ddpo.gamma, release.ddpo.beta, release.ddpo.normalize) == (1.1, 0.1, False)
+  assert release.model.text.hidden_size == 5120
+  with pytest.raises(ValueError, match="unknown variant 'fast'"):
+    defaults.llava15_ddpo("7b", "fast")
