@@ -30,7 +30,6 @@ import re
 from typing import Any, Iterator
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import safetensors
@@ -148,7 +147,9 @@ def load_hf_llava(path: str | os.PathLike, *, param_dtype: str = "float32"
     param_dtype: dtype of the returned parameters (the file's dtype is converted).
 
   Returns:
-    (model config with `param_dtype` set, parameter pytree of jax arrays).
+    (model config with `param_dtype` set, parameter pytree of host NumPy arrays: the
+    caller places them, e.g. `jax.device_put(params, shardings)`, so a model larger
+    than one accelerator never lands on a single device first).
 
   Raises:
     FileNotFoundError: missing config or weights.
@@ -188,7 +189,7 @@ def load_hf_llava(path: str | os.PathLike, *, param_dtype: str = "float32"
       if array.shape != shape.shape:
         raise ValueError(f"{path}: tensor(s) {names[0]}... give shape {array.shape} for "
                          f"Flax parameter {'/'.join(leaf_path)}, expected {shape.shape}")
-      flat[leaf_path] = jnp.asarray(array.astype(shape.dtype))
+      flat[leaf_path] = np.ascontiguousarray(array.astype(shape.dtype))
       unused.difference_update(names)
   if missing:
     raise ValueError(f"{path}: {len(missing)} tensors missing from the checkpoint, "

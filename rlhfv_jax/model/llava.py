@@ -28,11 +28,11 @@ from rlhfv_jax.model import vision
 ApplyFn = Callable[..., jax.Array]
 
 
-def _check_placeholder_counts(input_ids, num_tokens: int) -> None:
-  """Eagerly validates per-row image placeholder counts when `input_ids` is concrete."""
-  if isinstance(input_ids, jax.core.Tracer):
+def _check_placeholder_counts(is_image_token, num_tokens: int) -> None:
+  """Eagerly validates per-row image placeholder counts when they are concrete."""
+  if isinstance(is_image_token, jax.core.Tracer):
     return
-  counts = np.asarray(input_ids).sum(axis=1)
+  counts = np.asarray(is_image_token).sum(axis=1)
   bad = np.nonzero((counts != 0) & (counts != num_tokens))[0]
   if bad.size:
     raise ValueError(

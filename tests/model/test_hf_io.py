@@ -150,5 +150,6 @@ def test_load_errors_name_the_problem(hf_checkpoint, tmp_path):
 
   duplicated = _edited_copy(path, tmp_path / "duplicated", lambda t: {
       **t, "model.multi_modal_projector.linear_2.bias": t["multi_modal_projector.linear_2.bias"]})
-  with pytest.raises(ValueError, match=r"duplicates .*both are 'multi_modal_projector\.linear_2\.bias'"):
+  with pytest.raises(ValueError,
+                     match=r"duplicates .*both are 'multi_modal_projector\.linear_2\.bias'"):
     hf_io.load_hf_llava(duplicated)
