@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from rlhfv_jax import model as model_lib
@@ -62,3 +64,35 @@ def test_validation_names_the_field(field, value, message):
     model_lib.validate_config(cfg)
   with pytest.raises(ValueError, match=message):
     model_lib.Llava(cfg)
+
+
+# config.json of llava-hf/llava-1.5-7b-hf as published (transformers 4.36 era): most
+# fields are left to the CLIPVisionConfig / LlamaConfig defaults.
+LLAVA_15_7B_HF_CONFIG = {
+    "architectures": ["LlavaForConditionalGeneration"], "ignore_index": -100,
+    "image_token_index": 32000, "model_type": "llava", "pad_token_id": 32001,
+    "projector_hidden_act": "gelu",
+    "text_config": {"_name_or_path": "lmsys/vicuna-7b-v1.5",
+                    "architectures": ["LlamaForCausalLM"], "max_position_embeddings": 4096,
+                    "model_type": "llama", "rms_norm_eps": 1e-05, "torch_dtype": "float16",
+                    "vocab_size": 32064},
+    "tie_word_embeddings": False, "torch_dtype": "float16",
+    "transformers_version": "4.36.0.dev0",
+    "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096,
+                      "model_type": "clip_vision_model", "num_attention_heads": 16,
+                      "num_hidden_layers": 24, "patch_size": 14, "projection_dim": 768,
+                      "vocab_size": 32000},
+    "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
+    "vocab_size": 32064,
+}
+
+
+def test_published_llava_1_5_config_json_reads_as_the_7b_preset(tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps(LLAVA_15_7B_HF_CONFIG))
+  assert model_lib.config_from_hf(tmp_path) == model_lib.llava_config("7b")
+  with_13b_text = json.loads(json.dumps(LLAVA_15_7B_HF_CONFIG))
+  with_13b_text["text_config"].update(hidden_size=5120, intermediate_size=13824,
+                                      num_attention_heads=40, num_hidden_layers=40,
+                                      num_key_value_heads=40)
+  (tmp_path / "config.json").write_text(json.dumps(with_13b_text))
+  assert model_lib.config_from_hf(tmp_path / "config.json") == model_lib.llava_config("13b")
