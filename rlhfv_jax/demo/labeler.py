@@ -64,6 +64,50 @@ class Correction:
     """The reason of every edit."""
     return tuple(e.reason for e in self.edits)
 
+  def rejected_spans(self) -> list[tuple[int, int]]:
+    """Character spans of `rejected` that were replaced or deleted."""
+    return [(e.start, e.end) for e in self.edits if e.end > e.start]
+
+  def chosen_spans(self) -> list[tuple[int, int]]:
+    """Character spans of `chosen` that the edits wrote (deletions leave none)."""
+    spans, shift = [], 0
+    for e in self.edits:
+      start = e.start + shift
+      if e.replacement:
+        spans.append((start, start + len(e.replacement)))
+      shift += len(e.replacement) - (e.end - e.start)
+    return spans
+
+
+def feedback_row(correction: Correction, *, record_id: str, image_path: str, question: str,
+                 scene: world.Scene, explicit_spans: bool = False,
+                 origin: Optional[dict[str, str]] = None) -> dict:
+  """One line of a ``jsonl_preference`` dataset (`rlhfv_jax.data.readers.read_jsonl`).
+
+  Args:
+    correction: the oracle's correction.
+    record_id: unique id of the example.
+    image_path: the image file, relative to the dataset directory.
+    question: the instruction the response answered.
+    scene: the ground truth (kept in the origin metadata for audits).
+    explicit_spans: also write the corrected character spans as ``segments``, which the
+      pipeline then uses instead of diffing the token lists (`rlhfv_jax.segments`).
+    origin: extra provenance (e.g. which model sampled the response).
+
+  Returns:
+    The JSON-serialisable row: id, image, question, chosen, rejected, origin[, segments].
+  """
+  row = {
+      "id": record_id, "image": image_path, "question": question,
+      "chosen": correction.chosen, "rejected": correction.rejected,
+      "origin": {"source": "demo_oracle_labeler", "scene": scene.to_json(),
+                 "corrections": ",".join(correction.reasons), **(origin or {})},
+  }
+  if explicit_spans:
+    row["segments"] = {"chosen": [list(s) for s in correction.chosen_spans()],
+                       "rejected": [list(s) for s in correction.rejected_spans()]}
+  return row
+
 
 def _cased(original: str, new: str) -> str:
   """`new` capitalised like the first letter of `original`."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from rlhfv_jax.data import records
 from rlhfv_jax.demo import corpora, labeler, metrics, world
 
 SCENE = world.Scene("l", (
@@ -109,3 +112,35 @@ def test_corrects_mismatched_captions_to_faithful_ones():
           and sentence_score.count_correct is None):
         assert sentence in correction.chosen
   assert corrected > 150
+
+
+def test_spans_mark_exactly_the_edits():
+  rejected = (f"{COUNT} A small green square is in the center. A white diamond is on the "
+              "right. A small red circle is on the right.")
+  correction = labeler.correct_description(rejected, SCENE)
+  assert correction.chosen == (f"{COUNT} A small blue square is in the center. "
+                               "A large red circle is at the top left.")
+  assert [rejected[s:e] for s, e in correction.rejected_spans()] == [
+      "green", "A white diamond is on the right. ", "small", "on the right"]
+  assert [correction.chosen[s:e] for s, e in correction.chosen_spans()] == [
+      "blue", "large", "at the top left"]
+
+
+@pytest.mark.parametrize("explicit_spans", [False, True])
+def test_feedback_row_is_a_valid_preference_record(explicit_spans):
+  rejected = f"{COUNT} A small green square is in the center. A white diamond is on the right."
+  correction = labeler.correct_description(rejected, SCENE)
+  row = labeler.feedback_row(correction, record_id="l-0", image_path="images/l.png",
+                             question="Describe the image in detail.", scene=SCENE,
+                             explicit_spans=explicit_spans, origin={"policy": "sft"})
+  json.dumps(row)  # JSONL-serialisable
+  record = records.make_preference_record(
+      dict(row, image=world.encode_png(world.render(SCENE, 32))), location="test")
+  assert record.id == "l-0" and record.chosen == correction.chosen
+  assert record.rejected == rejected and record.has_spans == explicit_spans
+  assert world.Scene.from_json(record.origin["scene"]) == SCENE
+  assert record.origin["corrections"] == "color,invented_object"
+  assert record.origin["policy"] == "sft"
+  if explicit_spans:
+    assert record.chosen_spans == tuple(correction.chosen_spans())
+    assert record.rejected_spans == tuple(correction.rejected_spans())
