@@ -203,6 +203,7 @@ _UNIT_POLYGONS: dict[str, tuple[tuple[float, float], ...]] = {
 
 def _inside(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
   """Whether points at offsets (dx, dy) from a shape's centre lie inside it."""
+  dx, dy = np.broadcast_arrays(dx, dy)
   if shape == "circle":
     return dx * dx + dy * dy <= r * r
   inside = np.ones(dx.shape, dtype=bool)
@@ -229,19 +230,24 @@ def render(scene: Scene, image_size: int) -> np.ndarray:
   """
   if image_size < 12:
     raise ValueError(f"image_size {image_size} too small to draw a 3x3 grid of shapes")
-  side = image_size * _SUPERSAMPLE
-  # Sample points at sub-pixel centres, in output-pixel units.
-  coords = (np.arange(side) + 0.5) / _SUPERSAMPLE
-  ys, xs = np.meshgrid(coords, coords, indexing="ij")
-  canvas = np.empty((side, side, 3), dtype=np.float64)
-  canvas[...] = BACKGROUND_RGB
+  pixels = np.empty((image_size, image_size, 3), dtype=np.float64)
+  pixels[...] = BACKGROUND_RGB
   cell = image_size / 3.0
   for obj in scene.objects:
     row, col = divmod(obj.cell, 3)
     cx, cy = (col + 0.5) * cell, (row + 0.5) * cell
-    mask = _inside(obj.shape, xs - cx, ys - cy, _RADIUS_FRACTION[obj.size] * cell)
-    canvas[mask] = COLORS[obj.color]
-  pixels = canvas.reshape(image_size, _SUPERSAMPLE, image_size, _SUPERSAMPLE, 3).mean((1, 3))
+    r = _RADIUS_FRACTION[obj.size] * cell
+    # Only the pixels of the shape's bounding box [c - r, c + r] can be covered.
+    x0, x1 = int(np.floor(cx - r)), int(np.ceil(cx + r))
+    y0, y1 = int(np.floor(cy - r)), int(np.ceil(cy + r))
+    # Sample points at sub-pixel centres, in output-pixel units.
+    xs = x0 + (np.arange((x1 - x0) * _SUPERSAMPLE) + 0.5) / _SUPERSAMPLE
+    ys = y0 + (np.arange((y1 - y0) * _SUPERSAMPLE) + 0.5) / _SUPERSAMPLE
+    inside = _inside(obj.shape, xs[None, :] - cx, ys[:, None] - cy, r)
+    coverage = inside.reshape(y1 - y0, _SUPERSAMPLE, x1 - x0, _SUPERSAMPLE).mean((1, 3))
+    # Shapes never overlap (one per cell), so blending with what is there is exact.
+    box = pixels[y0:y1, x0:x1]
+    box += coverage[..., None] * (np.asarray(COLORS[obj.color]) - box)
   return np.rint(pixels).astype(np.uint8)
 
 
