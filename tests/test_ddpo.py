@@ -293,7 +293,7 @@ def test_gradients_match_finite_differences():
     batch = random_batch(10, batch=2)
     batch = batch.replace(pixel_values=batch.pixel_values.astype(jnp.float64))
     loss_fn = ddpo.make_ddpo_loss(toy_apply, ddpo.PAPER_HPARAMS)
-    f = lambda p: loss_fn(p, ref, batch)[0]
+    f = jax.jit(lambda p: loss_fn(p, ref, batch)[0])
     grads = jax.grad(f)(policy)
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
     rng = np.random.default_rng(0)
