@@ -41,8 +41,12 @@ def write(directory: pathlib.Path, kind: str, num_examples: int = 24) -> pathlib
   return directory
 
 
-def overrides(root: pathlib.Path, kind: str = "preference") -> list[str]:
-  """`--config.data.*` flags pointing `configs/tiny_cpu.py` at fresh data under `root`."""
+def data_settings(root: pathlib.Path, kind: str = "preference") -> dict[str, str]:
+  """`config.data` paths pointing `configs/tiny_cpu.py` at fresh data under `root`."""
   source = write(root / f"source_{kind}", kind)
-  return [f"--config.data.source_dir={source}", f"--config.data.data_dir={root / 'tfds'}",
-          f"--config.data.tokenizer={TOKENIZER}"]
+  return dict(source_dir=str(source), data_dir=str(root / "tfds"), tokenizer=str(TOKENIZER))
+
+
+def overrides(root: pathlib.Path, kind: str = "preference") -> list[str]:
+  """The same as `--config.data.*` flags."""
+  return [f"--config.data.{k}={v}" for k, v in data_settings(root, kind).items()]

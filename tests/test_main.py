@@ -1,8 +1,8 @@
 """`python -m rlhfv_jax.main` end to end, in subprocesses, on configs/tiny_cpu.py.
 
-The expensive part is XLA compilation; the runs share a persistent compilation cache
-(the SFT step has no host callback, so it is cacheable), which makes every run after
-the first one cheap.
+The expensive parts are process start-up and XLA compilation; the runs share a
+persistent compilation cache (the SFT step has no host callback, so it is cacheable),
+which makes every run after the first one cheaper.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ import pytest
 import main_run_data
 from rlhfv_jax import model as model_lib
 from rlhfv_jax.train import checkpointing
+from rlhfv_jax.train import config_validation
 from rlhfv_jax.train import metrics as metrics_lib
+from rlhfv_jax.train import runner
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = "configs/tiny_cpu.py"
@@ -62,12 +64,12 @@ def final_params(workdir: pathlib.Path, model_config) -> dict:
   return jax.tree.map(np.asarray, ckpt.restore_params(NUM_STEPS, target))
 
 
-def tiny_model_config():
-  """config.model of configs/tiny_cpu.py, read from the file itself."""
+def tiny_config(variant: str):
+  """configs/tiny_cpu.py's config, read from the file itself."""
   spec = importlib.util.spec_from_file_location("tiny_cpu", REPO / TINY)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config("sft").model
+  return module.get_config(variant)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,7 @@ def test_sigkill_then_restart_ends_with_the_same_params(env, sft_data, uninterru
   resumed = run_main(env, *command)
   assert f"resuming from checkpoint step {killed_at}" in resumed.stderr
 
-  model_config = tiny_model_config()
+  model_config = tiny_config("sft").model
   want = final_params(uninterrupted_sft, model_config)
   got = final_params(workdir, model_config)
   jax.tree.map(np.testing.assert_array_equal, got, want)
@@ -115,16 +117,27 @@ def test_sigkill_then_restart_ends_with_the_same_params(env, sft_data, uninterru
   assert after and all(after[s] == losses(uninterrupted_sft)[s] for s in after)
 
 
-def test_reference_cache_from_a_trained_run_then_eval(env, uninterrupted_sft, tmp_path):
+def test_reference_cache_from_a_trained_run_then_eval(uninterrupted_sft, tmp_path):
   """precompute_ref from the SFT run's checkpoint, then eval of the same params with
   the cached reference: policy == reference, so the DDPO loss is exactly log 2 and
-  every reward is 0, which only holds if cache and batches line up token for token."""
-  data = main_run_data.overrides(tmp_path, "preference")
-  init = ["--config.init.params=checkpoint", f"--config.init.checkpoint_dir={uninterrupted_sft}"]
-  run_main(env, *main_command(f"{TINY}:precompute_ref", tmp_path / "ref", *init, *data))
-  run_main(env, *main_command(f"{TINY}:eval", tmp_path / "eval", *init, *data,
-                              "--config.data.use_ref_cache=True"))
+  every reward is 0, which only holds if cache and batches line up token for token.
+  (In-process: the stage functions `main` dispatches to.)"""
+  data = main_run_data.data_settings(tmp_path, "preference")
+  init = dict(params="checkpoint", checkpoint_dir=str(uninterrupted_sft))
+  reference = tiny_config("precompute_ref")
+  reference.data.update(data)
+  reference.init.update(init)
+  shard = runner.precompute_ref_stage(reference, str(tmp_path / "ref"))
+  assert pathlib.Path(shard).is_file()
+
+  evaluation = tiny_config("eval")
+  evaluation.data.update(data, use_ref_cache=True)
+  evaluation.init.update(init)
+  config_validation.validate_config(evaluation)
+  returned = runner.eval_stage(evaluation, str(tmp_path / "eval"))
   results = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+  assert results == dict(returned, split="train",
+                         init=f"checkpoint:{uninterrupted_sft}@-1")
   assert results["examples"] == 24
   assert results["loss"] == pytest.approx(np.log(2), abs=1e-5)
   assert results["rewards/margin"] == pytest.approx(0.0, abs=1e-5)

@@ -300,6 +300,7 @@ def eval_stage(config: Any, workdir: str) -> dict[str, float]:
   logging.info("eval on %s (%d of %d examples): %s", config.eval.split, examples, len(source),
                json.dumps(results, sort_keys=True))
   if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, EVAL_RESULTS), "w") as f:
       json.dump(dict(results, split=config.eval.split, init=describe_init(config)), f, indent=2)
     writer = metrics_lib.MetricsWriter(workdir)

@@ -1,11 +1,12 @@
 """One process of a (possibly multi-process) toy training run, for test_multihost.py.
 
-  python multihost_worker.py --workdir DIR --parallelism pmap|fsdp --local_devices N \
+  python multihost_worker.py --workdir DIR --local_devices N \
       [--coordinator_address 127.0.0.1:PORT --num_processes P --process_id I]
 
-Every process feeds its contiguous slice of each global batch (as the real loader
-does), trains 4 steps through the real loop, checkpointer and metrics writer, and
-process 0 writes the final params to DIR/final_params.npz.
+For each of pmap and FSDP (2 x 2 mesh), every process feeds its contiguous slice of
+each global batch (as the real loader does), trains 4 steps through the real loop,
+checkpointer and metrics writer into DIR/<parallelism>, and process 0 writes the final
+params to DIR/<parallelism>/final_params.npz.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ NUM_STEPS = 4
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--workdir", required=True)
-  parser.add_argument("--parallelism", choices=("pmap", "fsdp"), required=True)
   parser.add_argument("--local_devices", type=int, required=True)
   parser.add_argument("--coordinator_address")
   parser.add_argument("--num_processes", type=int)
@@ -75,28 +75,31 @@ def main() -> None:
                                         cached_reference=False)
   make_step = functools.partial(step_lib.make_train_step, objective.loss_fn, optimizer,
                                 schedule, trainable=optimizer_lib.trainable_mask(labels))
-  if args.parallelism == "pmap":
-    parallel = step_lib.PmapParallel(make_step)
-  else:
-    parallel = step_lib.MeshParallel(make_step(axis_name=None), step_lib.make_mesh(2, 2))
-  init_state = lambda: TrainState.create(params, optimizer, jax.random.PRNGKey(0))
-  ckpt = checkpointing.Checkpointer(os.path.join(args.workdir, "checkpoints"),
-                                    save_every_steps=2)
-  batches = ProcessSlice()
-  state, start = loop.init_or_restore(parallel, init_state, jax.eval_shape(init_state), ckpt,
-                                      batches)
-  writer = metrics_lib.MetricsWriter(args.workdir, tensorboard=False)
-  state = loop.train(parallel, state, parallel.put_aux(params), batches, start_step=start,
-                     settings=loop.LoopSettings(num_steps=NUM_STEPS, log_every=1),
-                     checkpointer=ckpt, writer=writer)
-  writer.close()
-  ckpt.close()
-  final = parallel.host_params(state)
-  if jax.process_index() == 0:
-    flat = {optimizer_lib.path_str(path): np.asarray(x)
-            for path, x in jax.tree_util.tree_leaves_with_path(final)}
-    np.savez(os.path.join(args.workdir, "final_params.npz"), **flat)
+  def train(parallelism: str) -> None:
+    workdir = os.path.join(args.workdir, parallelism)
+    if parallelism == "pmap":
+      parallel = step_lib.PmapParallel(make_step)
+    else:
+      parallel = step_lib.MeshParallel(make_step(axis_name=None), step_lib.make_mesh(2, 2))
+    init_state = lambda: TrainState.create(params, optimizer, jax.random.PRNGKey(0))
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), save_every_steps=2)
+    batches = ProcessSlice()
+    state, start = loop.init_or_restore(parallel, init_state, jax.eval_shape(init_state), ckpt,
+                                        batches)
+    writer = metrics_lib.MetricsWriter(workdir, tensorboard=False)
+    state = loop.train(parallel, state, parallel.put_aux(params), batches, start_step=start,
+                       settings=loop.LoopSettings(num_steps=NUM_STEPS, log_every=1),
+                       checkpointer=ckpt, writer=writer)
+    writer.close()
+    ckpt.close()
+    final = parallel.host_params(state)
+    if jax.process_index() == 0:
+      flat = {optimizer_lib.path_str(path): np.asarray(x)
+              for path, x in jax.tree_util.tree_leaves_with_path(final)}
+      np.savez(os.path.join(workdir, "final_params.npz"), **flat)
 
+  for parallelism in ("pmap", "fsdp"):
+    train(parallelism)
 
 if __name__ == "__main__":
   main()

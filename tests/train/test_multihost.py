@@ -26,29 +26,31 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def launch(workdir: pathlib.Path, parallelism: str, local_devices: int, *extra: str):
+def launch(workdir: pathlib.Path, local_devices: int, *extra: str):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   return subprocess.Popen(
-      [sys.executable, str(WORKER), f"--workdir={workdir}", f"--parallelism={parallelism}",
-       f"--local_devices={local_devices}", *extra],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      [sys.executable, str(WORKER), f"--workdir={workdir}", f"--local_devices={local_devices}",
+       *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_all(procs) -> None:
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
+  """(1 process x 4 devices, 2 processes x 2 devices) run directories."""
+  single = tmp_path_factory.mktemp("single")
+  multi = tmp_path_factory.mktemp("multi")
+  address = f"127.0.0.1:{free_port()}"
+  procs = [launch(single, 4)]
+  procs += [launch(multi, 2, f"--coordinator_address={address}", "--num_processes=2",
+                   f"--process_id={i}") for i in range(2)]
   outputs = [p.communicate(timeout=300)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-4000:]
+  return single, multi
 
 
 @pytest.mark.parametrize("parallelism", ["pmap", "fsdp"])
-def test_two_processes_match_one(tmp_path, parallelism):
-  single, multi = tmp_path / "single", tmp_path / "multi"
-  address = f"127.0.0.1:{free_port()}"
-  procs = [launch(single, parallelism, 4)]
-  procs += [launch(multi, parallelism, 2, f"--coordinator_address={address}",
-                   "--num_processes=2", f"--process_id={i}") for i in range(2)]
-  wait_all(procs)
-
+def test_two_processes_match_one(runs, parallelism):
+  single, multi = (d / parallelism for d in runs)
   want, got = np.load(single / "final_params.npz"), np.load(multi / "final_params.npz")
   assert sorted(want) == sorted(got)
   for name in want:
