@@ -132,3 +132,36 @@ def test_consecutive_nonfinite_updates_stop_the_run(setup, tmp_path):
 def test_running_out_of_data_is_an_error(setup, tmp_path):
   with pytest.raises(loop.DataExhaustedError, match="ended after 2 batches, at step 2 of 6"):
     run(setup, tmp_path, TOTAL_STEPS, limit=2)
+
+
+def test_one_compilation_per_shape_bucket():
+  """Batches padded to 2 bucket lengths, interleaved: the loop compiles exactly twice
+  (once per bucket, nothing else: metric fetches, batch placement and bookkeeping do
+  not compile)."""
+  compiled = []
+
+  def on_event(event, duration, **kwargs):
+    del duration
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiled.append(kwargs.get("fun_name"))
+
+  def loss_fn(params, aux, batch, rng):
+    del aux, rng
+    loss = jax.numpy.mean((params["w"] * batch["x"].mean(axis=1, keepdims=True)) ** 2)
+    return loss, {}
+
+  params = {"w": np.ones((4, 3), np.float32)}
+  optimizer, schedule, _ = optimizer_lib.make_optimizer(
+      ml_collections.ConfigDict(dict(learning_rate=1e-2)), params, 6)
+  parallel = step_lib.PmapParallel(functools.partial(
+      step_lib.make_train_step, loss_fn, optimizer, schedule))
+  lengths = [8, 16, 8, 16, 16, 8]
+  batches = ToyBatches(lambda i: {"x": np.full((4, lengths[i]), i, np.float32)})
+  state = parallel.put_state(TrainState.create(params, optimizer, jax.random.PRNGKey(0)))
+  jax.monitoring.register_event_duration_secs_listener(on_event)
+  try:
+    loop.train(parallel, state, None, batches, start_step=0,
+               settings=loop.LoopSettings(num_steps=len(lengths)))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(on_event)
+  assert len(compiled) == 2, compiled
