@@ -23,6 +23,7 @@ import glob
 import logging
 import os
 import sys
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
@@ -52,6 +53,8 @@ STAGE_HELP = {
             "rlhfv_parquet / jsonl_preference), init (hf | checkpoint: the instruction-tuned "
             "model, also the reference), ddpo (gamma, beta, ...), train, optim.",
     "eval": "the objective's metrics on eval.split. Needs: data, init, eval.",
+    "demo": "the embedded default (configs/demo.py): the whole miniature experiment, "
+            "data to ablation table, on a synthetic world. Needs: nothing.",
 }
 
 
@@ -71,6 +74,15 @@ def overview() -> str:
   return "\n".join(lines)
 
 
+def _entry_points(config) -> tuple[Callable[[Any], None], Callable[[Any, str], Any]]:
+  """(validate, run) for the config: one training stage, or the demo's chain of them."""
+  if config.get("stage") == "demo":  # the embedded default: a whole chain of stages
+    from rlhfv_jax.demo import pipeline
+    return pipeline.validate, pipeline.run
+  from rlhfv_jax.train import config_validation, runner
+  return config_validation.validate_config, runner.run
+
+
 def _quiet_library_info(record: logging.LogRecord) -> bool:
   """Drops INFO chatter of orbax (several lines per checkpoint); keeps its warnings."""
   return record.levelno > logging.INFO or "/orbax/" not in record.pathname
@@ -84,14 +96,13 @@ def main(argv: list[str]) -> int:
   from rlhfv_jax.train import multihost
   multihost.initialize(multihost.resolve(_COORDINATOR.value, _NUM_PROCESSES.value,
                                          _PROCESS_ID.value, auto=_DISTRIBUTED.value))
-  from rlhfv_jax.train import config_validation, runner
-
   config = _CONFIG.value
   if config is None:
     print("no --config given.\n" + overview())
     return 1
+  validate, run = _entry_points(config)
   try:
-    config_validation.validate_config(config)
+    validate(config)
   except ValueError as e:
     print(f"{e}\n\n{overview()}", file=sys.stderr)
     return 1
@@ -100,7 +111,7 @@ def main(argv: list[str]) -> int:
     return 0
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
-  runner.run(config, _WORKDIR.value)
+  run(config, _WORKDIR.value)
   return 0
 
 
