@@ -10,15 +10,15 @@ import numpy as np
 import optax
 import pytest
 
+from rlhfv_jax.train import defaults
 from rlhfv_jax.train import optimizer as optimizer_lib
 
 
 def config(**overrides) -> ml_collections.ConfigDict:
-  base = dict(learning_rate=1e-3, schedule="cosine", warmup_fraction=0.1, warmup_steps=0,
-              end_lr_fraction=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-              max_grad_norm=0.0, frozen=())
-  base.update(overrides)
-  return ml_collections.ConfigDict(base)
+  """The default optimizer config (cosine, 10% warmup) at lr 1e-3, no clipping."""
+  optim = defaults.base_config("ddpo", "tiny").optim
+  optim.update(dict(learning_rate=1e-3, max_grad_norm=0.0, frozen=()), **overrides)
+  return optim
 
 
 def test_warmup_then_cosine_matches_closed_form():

@@ -12,6 +12,7 @@ import pytest
 
 import toy_model
 from rlhfv_jax import ddpo
+from rlhfv_jax.train import defaults
 from rlhfv_jax.train import objectives
 from rlhfv_jax.train import optimizer as optimizer_lib
 from rlhfv_jax.train import step as step_lib
@@ -21,11 +22,11 @@ NUM_STEPS = 2
 
 
 def optim_config(**overrides) -> ml_collections.ConfigDict:
-  base = dict(learning_rate=3e-2, schedule="cosine", warmup_steps=0, warmup_fraction=0.0,
-              end_lr_fraction=0.1, b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.01,
-              max_grad_norm=0.5, frozen=())
-  base.update(overrides)
-  return ml_collections.ConfigDict(base)
+  """The default optimizer config, with a large lr and active clipping and decay."""
+  config = defaults.base_config("ddpo", "tiny").optim
+  config.update(dict(learning_rate=3e-2, warmup_fraction=0.0, end_lr_fraction=0.1, b2=0.99,
+                     weight_decay=0.01, max_grad_norm=0.5, frozen=()), **overrides)
+  return config
 
 
 def build(objective: objectives.Objective, **optim_overrides):

@@ -8,7 +8,6 @@ a second or two.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
