@@ -9,10 +9,15 @@ import pathlib
 
 import pytest
 
-if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (
-      os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-  ).strip()
+_TEST_XLA_FLAGS = (
+    "--xla_force_host_platform_device_count=4",
+    # Tests are dominated by compiling many tiny programs; skipping XLA's backend
+    # optimisation passes roughly halves suite time and leaves results unchanged.
+    "--xla_backend_optimization_level=0",
+)
+for _flag in _TEST_XLA_FLAGS:
+  if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
