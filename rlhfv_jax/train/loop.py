@@ -50,8 +50,9 @@ def init_or_restore(parallel: Parallel, init_state_fn: Callable[[], Any], abstra
 
   Args:
     parallel: the device layout.
-    init_state_fn: `() -> TrainState` for a fresh run; not called when resuming, so a
-      resumed run never loads or materialises the initial params.
+    init_state_fn: `() -> device-placed TrainState` for a fresh run (e.g.
+      `parallel.init_state(make_state, params)`); not called when resuming, so a resumed
+      run never loads or materialises the initial params.
     abstract_state: the state's `jax.ShapeDtypeStruct`s (e.g. `jax.eval_shape` of the
       state built from `model.param_shapes`), the restore target.
     checkpointer: the run's checkpoints, or None.
@@ -63,7 +64,7 @@ def init_or_restore(parallel: Parallel, init_state_fn: Callable[[], Any], abstra
   """
   latest = checkpointer.latest_step() if checkpointer is not None else None
   if latest is None:
-    return parallel.put_state(init_state_fn()), 0
+    return init_state_fn(), 0
   target = checkpointing.abstract_with_shardings(abstract_state,
                                                  parallel.checkpoint_shardings(abstract_state))
   state, iterator_state = checkpointer.restore(latest, target)

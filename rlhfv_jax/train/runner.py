@@ -201,7 +201,8 @@ def train_stage(config: Any, workdir: str) -> Any:
                                     max_to_keep=config.checkpoint.max_to_keep,
                                     async_save=config.checkpoint.async_save)
   batches = _CheckedIterator(iter(loader), stage)
-  state, start = loop.init_or_restore(parallel, lambda: make_state(initial_params()),
+  fresh_state = lambda: parallel.init_state(make_state, initial_params())
+  state, start = loop.init_or_restore(parallel, fresh_state,
                                       jax.eval_shape(make_state, abstract_params), ckpt, batches)
   # The DDPO reference is the starting policy, frozen (unless its log-probs are cached).
   aux = parallel.put_aux(initial_params()) if objective.needs_aux else None

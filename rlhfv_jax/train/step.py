@@ -9,8 +9,8 @@ Two executions of that same function:
 
 * `PmapParallel`: `jax.pmap` over the local devices, the state replicated on each,
   gradients and metrics averaged with `lax.psum` over the device axis (which spans all
-  processes' devices in a multi-host run). The paper-scale default: a 7B/13B model fits
-  one accelerator's memory with bf16 params.
+  processes' devices in a multi-host run). For models whose params and optimizer state
+  fit one device.
 * `MeshParallel`: `jax.jit` on a `jax.sharding.Mesh` with axes ("data", "fsdp"). Each
   parameter (and its Adam moments) is sharded over "fsdp" along its largest divisible
   axis; the batch is sharded over both axes. XLA inserts the all-gathers and
@@ -208,6 +208,10 @@ class Parallel(abc.ABC):
   def put_state(self, state: Any) -> Any:
     """Places a state (host arrays or global arrays as restored) for `step`."""
 
+  def init_state(self, make_state: Callable[[Any], TrainState], params: Any) -> Any:
+    """A fresh state `make_state(params)` (e.g. `TrainState.create`), placed for `step`."""
+    return self.put_state(make_state(params))
+
   @abc.abstractmethod
   def put_aux(self, aux: Any) -> Any:
     """Places the loss's untrained inputs (e.g. reference params) for `step`."""
@@ -352,7 +356,6 @@ class MeshParallel(Parallel):
     self.grad_accum_steps = grad_accum_steps
     self._fsdp = mesh.shape["fsdp"]
     self._replicated = NamedSharding(mesh, P())
-    self._state_shardings = None
     self._train_step = train_step
     self._step = None
 
@@ -369,13 +372,24 @@ class MeshParallel(Parallel):
       return jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x))
     return jax.tree.map(put, tree, self.shardings(tree))
 
-  def put_state(self, state: Any) -> Any:
+  def _compile_for(self, state: Any) -> Any:
+    """The state's shardings; the step is jitted for them (once)."""
     state_shardings = self.shardings(state)
     if self._step is None:
-      self._state_shardings = state_shardings
       self._step = jax.jit(self._train_step, donate_argnums=(0,),
                            out_shardings=(state_shardings, self._replicated))
+    return state_shardings
+
+  def put_state(self, state: Any) -> Any:
+    self._compile_for(state)
     return self._put(state)
+
+  def init_state(self, make_state: Callable[[Any], TrainState], params: Any) -> Any:
+    # The optimizer state is created already sharded, so no device (or host) ever holds
+    # all of it: the point of FSDP for models that do not fit one device.
+    params = self._put(params)
+    shardings = self._compile_for(jax.eval_shape(make_state, params))
+    return jax.jit(make_state, out_shardings=shardings)(params)
 
   def put_aux(self, aux: Any) -> Any:
     return self._put(aux)

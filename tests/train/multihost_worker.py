@@ -84,8 +84,8 @@ def main() -> None:
     init_state = lambda: TrainState.create(params, optimizer, jax.random.PRNGKey(0))
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), save_every_steps=2)
     batches = ProcessSlice()
-    state, start = loop.init_or_restore(parallel, init_state, jax.eval_shape(init_state), ckpt,
-                                        batches)
+    state, start = loop.init_or_restore(parallel, lambda: parallel.put_state(init_state()),
+                                        jax.eval_shape(init_state), ckpt, batches)
     writer = metrics_lib.MetricsWriter(workdir, tensorboard=False)
     state = loop.train(parallel, state, parallel.put_aux(params), batches, start_step=start,
                        settings=loop.LoopSettings(num_steps=NUM_STEPS, log_every=1),

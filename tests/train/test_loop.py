@@ -74,8 +74,8 @@ def run(setup, workdir, num_steps, make_batch=toy_model.preference_batch, limit=
   parallel, init_state, ref_params = setup
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints", save_every_steps=2)
   batches = ToyBatches(make_batch, limit)
-  state, start = loop.init_or_restore(parallel, init_state, jax.eval_shape(init_state), ckpt,
-                                      batches)
+  state, start = loop.init_or_restore(parallel, lambda: parallel.put_state(init_state()),
+                                      jax.eval_shape(init_state), ckpt, batches)
   writer = metrics_lib.MetricsWriter(workdir)
   try:
     state = loop.train(parallel, state, parallel.put_aux(ref_params), batches,

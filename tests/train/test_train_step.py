@@ -124,6 +124,23 @@ def test_fsdp_mesh_step_equals_single_device(ddpo_setup):
   assert adam.mu["language_model"]["embed"].addressable_shards[0].data.shape == (16, 16)
 
 
+def test_fsdp_init_state_is_created_sharded(ddpo_setup):
+  _, host_state, _, _, _, _ = ddpo_setup
+  parallel = step_lib.MeshParallel(unused_step, step_lib.make_mesh(1, 4))
+  optimizer, _, _ = optimizer_lib.make_optimizer(optim_config(), host_state.params, 10)
+  make_state = lambda p: TrainState.create(p, optimizer, jax.random.PRNGKey(0))
+  state = parallel.init_state(make_state, host_state.params)
+  jax.tree.map(lambda got, want: np.testing.assert_array_equal(np.asarray(got), want),
+               state, host_state)
+  adam = [x for x in jax.tree.leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "nu"))
+          if hasattr(x, "nu")][0]
+  assert adam.nu["language_model"]["embed"].addressable_shards[0].data.shape == (8, 16)
+
+
+def unused_step(*_):
+  raise AssertionError("never stepped")
+
+
 def test_fsdp_partition_spec_rule():
   P = jax.sharding.PartitionSpec
   assert step_lib.fsdp_partition_spec((4096, 11008), 4) == P(None, "fsdp")
