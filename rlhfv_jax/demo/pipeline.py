@@ -1,0 +1,580 @@
+"""The demo pipeline: the paper's experiment in miniature, one command, on a CPU.
+
+`run(config, workdir)` (what ``python -m rlhfv_jax.main --config configs/demo.py``
+runs) does, for every seed in ``config.demo.seeds``:
+
+  data        render training scenes; write "web" captions (a share mismatched with
+              their image) and clean VQA pairs as ``jsonl_sft`` datasets
+  sft_web     train the tiny LLaVA from scratch on the web captions   (runner "sft")
+  sft_vqa     continue on the VQA pairs                               (runner "sft")
+  feedback    sample descriptions of new scenes from sft_vqa; the oracle labeler
+              corrects only their hallucinated segments -> ``jsonl_preference``
+  reference   sft_vqa's per-token log-probs of the feedback (runner "precompute_ref")
+  <arm>       preference training from sft_vqa, one run per arm     (runner "ddpo"):
+                dpo        γ = 1 (plain DPO, length-normalised)
+                ddpo_mean  γ = config.ddpo.gamma, weighted mean (the paper)
+                ddpo_sum   γ = config.ddpo.gamma, weighted sum (released scripts)
+                ddpo_crop  ddpo with config.ddpo.normalize + random-crop augmentation
+  eval        greedy descriptions of held-out scenes (the same set for every seed and
+              model, disjoint from all training scenes) -> CHAIR-style metrics
+
+Every training stage is the project's own `rlhfv_jax.train.runner` on the project's
+data path (TFDS array_record built from the JSONL files, grain loader, chat
+template, segment masks), so the demo exercises exactly what a real run does.
+
+Workdir layout::
+
+  demo_config.json         the config this workdir belongs to (a re-run resumes; a
+                           different config is refused)
+  tokenizer.model          the demo tokenizer (`rlhfv_jax.demo.tokenizer`)
+  seed_<s>/data/{web,vqa,feedback}/   train.jsonl + images/
+  seed_<s>/feedback_samples.jsonl   every sampled description with the oracle's verdict
+  seed_<s>/tfds/           built datasets (+ the reference log-prob cache)
+  seed_<s>/<stage>/        runner workdirs: checkpoints/, metrics.jsonl, tensorboard
+  seed_<s>/eval/<model>.jsonl   every evaluation description with its scores
+  results.json             all metrics, feedback statistics and stage timings
+  ablation.md / ablation.csv / ablation_per_seed.csv / ablation.png
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import ml_collections
+from absl import logging
+
+from rlhfv_jax import model as model_lib
+from rlhfv_jax.data import factory
+from rlhfv_jax.data import tokenizer as tokenizer_lib
+from rlhfv_jax.demo import corpora, labeler, metrics, report, sampling, world
+from rlhfv_jax.demo import tokenizer as demo_tokenizer
+from rlhfv_jax.train import config_validation, defaults, runner
+
+SFT_STAGES = ("sft_web", "sft_vqa")
+ARMS = ("dpo", "ddpo_mean", "ddpo_sum", "ddpo_crop")
+MODELS = SFT_STAGES + ARMS
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The full demo's config (`configs/demo.py` starts from it)."""
+  config = defaults.base_config("sft", "tiny")
+  config.stage = "demo"
+  config.model = demo_model_config()
+  config.data.update(
+      system_message="A chat about an image.",  # short prompts keep sequences short
+      # One length per stage, so each trains with a single compilation: VQA pairs fit
+      # 64 tokens, captions and sampled descriptions (<= 80 new tokens) fit 112.
+      buckets=(64, 112), num_threads=2)
+  config.ddpo.update(gamma=5.0, beta=0.5, normalize=True, segment_mode="paper")
+  config.optim.update(warmup_fraction=0.05, max_grad_norm=1.0, weight_decay=0.0)
+  config.train.update(parallelism="pmap", log_every=100)
+  config.checkpoint.update(every_steps=1_000_000, max_to_keep=1, async_save=False)
+  config.precompute.batch_size = 32
+  config.demo = ml_collections.ConfigDict(dict(
+      seeds=(0, 1, 2),
+      world=dict(image_size=48, min_objects=1, max_objects=4, num_train_scenes=6000,
+                 num_feedback_scenes=512, num_eval_scenes=200, eval_seed=1000),
+      corpus=dict(mismatch_rate=0.5, extra_object_weight=3.0, wrong_color_weight=1.0,
+                  vqa_per_scene=2),
+      vocab_size=demo_tokenizer.DEFAULT_VOCAB_SIZE,
+      # Stage hyper-parameters: the tiny model trains from scratch, so the rates are far
+      # above the paper's 5e-7 (which fine-tunes a 7B model).
+      sft_web=dict(steps=800, batch_size=32, learning_rate=3e-3, frozen=()),
+      sft_vqa=dict(steps=150, batch_size=32, learning_rate=1e-3, frozen=()),
+      sampling=dict(temperature=0.7, top_p=0.95, max_new_tokens=80, batch_size=64),
+      preference=dict(num_epochs=2.0, batch_size=16, learning_rate=1e-4,
+                      frozen=("vision_tower",), explicit_spans=False),
+      eval=dict(max_new_tokens=80, batch_size=100),
+  ))
+  return config
+
+
+def demo_model_config() -> ml_collections.ConfigDict:
+  """The tiny LLaVA of the demo (~0.2M parameters).
+
+  48px images in 16px patches give one image token per grid cell (9 tokens). The
+  vocabulary fields are placeholders: `stage_config` sets them from the tokenizer.
+  """
+  cfg = model_lib.llava_config("tiny", vocab_size=demo_tokenizer.DEFAULT_VOCAB_SIZE + 1)
+  cfg.vision.update(image_size=48, patch_size=16, hidden_size=64, intermediate_size=128,
+                    num_layers=1, num_heads=4, feature_layer=-1)
+  cfg.text.update(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                  num_kv_heads=4, head_dim=16, max_position_embeddings=256)
+  return cfg
+
+
+# ---------------------------------------------------------------------------- configs
+
+@dataclasses.dataclass(frozen=True)
+class ArmSpec:
+  """A preference-training arm of the ablation."""
+
+  label: str
+  ddpo_overrides: Callable[[Any], dict]
+  augmentation: str = "none"
+
+
+ARM_SPECS: dict[str, ArmSpec] = {
+    "dpo": ArmSpec("+ DPO (γ=1)", lambda d: dict(gamma=1.0, normalize=True)),
+    "ddpo_mean": ArmSpec("+ DDPO (γ={gamma:g}, weighted mean)",
+                         lambda d: dict(gamma=d.gamma, normalize=True)),
+    "ddpo_sum": ArmSpec("+ DDPO (γ={gamma:g}, weighted sum)",
+                        lambda d: dict(gamma=d.gamma, normalize=False)),
+    "ddpo_crop": ArmSpec("+ DDPO (γ={gamma:g}) with random crop",
+                         lambda d: dict(gamma=d.gamma, normalize=d.normalize),
+                         augmentation="random_crop_ablation"),
+}
+SFT_LABELS = {"sft_web": "SFT on web captions", "sft_vqa": "+ VQA SFT"}
+
+
+def model_labels(config: Any) -> dict[str, str]:
+  """Row labels of the ablation table."""
+  labels = dict(SFT_LABELS)
+  labels.update({arm: spec.label.format(gamma=config.ddpo.gamma)
+                 for arm, spec in ARM_SPECS.items()})
+  return labels
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedPaths:
+  """Where one seed's data and runs live."""
+
+  root: pathlib.Path
+
+  def data(self, name: str) -> pathlib.Path:
+    return self.root / "data" / name
+
+  @property
+  def feedback_samples(self) -> pathlib.Path:
+    """Every sampled description with the oracle's verdict (outside the dataset dir:
+    each ``*.jsonl`` there is a split)."""
+    return self.root / "feedback_samples.jsonl"
+
+  @property
+  def tfds(self) -> pathlib.Path:
+    return self.root / "tfds"
+
+  def run(self, name: str) -> pathlib.Path:
+    return self.root / name
+
+  def eval(self, name: str) -> pathlib.Path:
+    return self.root / "eval" / f"{name}.jsonl"
+
+
+def stage_config(config: Any, paths: SeedPaths, seed: int, name: str,
+                 tokenizer_path: pathlib.Path,
+                 tokenizer: tokenizer_lib.Tokenizer) -> ml_collections.ConfigDict:
+  """The runner config of one stage ("sft_web", "sft_vqa", "reference" or an arm).
+
+  Args:
+    config: the demo config.
+    paths: the seed's directories.
+    seed: the seed.
+    name: the stage.
+    tokenizer_path: the demo tokenizer file.
+    tokenizer: the loaded tokenizer (its ids fix the model's vocabulary fields).
+
+  Returns:
+    A validated-ready config for `rlhfv_jax.train.runner` (stage, init, data, ...).
+  """
+  demo = config.demo
+  kind = {"sft_web": "sft", "sft_vqa": "sft", "reference": "precompute_ref"}.get(name, "ddpo")
+  out = defaults.base_config(kind, "tiny")
+  for section in ("model", "data", "ddpo", "train", "optim", "checkpoint", "precompute",
+                  "eval"):
+    out[section] = copy.deepcopy(config[section])
+  out.seed = seed
+  out.model.text.vocab_size = tokenizer.vocab_size
+  out.model.image_token_id = tokenizer.image_token_id
+  out.model.pad_token_id = tokenizer.pad_id
+  out.model.bos_token_id = tokenizer.bos_id
+  out.model.eos_token_id = tokenizer.eos_id
+  out.data.update(tokenizer=str(tokenizer_path), data_dir=str(paths.tfds), seed=seed)
+  if name == "sft_web":
+    out.init.params = "random"
+    settings = demo.sft_web
+  elif name == "sft_vqa":
+    out.init.update(params="checkpoint", checkpoint_dir=str(paths.run("sft_web")))
+    settings = demo.sft_vqa
+  else:  # the reference and every arm start from the VQA-tuned model
+    out.init.update(params="checkpoint", checkpoint_dir=str(paths.run("sft_vqa")))
+    settings = demo.preference
+  if kind == "sft":
+    source = "web" if name == "sft_web" else "vqa"
+    out.data.update(dataset="jsonl_sft", source_dir=str(paths.data(source)))
+    out.train.update(global_batch_size=settings.batch_size, num_steps=settings.steps)
+  else:
+    out.data.update(dataset="jsonl_preference", source_dir=str(paths.data("feedback")))
+    out.train.update(global_batch_size=settings.batch_size, num_steps=0,
+                     num_epochs=settings.num_epochs)
+  out.optim.update(learning_rate=settings.learning_rate, frozen=tuple(settings.frozen))
+  if name in ARM_SPECS:
+    spec = ARM_SPECS[name]
+    out.ddpo.update(spec.ddpo_overrides(config.ddpo))
+    out.data.augmentation = spec.augmentation
+    # The cache holds log-probs of un-augmented images; a cropped policy input needs
+    # the reference forward on the same crop.
+    out.data.use_ref_cache = spec.augmentation == "none"
+  return out
+
+
+def validate(config: Any) -> None:
+  """Checks the demo section and, through the trainer's own validation, every stage."""
+  demo = config.demo
+  problems = []
+  if not demo.seeds:
+    problems.append("demo.seeds is empty")
+  if len(set(demo.seeds)) != len(demo.seeds):
+    problems.append(f"demo.seeds={tuple(demo.seeds)} repeats a seed")
+  w = demo.world
+  if w.image_size != config.model.vision.image_size:
+    problems.append(f"demo.world.image_size={w.image_size} must equal "
+                    f"model.vision.image_size={config.model.vision.image_size}")
+  for field in ("num_train_scenes", "num_feedback_scenes", "num_eval_scenes"):
+    if w[field] < 1:
+      problems.append(f"demo.world.{field}={w[field]} must be >= 1")
+  if demo.preference.batch_size > w.num_feedback_scenes:
+    problems.append(f"demo.preference.batch_size={demo.preference.batch_size} exceeds "
+                    f"demo.world.num_feedback_scenes={w.num_feedback_scenes}")
+  if problems:
+    raise ValueError("invalid demo config:\n  - " + "\n  - ".join(problems))
+  dummy = SeedPaths(pathlib.Path("/nonexistent"))
+  fake_tokenizer = _FakeTokenizerIds(config.model)
+  for name in ("sft_web", "sft_vqa", "reference") + ARMS:
+    stage = stage_config(config, dummy, demo.seeds[0], name, pathlib.Path("tokenizer.model"),
+                         fake_tokenizer)
+    stage.data.source_dir = ""  # validation must not build datasets
+    try:
+      config_validation.validate_config(stage)
+    except ValueError as e:
+      raise ValueError(f"demo stage {name!r}: {e}") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class _FakeTokenizerIds:
+  """Token ids for validating stage configs before the tokenizer exists."""
+
+  model: Any
+
+  @property
+  def vocab_size(self) -> int:
+    return self.model.text.vocab_size
+
+  @property
+  def image_token_id(self) -> int:
+    return self.model.image_token_id
+
+  @property
+  def pad_id(self) -> int:
+    return self.model.pad_token_id
+
+  @property
+  def bos_id(self) -> int:
+    return self.model.bos_token_id
+
+  @property
+  def eos_id(self) -> int:
+    return self.model.eos_token_id
+
+
+# ---------------------------------------------------------------------------- data
+
+def write_jsonl_dataset(directory: pathlib.Path, rows: Sequence[dict],
+                        images: dict[str, bytes]) -> None:
+  """Writes ``train.jsonl`` and ``images/<name>.png`` (the `read_jsonl` layout)."""
+  (directory / "images").mkdir(parents=True, exist_ok=True)
+  for name, png in images.items():
+    (directory / "images" / f"{name}.png").write_bytes(png)
+  with (directory / "train.jsonl").open("w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def render_all(scenes: Sequence[world.Scene], image_size: int) -> dict[str, bytes]:
+  """PNG bytes per scene id."""
+  return {s.scene_id: world.encode_png(world.render(s, image_size)) for s in scenes}
+
+
+def write_sft_data(config: Any, paths: SeedPaths, train_scenes: Sequence[world.Scene],
+                   seed: int) -> dict[str, int]:
+  """The web-caption and VQA datasets of a seed; returns corpus statistics."""
+  demo = config.demo
+  images = render_all(train_scenes, demo.world.image_size)
+  captions = corpora.web_captions(
+      train_scenes, seed, demo.corpus.mismatch_rate,
+      {"extra_object": demo.corpus.extra_object_weight,
+       "wrong_color": demo.corpus.wrong_color_weight})
+  vqa = corpora.vqa_pairs(train_scenes, seed, per_scene=demo.corpus.vqa_per_scene)
+
+  def rows(examples, prefix):
+    return [{"id": f"{prefix}-{i:06d}", "image": f"images/{e.scene_id}.png",
+             "question": e.prompt, "answer": e.response,
+             "origin": {"source": e.source, "scene_id": e.scene_id,
+                        "mismatches": ",".join(e.mismatches)}}
+            for i, e in enumerate(examples)]
+
+  write_jsonl_dataset(paths.data("web"), rows(captions, "web"), images)
+  write_jsonl_dataset(paths.data("vqa"), rows(vqa, "vqa"), images)
+  return {"web_captions": len(captions),
+          "web_captions_mismatched": sum(bool(c.mismatches) for c in captions),
+          "vqa_pairs": len(vqa)}
+
+
+# ---------------------------------------------------------------------------- models
+
+@dataclasses.dataclass
+class Describer:
+  """Generates descriptions with one seed's model config, template and preprocessor."""
+
+  model_config: ml_collections.ConfigDict
+  template: tokenizer_lib.ChatTemplate
+  preprocessor: Any
+
+  @classmethod
+  def from_stage_config(cls, stage: Any) -> "Describer":
+    facts = factory.ModelFacts.from_config(stage)
+    return cls(stage.model, factory.make_template(stage, facts),
+               factory.make_preprocessor(stage, facts, augment=False))
+
+  def __call__(self, params: Any, images: Sequence[bytes], prompts: Sequence[str], *,
+               max_new_tokens: int, batch_size: int, temperature: float = 0.0,
+               top_p: float = 1.0, rng: Optional[jax.Array] = None
+               ) -> tuple[list[str], list[bool]]:
+    return sampling.describe_images(
+        params, self.model_config, self.template, self.preprocessor, images, prompts,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature,
+        top_p=top_p, rng=rng)
+
+
+def collect_feedback(config: Any, paths: SeedPaths, params: Any, describer: Describer,
+                     scenes: Sequence[world.Scene], seed: int) -> dict[str, Any]:
+  """Samples a description per scene, has the oracle correct it, writes the dataset.
+
+  Returns:
+    Statistics: samples, unfinished (no EOS within the limit: not labeled),
+    hallucinated (corrected), clean (nothing to correct), and edit reasons.
+  """
+  demo = config.demo
+  images = render_all(scenes, demo.world.image_size)
+  prompts = [corpora.DESCRIPTION_PROMPTS[i % len(corpora.DESCRIPTION_PROMPTS)]
+             for i in range(len(scenes))]
+  s = demo.sampling
+  texts, finished = describer(params, [images[sc.scene_id] for sc in scenes], prompts,
+                              max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
+                              temperature=s.temperature, top_p=s.top_p,
+                              rng=jax.random.key(seed))
+  rows, samples, corrected_ids = [], [], []
+  reasons: collections.Counter = collections.Counter()
+  unfinished = clean = 0
+  for scene, prompt, text, done in zip(scenes, prompts, texts, finished):
+    correction = labeler.correct_description(text, scene) if done and text else None
+    samples.append({"scene_id": scene.scene_id, "prompt": prompt, "response": text,
+                    "finished": done,
+                    "chosen": correction.chosen if correction else None,
+                    "corrections": list(correction.reasons) if correction else []})
+    if not done or not text:
+      unfinished += 1
+    elif correction is None:
+      clean += 1
+    else:
+      reasons.update(correction.reasons)
+      corrected_ids.append(scene.scene_id)
+      rows.append(labeler.feedback_row(
+          correction, record_id=f"fb-{seed}-{scene.scene_id}",
+          image_path=f"images/{scene.scene_id}.png", question=prompt, scene=scene,
+          explicit_spans=demo.preference.explicit_spans,
+          origin={"policy": "sft_vqa", "temperature": str(s.temperature)}))
+  if len(rows) < demo.preference.batch_size:
+    raise RuntimeError(
+        f"seed {seed}: only {len(rows)} of {len(scenes)} sampled descriptions need a "
+        f"correction ({unfinished} unfinished, {clean} clean), fewer than one preference "
+        f"batch ({demo.preference.batch_size}); raise demo.world.num_feedback_scenes")
+  write_jsonl_dataset(paths.data("feedback"), rows, {i: images[i] for i in corrected_ids})
+  with paths.feedback_samples.open("w", encoding="utf-8") as f:
+    for sample in samples:
+      f.write(json.dumps(sample, sort_keys=True) + "\n")
+  return {"samples": len(scenes), "unfinished": unfinished, "clean": clean,
+          "corrected": len(rows), "edits": dict(sorted(reasons.items()))}
+
+
+def evaluate(config: Any, paths: SeedPaths, name: str, params: Any, describer: Describer,
+             eval_scenes: Sequence[world.Scene], eval_images: dict[str, bytes]
+             ) -> dict[str, float]:
+  """Greedy descriptions of the held-out scenes -> CHAIR-style metrics (and a JSONL log)."""
+  prompts = [corpora.DESCRIPTION_PROMPTS[i % len(corpora.DESCRIPTION_PROMPTS)]
+             for i in range(len(eval_scenes))]
+  e = config.demo.eval
+  texts, finished = describer(params, [eval_images[s.scene_id] for s in eval_scenes], prompts,
+                              max_new_tokens=e.max_new_tokens, batch_size=e.batch_size)
+  scores = [metrics.score_response(t, s) for t, s in zip(texts, eval_scenes)]
+  out = paths.eval(name)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with out.open("w", encoding="utf-8") as f:
+    for scene, prompt, text, done, score in zip(eval_scenes, prompts, texts, finished, scores):
+      f.write(json.dumps({"scene_id": scene.scene_id, "prompt": prompt, "response": text,
+                          "finished": done, **dataclasses.asdict(score)}, sort_keys=True)
+              + "\n")
+  result = metrics.aggregate(scores)
+  result["unfinished"] = sum(not d for d in finished) / len(finished)
+  return result
+
+
+# ---------------------------------------------------------------------------- driver
+
+class Progress:
+  """Stage timings and one console line per finished stage."""
+
+  def __init__(self, total_stages: int):
+    self.start = time.monotonic()
+    self.total = total_stages
+    self.done = 0
+    self.timings: list[dict[str, Any]] = []
+
+  def stage(self, seed: int, name: str, fn: Callable[[], Any]) -> Any:
+    logging.info("demo: seed %d, stage %s (%d/%d) ...", seed, name, self.done + 1, self.total)
+    t0 = time.monotonic()
+    result = fn()
+    seconds = time.monotonic() - t0
+    self.done += 1
+    self.timings.append({"seed": seed, "stage": name, "seconds": round(seconds, 2)})
+    elapsed = time.monotonic() - self.start
+    eta = elapsed / self.done * (self.total - self.done)
+    logging.info("demo: seed %d, stage %s done in %.1fs (%d/%d stages, %.0fs elapsed, "
+                 "~%.0fs to go)", seed, name, seconds, self.done, self.total, elapsed, eta)
+    return result
+
+
+def _check_workdir(config: Any, workdir: pathlib.Path) -> None:
+  """A workdir belongs to one config: a re-run resumes it, another config is refused."""
+  stamp = workdir / "demo_config.json"
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  if stamp.exists() and stamp.read_text() != text:
+    raise ValueError(f"{workdir} holds a demo run with a different config ({stamp}); use a "
+                     "fresh --workdir (re-running with the same config resumes)")
+  workdir.mkdir(parents=True, exist_ok=True)
+  stamp.write_text(text)
+
+
+def _enable_compilation_cache(workdir: pathlib.Path) -> None:
+  """Seeds 2.. compile the same programs as seed 1: cache them on disk."""
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", str(workdir / "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def run_seed(config: Any, workdir: pathlib.Path, seed: int, tokenizer_path: pathlib.Path,
+             eval_scenes: Sequence[world.Scene], progress: Progress) -> dict[str, Any]:
+  """All stages of one seed; returns its metrics per model and feedback statistics."""
+  demo = config.demo
+  paths = SeedPaths(workdir / f"seed_{seed}")
+  tokenizer = tokenizer_lib.SentencePieceTokenizer(tokenizer_path)
+  stages = {name: stage_config(config, paths, seed, name, tokenizer_path, tokenizer)
+            for name in ("sft_web", "sft_vqa", "reference") + ARMS}
+  for stage in stages.values():
+    config_validation.validate_config(stage)
+  w = demo.world
+  train_scenes = world.sample_scenes(10_000 + seed, w.num_train_scenes, f"train{seed}",
+                                     w.min_objects, w.max_objects, exclude=eval_scenes)
+  feedback_scenes = world.sample_scenes(20_000 + seed, w.num_feedback_scenes,
+                                        f"feedback{seed}", w.min_objects, w.max_objects,
+                                        exclude=eval_scenes)
+  eval_images = render_all(eval_scenes, w.image_size)
+  describer = Describer.from_stage_config(stages["sft_web"])
+  out: dict[str, Any] = {"metrics": {}}
+  out["corpus"] = progress.stage(seed, "data",
+                                 lambda: write_sft_data(config, paths, train_scenes, seed))
+
+  def train_and_eval(name: str) -> Any:
+    params = runner.run(stages[name], str(paths.run(name)))  # config.json + train_stage
+    out["metrics"][name] = evaluate(config, paths, name, params, describer, eval_scenes,
+                                    eval_images)
+    logging.info("demo: seed %d, %s: %s", seed, name, json.dumps(
+        {k: round(v, 3) for k, v in out["metrics"][name].items()}))
+    return params
+
+  progress.stage(seed, "sft_web", lambda: train_and_eval("sft_web"))
+  sft_params = progress.stage(seed, "sft_vqa", lambda: train_and_eval("sft_vqa"))
+  out["feedback"] = progress.stage(seed, "feedback", lambda: collect_feedback(
+      config, paths, sft_params, describer, feedback_scenes, seed))
+  logging.info("demo: seed %d feedback: %s", seed, json.dumps(out["feedback"]))
+  progress.stage(seed, "reference", lambda: runner.run(stages["reference"],
+                                                      str(paths.run("reference"))))
+  for arm in ARMS:
+    progress.stage(seed, arm, lambda arm=arm: train_and_eval(arm))
+  return out
+
+
+def run(config: Any, workdir: str) -> dict[str, Any]:
+  """Runs the whole demo (see the module docstring) and writes the ablation report.
+
+  Args:
+    config: the demo config (`configs/demo.py`).
+    workdir: output directory (created; a re-run with the same config resumes).
+
+  Returns:
+    The contents of results.json.
+  """
+  validate(config)
+  root = pathlib.Path(workdir)
+  _check_workdir(config, root)
+  _enable_compilation_cache(root)
+  demo = config.demo
+  tokenizer_path = demo_tokenizer.make_tokenizer_file(
+      root / "tokenizer.model", config.data.system_message, demo.vocab_size)
+  w = demo.world
+  eval_scenes = world.sample_scenes(w.eval_seed, w.num_eval_scenes, "eval", w.min_objects,
+                                    w.max_objects)
+  seeds = [int(s) for s in demo.seeds]
+  progress = Progress(total_stages=len(seeds) * (5 + len(ARMS)))
+  per_seed = {seed: run_seed(config, root, seed, tokenizer_path, eval_scenes, progress)
+              for seed in seeds}
+  results = {model: {seed: per_seed[seed]["metrics"][model] for seed in seeds}
+             for model in MODELS}
+  labels = model_labels(config)
+  summary = {
+      "seeds": seeds,
+      "models": {m: {"label": labels[m], "per_seed": {str(s): results[m][s] for s in seeds}}
+                 for m in MODELS},
+      "feedback": {str(s): per_seed[s]["feedback"] for s in seeds},
+      "corpus": {str(s): per_seed[s]["corpus"] for s in seeds},
+      "eval_scenes": len(eval_scenes),
+      "timings": progress.timings,
+      "total_seconds": round(time.monotonic() - progress.start, 1),
+  }
+  (root / "results.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+  write_report(config, root, results, labels, seeds, summary)
+  logging.info("demo finished in %.0fs; ablation table:\n%s", summary["total_seconds"],
+               (root / "ablation.md").read_text())
+  return summary
+
+
+def write_report(config: Any, root: pathlib.Path, results: report.Results,
+                 labels: dict[str, str], seeds: Sequence[int], summary: dict) -> None:
+  """ablation.md / ablation.csv / ablation_per_seed.csv / ablation.png."""
+  table = report.markdown_table(results, MODELS, labels, seeds)
+  feedback = summary["feedback"]
+  corrected = [feedback[str(s)]["corrected"] for s in seeds]
+  sampled = [feedback[str(s)]["samples"] for s in seeds]
+  text = "\n".join([
+      f"# RLHF-V demo: ablation over {len(seeds)} seed(s) {list(seeds)}", "",
+      f"Greedy descriptions of {summary['eval_scenes']} held-out scenes; mean ± sample std "
+      "over seeds. CHAIR_s: share of descriptions with a hallucinated object; CHAIR_i: "
+      "share of object mentions that are hallucinated; recall: share of ground-truth "
+      "objects mentioned; attribute errors: wrong size/position among mentions of present "
+      "objects.", "", table, "",
+      f"Feedback per seed: {corrected} corrected of {sampled} sampled descriptions "
+      f"(temperature {config.demo.sampling.temperature}); DDPO γ={config.ddpo.gamma:g}, "
+      f"β={config.ddpo.beta:g}, segment mode {config.ddpo.segment_mode!r}.",
+      f"Total time: {summary['total_seconds']:.0f}s.", ""])
+  (root / "ablation.md").write_text(text)
+  report.write_csv(root / "ablation.csv", results, MODELS, labels, seeds)
+  report.write_per_seed_csv(root / "ablation_per_seed.csv", results, MODELS, seeds)
+  report.plot(root / "ablation.png", results, MODELS, labels, seeds,
+              f"RLHF-V demo, {len(seeds)} seed(s), {summary['eval_scenes']} held-out scenes")

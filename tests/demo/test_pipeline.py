@@ -1,0 +1,172 @@
+"""Tests of the demo pipeline's pieces (the end-to-end run is test_demo_quick.py)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from rlhfv_jax.data import readers, records
+from rlhfv_jax.demo import corpora, labeler, pipeline, world
+from rlhfv_jax.train import config_validation
+
+TOKENIZER = pipeline._FakeTokenizerIds(pipeline.demo_model_config())
+
+
+def _config():
+  config = pipeline.default_config()
+  config.demo.seeds = (3,)
+  return config
+
+
+def _stage(config, name, root=pathlib.Path("/w")):
+  return pipeline.stage_config(config, pipeline.SeedPaths(root / "seed_3"), 3, name,
+                               pathlib.Path("/w/tok.model"), TOKENIZER)
+
+
+def test_stage_chain_and_arms():
+  config = _config()
+  web, vqa, ref = (_stage(config, n) for n in ("sft_web", "sft_vqa", "reference"))
+  assert (web.stage, web.init.params, web.data.dataset) == ("sft", "random", "jsonl_sft")
+  assert web.data.source_dir == "/w/seed_3/data/web" and web.seed == 3 == web.data.seed
+  assert web.train.num_steps == config.demo.sft_web.steps and web.optim.frozen == ()
+  assert (vqa.init.params, vqa.init.checkpoint_dir) == ("checkpoint", "/w/seed_3/sft_web")
+  assert vqa.data.source_dir == "/w/seed_3/data/vqa"
+  assert ref.stage == "precompute_ref" and ref.init.checkpoint_dir == "/w/seed_3/sft_vqa"
+  want = {  # arm -> (gamma, normalize, augmentation, reference from the cache)
+      "dpo": (1.0, True, "none", True),
+      "ddpo_mean": (config.ddpo.gamma, True, "none", True),
+      "ddpo_sum": (config.ddpo.gamma, False, "none", True),
+      "ddpo_crop": (config.ddpo.gamma, config.ddpo.normalize, "random_crop_ablation", False),
+  }
+  for arm, (gamma, normalize, augmentation, cached) in want.items():
+    stage = _stage(config, arm)
+    assert stage.stage == "ddpo" and stage.init.checkpoint_dir == "/w/seed_3/sft_vqa"
+    assert (stage.ddpo.gamma, stage.ddpo.normalize) == (gamma, normalize), arm
+    assert (stage.data.augmentation, stage.data.use_ref_cache) == (augmentation, cached), arm
+    assert stage.data.dataset == "jsonl_preference" and stage.train.num_steps == 0
+    assert stage.optim.frozen == ("vision_tower",)
+    assert stage.ddpo.beta == config.ddpo.beta
+    config_validation.validate_config(stage)
+  # The demo config itself is left untouched.
+  assert config.ddpo.gamma == 5.0 and config.data.augmentation == "none"
+
+
+def test_arm_labels_follow_gamma():
+  config = _config()
+  config.ddpo.gamma = 3.0
+  labels = pipeline.model_labels(config)
+  assert labels["ddpo_mean"] == "+ DDPO (γ=3, weighted mean)"
+  assert set(labels) == set(pipeline.MODELS)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c: setattr(c.demo, "seeds", ()), "demo.seeds is empty"),
+    (lambda c: setattr(c.demo, "seeds", (1, 1)), "repeats a seed"),
+    (lambda c: setattr(c.demo.world, "image_size", 96), "must equal model.vision.image_size"),
+    (lambda c: setattr(c.demo.world, "num_eval_scenes", 0), "num_eval_scenes=0"),
+    (lambda c: setattr(c.demo.preference, "batch_size", 10_000), "exceeds"),
+    (lambda c: setattr(c.ddpo, "gamma", 0.5), "demo stage 'dpo'|gamma=0.5"),
+    (lambda c: setattr(c.demo.sft_web, "learning_rate", -1.0),
+     "(?s)demo stage 'sft_web'.*learning_rate=-1.0 must be > 0"),
+])
+def test_validate_rejects(change, match):
+  config = _config()
+  change(config)
+  with pytest.raises(ValueError, match=match):
+    pipeline.validate(config)
+
+
+def test_default_configs_validate():
+  pipeline.validate(pipeline.default_config())
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "demo_config", pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for variant in module.VARIANTS:
+    pipeline.validate(module.get_config(variant))
+  with pytest.raises(ValueError, match="unknown variant"):
+    module.get_config("slow")
+
+
+def test_workdir_belongs_to_one_config(tmp_path):
+  config = _config()
+  pipeline._check_workdir(config, tmp_path)
+  pipeline._check_workdir(config, tmp_path)  # same config: resumes
+  config.demo.sft_web.steps += 1
+  with pytest.raises(ValueError, match="different config"):
+    pipeline._check_workdir(config, tmp_path)
+
+
+def test_sft_data_is_readable_by_the_project_reader(tmp_path):
+  config = _config()
+  paths = pipeline.SeedPaths(tmp_path)
+  scenes = world.sample_scenes(0, 20, "d")
+  stats = pipeline.write_sft_data(config, paths, scenes, seed=3)
+  assert stats["web_captions"] == 20 and stats["vqa_pairs"] == 20 * config.demo.corpus.vqa_per_scene
+  errors = records.ErrorLog("raise")
+  web = list(readers.read_jsonl(paths.data("web"), "train", "sft", errors))
+  vqa = list(readers.read_jsonl(paths.data("vqa"), "train", "sft", errors))
+  assert len(web) == 20 and len(vqa) == stats["vqa_pairs"]
+  assert sum(bool(r.origin["mismatches"]) for r in web) == stats["web_captions_mismatched"]
+  assert web[0].image == world.encode_png(world.render(scenes[0], config.demo.world.image_size))
+
+
+class CannedDescriber:
+  """Stands in for the model: returns fixed texts and records the call."""
+
+  def __init__(self, texts, finished):
+    self.texts, self.finished, self.calls = texts, finished, []
+
+  def __call__(self, params, images, prompts, **kwargs):
+    self.calls.append(dict(kwargs, n=len(images), prompts=list(prompts)))
+    return self.texts, self.finished
+
+
+def test_collect_feedback_writes_only_corrected_finished_samples(tmp_path):
+  config = _config()
+  config.demo.preference.batch_size = 1
+  scenes = world.sample_scenes(0, 4, "f")
+  faithful = corpora.describe(scenes[0].objects, __import__("numpy").random.default_rng(0))
+  wrong = "There are nine objects in the image."
+  texts = [faithful, wrong, wrong, ""]
+  describer = CannedDescriber(texts, [True, True, False, True])
+  paths = pipeline.SeedPaths(tmp_path)
+  stats = pipeline.collect_feedback(config, paths, None, describer, scenes, seed=3)
+  assert stats == {"samples": 4, "unfinished": 2, "clean": 1, "corrected": 1,
+                   "edits": {"count": 1}}
+  assert describer.calls[0]["temperature"] == config.demo.sampling.temperature
+  (record,) = readers.read_jsonl(paths.data("feedback"), "train", "preference",
+                                 records.ErrorLog("raise"))
+  assert record.rejected == wrong and record.id == f"fb-3-{scenes[1].scene_id}"
+  assert record.chosen == labeler.correct_description(wrong, scenes[1]).chosen
+  assert world.Scene.from_json(record.origin["scene"]) == scenes[1]
+  samples = [json.loads(l) for l in paths.feedback_samples.read_text().splitlines()]
+  assert [s["finished"] for s in samples] == [True, True, False, True]
+  assert sorted(p.name for p in (paths.data("feedback") / "images").iterdir()) == [
+      f"{scenes[1].scene_id}.png"]
+
+
+def test_too_little_feedback_is_an_error(tmp_path):
+  config = _config()
+  scenes = world.sample_scenes(0, 2, "f")
+  describer = CannedDescriber(["There are nine objects."] * 2, [True, True])
+  with pytest.raises(RuntimeError, match="fewer than one preference batch"):
+    pipeline.collect_feedback(config, pipeline.SeedPaths(tmp_path), None, describer, scenes, 3)
+
+
+def test_evaluate_scores_and_logs_every_description(tmp_path):
+  config = _config()
+  scenes = world.sample_scenes(0, 2, "e")
+  texts = [corpora.describe(scenes[0].objects, __import__("numpy").random.default_rng(0)),
+           "A blue star."]
+  paths = pipeline.SeedPaths(tmp_path)
+  result = pipeline.evaluate(config, paths, "m", None, CannedDescriber(texts, [True, False]),
+                             scenes, {s.scene_id: b"" for s in scenes})
+  assert result["chair_s"] == 0.0 and result["unfinished"] == 0.5
+  assert result["recall"] == pytest.approx(len(scenes[0].objects) /
+                                           (len(scenes[0].objects) + len(scenes[1].objects)))
+  logged = [json.loads(l) for l in paths.eval("m").read_text().splitlines()]
+  assert [l["response"] for l in logged] == texts and logged[0]["covered"] == len(scenes[0].objects)

@@ -1,0 +1,63 @@
+"""Tests of the ablation report against hand-computed tables."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rlhfv_jax.demo import report
+
+SEEDS = (0, 1, 2)
+LABELS = {"a": "SFT", "b": "+ DDPO"}
+
+
+def _metrics(chair_s, chair_i=0.5, recall=0.5, words=10.0):
+  return {"chair_s": chair_s, "chair_i": chair_i, "recall": recall,
+          "attribute_error_rate": 0.25, "count_accuracy": 1.0, "avg_words": words}
+
+
+RESULTS = {
+    "a": {0: _metrics(0.5), 1: _metrics(0.7), 2: _metrics(0.6, words=13.0)},
+    "b": {0: _metrics(0.2, chair_i=math.nan), 1: _metrics(0.4, chair_i=0.1),
+          2: _metrics(0.3, chair_i=0.3)},
+}
+
+
+def test_summarize():
+  assert report.summarize([0.5, 0.7, 0.6]) == pytest.approx((0.6, 0.1, 3))
+  assert report.summarize([math.nan, 0.1, 0.3]) == pytest.approx((0.2, math.sqrt(0.02), 2))
+  assert report.summarize([0.4]) == (0.4, 0.0, 1)
+  mean, std, n = report.summarize([math.nan])
+  assert math.isnan(mean) and math.isnan(std) and n == 0
+
+
+def test_markdown_table():
+  table = report.markdown_table(RESULTS, ["a", "b"], LABELS, SEEDS).splitlines()
+  assert table[0] == ("| Model | CHAIR_s ↓ | CHAIR_i ↓ | Object recall ↑ | Attribute errors ↓ "
+                      "| Count accuracy ↑ | Words |")
+  assert table[2] == ("| SFT | 0.600 ± 0.100 | 0.500 ± 0.000 | 0.500 ± 0.000 | 0.250 ± 0.000 "
+                      "| 1.000 ± 0.000 | 11.0 ± 1.7 |")
+  assert table[3].startswith("| + DDPO | 0.300 ± 0.100 | 0.200 ± 0.141 (2/3 seeds) |")
+
+
+def test_csv_files(tmp_path):
+  report.write_csv(tmp_path / "s.csv", RESULTS, ["a", "b"], LABELS, SEEDS)
+  rows = list(csv.DictReader((tmp_path / "s.csv").open()))
+  assert [r["arm"] for r in rows] == ["a", "b"]
+  assert float(rows[0]["chair_s_mean"]) == pytest.approx(0.6)
+  assert float(rows[0]["chair_s_std"]) == pytest.approx(0.1)
+  assert rows[1]["chair_i_n"] == "2"
+  report.write_per_seed_csv(tmp_path / "p.csv", RESULTS, ["a", "b"], SEEDS)
+  rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+  assert len(rows) == 6 and float(rows[4]["chair_s"]) == pytest.approx(0.4)
+
+
+def test_plot_writes_a_png(tmp_path):
+  path = tmp_path / "plot.png"
+  report.plot(path, RESULTS, ["a", "b"], LABELS, SEEDS, "title")
+  image = np.asarray(Image.open(path))
+  assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0
