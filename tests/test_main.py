@@ -40,9 +40,9 @@ def main_command(config: str, workdir: pathlib.Path, *flags: str) -> list[str]:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict:
   cache = tmp_path_factory.mktemp("jax_cache")
-  return dict(os.environ, JAX_PLATFORMS="cpu",
-              XLA_FLAGS="--xla_force_host_platform_device_count=4",
-              JAX_COMPILATION_CACHE_DIR=str(cache),
+  # XLA_FLAGS (4 forced CPU devices, ...) come from tests/conftest.py.
+  assert "--xla_force_host_platform_device_count=4" in os.environ["XLA_FLAGS"]
+  return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 

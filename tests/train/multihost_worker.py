@@ -5,8 +5,9 @@
 
 For each of pmap and FSDP (2 x 2 mesh), every process feeds its contiguous slice of
 each global batch (as the real loader does), trains 4 steps through the real loop,
-checkpointer and metrics writer into DIR/<parallelism>, and process 0 writes the final
-params to DIR/<parallelism>/final_params.npz.
+checkpointer and metrics writer into DIR/<parallelism> (with --interrupt_at=k: k steps,
+then a fresh loop resumes from the checkpoint), and process 0 writes the final params to
+DIR/<parallelism>/final_params.npz.
 """
 
 from __future__ import annotations
@@ -28,8 +29,14 @@ def main() -> None:
   parser.add_argument("--coordinator_address")
   parser.add_argument("--num_processes", type=int)
   parser.add_argument("--process_id", type=int)
+  parser.add_argument("--interrupt_at", type=int, default=0,
+                      help="stop at this step, then resume from its checkpoint")
   args = parser.parse_args()
-  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.local_devices}"
+  # Keep the suite's other XLA flags; only the device count is this process's own.
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  os.environ["XLA_FLAGS"] = " ".join(
+      flags + [f"--xla_force_host_platform_device_count={args.local_devices}"])
   os.environ["JAX_PLATFORMS"] = "cpu"
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repo
 
@@ -75,8 +82,9 @@ def main() -> None:
                                         cached_reference=False)
   make_step = functools.partial(step_lib.make_train_step, objective.loss_fn, optimizer,
                                 schedule, trainable=optimizer_lib.trainable_mask(labels))
-  def train(parallelism: str) -> None:
-    workdir = os.path.join(args.workdir, parallelism)
+
+  def train(parallelism: str, workdir: str, num_steps: int):
+    """Trains (or resumes) up to `num_steps`; returns the final params (host numpy)."""
     if parallelism == "pmap":
       parallel = step_lib.PmapParallel(make_step)
     else:
@@ -88,18 +96,22 @@ def main() -> None:
                                         jax.eval_shape(init_state), ckpt, batches)
     writer = metrics_lib.MetricsWriter(workdir, tensorboard=False)
     state = loop.train(parallel, state, parallel.put_aux(params), batches, start_step=start,
-                       settings=loop.LoopSettings(num_steps=NUM_STEPS, log_every=1),
+                       settings=loop.LoopSettings(num_steps=num_steps, log_every=1),
                        checkpointer=ckpt, writer=writer)
     writer.close()
     ckpt.close()
-    final = parallel.host_params(state)
+    return parallel.host_params(state)
+
+  for parallelism in ("pmap", "fsdp"):
+    workdir = os.path.join(args.workdir, parallelism)
+    if args.interrupt_at:  # stop, then resume from the checkpoint in a fresh loop
+      train(parallelism, workdir, args.interrupt_at)
+    final = train(parallelism, workdir, NUM_STEPS)
     if jax.process_index() == 0:
       flat = {optimizer_lib.path_str(path): np.asarray(x)
               for path, x in jax.tree_util.tree_leaves_with_path(final)}
       np.savez(os.path.join(workdir, "final_params.npz"), **flat)
 
-  for parallelism in ("pmap", "fsdp"):
-    train(parallelism)
 
 if __name__ == "__main__":
   main()
