@@ -166,7 +166,8 @@ def choose_bucket(required_length: int, buckets: Sequence[int]) -> int:
   return min(fitting) if fitting else max(buckets)
 
 
-RefLookup = Callable[[str, str, int], np.ndarray]  # (example id, answer name, n scored) -> [n]
+# (example id, answer name, n scored, real token ids of the packed row) -> [n] log-probs
+RefLookup = Callable[[str, str, int, np.ndarray], np.ndarray]
 
 
 def assemble_batch(examples: Sequence[TokenizedExample], pixel_values: np.ndarray, length: int,
@@ -191,7 +192,8 @@ def assemble_batch(examples: Sequence[TokenizedExample], pixel_values: np.ndarra
       ref = np.zeros((len(examples), length), np.float32)
       for b, e in enumerate(examples):
         scored = answer_positions(len(e.prompt_ids), len(e.answers[name].ids), length)
-        ref[b, scored] = ref_lookup(e.id, name, scored.stop - scored.start)
+        ref[b, scored] = ref_lookup(e.id, name, scored.stop - scored.start,
+                                    fields["input_ids"][b][fields["attention_mask"][b]])
       fields["ref_token_logps"] = ref
     sequences[name] = TokenSequences(**fields)
   if names == ["tokens"]:

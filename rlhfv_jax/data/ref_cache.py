@@ -10,10 +10,12 @@ of the *scored* tokens only, i.e. the targets under ``loss_mask`` (the answer to
 the closing EOS, or the kept part of a truncated answer). That makes the cache
 independent of padding and bucket length (the model is causal, right-padded), and of γ
 and of the normalization (both are applied to per-token log-probs later, in
-`ddpo.sequence_logps`). When merged, the loader checks that the cached length equals the
-number of scored tokens of the current tokenization: a different tokenizer, chat
-template, image token count or a smaller largest bucket is a clear error, not silently
-misaligned log-probs.
+`ddpo.sequence_logps`). Each answer also stores a fingerprint of its whole (unpadded)
+token sequence, prompt and image placeholders included. When merged, the loader checks
+the cached length against the number of scored tokens and the fingerprint against the
+current tokenization: a different tokenizer, chat template or system message, image
+token count, answer text or a smaller largest bucket is a clear error, not silently
+misaligned (or mis-conditioned) log-probs.
 
 Images are preprocessed without augmentation here. With an augmentation policy the
 training batches see augmented images while the cached reference saw the plain one (as in
@@ -25,11 +27,13 @@ Layout, next to the dataset by default (`default_cache_dir`):
 process of a multi-host pass writes its own shard (it handles source indices
 ``process_index::process_count``); `ReferenceCache.load` merges all shards and refuses
 an incomplete set. Each ``.npz`` holds ``ids``, ``{chosen,rejected}_lengths``,
-``{chosen,rejected}_logps`` (concatenated) and ``metadata`` (JSON), no pickles.
+``{chosen,rejected}_logps`` (concatenated), ``{chosen,rejected}_fingerprints`` and
+``metadata`` (JSON), no pickles.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -50,6 +54,12 @@ PathLike = Union[str, pathlib.Path]
 TokenLogpsFn = Callable[[PreferenceBatch], tuple[Any, Any]]  # -> ([B, T], [B, T]) per-token
 ANSWERS = ("chosen", "rejected")
 _SHARD_RE = re.compile(r"ref_logps-(\d{5})-of-(\d{5})\.npz")
+
+
+def sequence_fingerprint(sequence_ids: np.ndarray) -> int:
+  """A 64-bit digest of a token sequence (the real tokens of one packed answer row)."""
+  data = np.ascontiguousarray(sequence_ids, dtype="<i4").tobytes()
+  return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
 def default_cache_dir(data_dir: PathLike, dataset: str, split: str,
@@ -92,6 +102,7 @@ def compute_reference_cache(source: Sequence[Any], template: ChatTemplate,
   tok = template.tokenizer
   buckets = sorted(buckets)
   stored: dict[str, list[np.ndarray]] = {name: [] for name in ANSWERS}
+  fingerprints: dict[str, list[int]] = {name: [] for name in ANSWERS}
   ids: list[str] = []
   indices = list(range(process_index, len(source), process_count))
   for start in range(0, len(indices), batch_size):
@@ -110,8 +121,10 @@ def compute_reference_cache(source: Sequence[Any], template: ChatTemplate,
       if logps.shape != (batch_size, length):
         raise ValueError(f"token_logps_fn returned {name} log-probs of shape {logps.shape}; "
                          f"expected {(batch_size, length)} (one per target position)")
-      loss_mask = getattr(batch, name).loss_mask
-      stored[name].extend(logps[b][loss_mask[b]] for b in range(len(examples)))
+      seq = getattr(batch, name)
+      stored[name].extend(logps[b][seq.loss_mask[b]] for b in range(len(examples)))
+      fingerprints[name].extend(sequence_fingerprint(seq.input_ids[b][seq.attention_mask[b]])
+                                for b in range(len(examples)))
     ids.extend(e.id for e in examples)
     logging.info("reference cache: %d / %d examples", len(ids), len(indices))
   if not ids:
@@ -122,6 +135,7 @@ def compute_reference_cache(source: Sequence[Any], template: ChatTemplate,
   for name in ANSWERS:
     arrays[f"{name}_lengths"] = np.asarray([len(x) for x in stored[name]], np.int64)
     arrays[f"{name}_logps"] = np.concatenate(stored[name]).astype(np.float32)
+    arrays[f"{name}_fingerprints"] = np.asarray(fingerprints[name], np.uint64)
   path = shard_path(cache_dir, process_index, process_count)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp.npz")
@@ -133,9 +147,11 @@ def compute_reference_cache(source: Sequence[Any], template: ChatTemplate,
 class ReferenceCache:
   """Cached reference per-token log-probs keyed by example id (merged shards)."""
 
-  def __init__(self, entries: Mapping[str, Mapping[str, np.ndarray]], metadata: Mapping[str, Any],
+  def __init__(self, entries: Mapping[str, Mapping[str, np.ndarray]],
+               fingerprints: Mapping[str, Mapping[str, int]], metadata: Mapping[str, Any],
                cache_dir: PathLike):
     self._entries = dict(entries)
+    self._fingerprints = dict(fingerprints)
     self.metadata = dict(metadata)
     self.cache_dir = pathlib.Path(cache_dir)
 
@@ -153,6 +169,7 @@ class ReferenceCache:
       raise ValueError(f"reference cache {str(cache_dir)!r} has an incomplete or mixed set of "
                        f"shards: {[p.name for p in shards]}")
     entries: dict[str, dict[str, np.ndarray]] = {}
+    fingerprints: dict[str, dict[str, int]] = {}
     metadata = None
     for path in shards:
       with np.load(path, allow_pickle=False) as shard:
@@ -161,6 +178,9 @@ class ReferenceCache:
           raise ValueError(f"reference cache shard {path.name} was computed with different "
                            f"metadata: {shard_meta} vs {metadata}")
         metadata = shard_meta
+        if any(f"{name}_fingerprints" not in shard for name in ANSWERS):
+          raise ValueError(f"reference cache shard {path.name} has no sequence fingerprints "
+                           "(written by an older version); rerun the precompute_ref stage")
         split = {name: np.split(shard[f"{name}_logps"],
                                 np.cumsum(shard[f"{name}_lengths"])[:-1]) for name in ANSWERS}
         for k, example_id in enumerate(shard["ids"].tolist()):
@@ -168,7 +188,9 @@ class ReferenceCache:
             raise ValueError(f"reference cache: example id {example_id!r} appears twice "
                              f"(shard {path.name})")
           entries[example_id] = {name: split[name][k] for name in ANSWERS}
-    return cls(entries, metadata, cache_dir)
+          fingerprints[example_id] = {name: int(shard[f"{name}_fingerprints"][k])
+                                      for name in ANSWERS}
+    return cls(entries, fingerprints, metadata, cache_dir)
 
   def __len__(self) -> int:
     return len(self._entries)
@@ -176,8 +198,16 @@ class ReferenceCache:
   def __contains__(self, example_id: str) -> bool:
     return example_id in self._entries
 
-  def lookup(self, example_id: str, name: str, num_scored: int) -> np.ndarray:
-    """The cached log-probs of answer `name` of `example_id`, checked to have `num_scored`."""
+  def lookup(self, example_id: str, name: str, num_scored: int,
+             sequence_ids: np.ndarray) -> np.ndarray:
+    """The cached log-probs of answer `name` of `example_id` (a `pipeline.RefLookup`).
+
+    Args:
+      example_id, name: the example and "chosen" / "rejected".
+      num_scored: how many tokens the current tokenization scores.
+      sequence_ids: the current real (unpadded) token ids of the packed sequence; must
+        be the sequence the reference saw (same fingerprint).
+    """
     entry = self._entries.get(example_id)
     if entry is None:
       raise KeyError(f"example id {example_id!r} is missing from the reference cache at "
@@ -190,4 +220,10 @@ class ReferenceCache:
           f"{len(logps)} cached log-probs for the {name} answer but the current tokenization "
           f"scores {num_scored} tokens (tokenizer, chat template, image tokens or the largest "
           "bucket changed?). Rerun the precompute_ref stage.")
+    if sequence_fingerprint(sequence_ids) != self._fingerprints[example_id][name]:
+      raise ValueError(
+          f"reference cache at {str(self.cache_dir)!r}: example {example_id!r} ({name} answer) "
+          "was computed for a different token sequence than the current one (tokenizer, chat "
+          "template, system message, image token count or the record's text changed?). "
+          "Rerun the precompute_ref stage.")
     return logps

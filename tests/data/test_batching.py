@@ -115,16 +115,22 @@ def test_sft_batch_has_no_corrected_tokens(tokenizer):
 def test_reference_logps_land_on_the_scored_positions(tokenizer):
   template = ChatTemplate(tokenizer, 1)
   examples = [tokenize_record(r, template) for r in _preference_records(2)]
-  def lookup(example_id, name, n):
+  sequences = {}
+  def lookup(example_id, name, n, sequence_ids):
+    sequences[example_id, name] = sequence_ids
     return np.arange(n, dtype=np.float32) + (100 if name == "chosen" else 200) + int(example_id[1:])
   batch = assemble_batch(examples, np.zeros((2, 8, 8, 3), np.float32), 96, eos_id=2, pad_id=0,
                          ref_lookup=lookup)
   for b in range(2):
-    for seq, offset in ((batch.chosen, 100), (batch.rejected, 200)):
+    for name, seq, offset in (("chosen", batch.chosen, 100), ("rejected", batch.rejected, 200)):
       n = seq.loss_mask[b].sum()
       np.testing.assert_array_equal(seq.ref_token_logps[b][seq.loss_mask[b]],
                                     np.arange(n) + offset + b)
       assert (seq.ref_token_logps[b][~seq.loss_mask[b]] == 0).all()
+      # The lookup sees the row's real tokens: prompt, answer, EOS.
+      answer = examples[b].answers[name].ids.tolist()
+      assert sequences[f"r{b}", name].tolist() == (
+          examples[b].prompt_ids.tolist() + answer + [2])
 
 
 def test_split_for_devices(tokenizer):

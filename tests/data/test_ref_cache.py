@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -82,6 +84,30 @@ def test_missing_id_and_changed_tokenization_are_clear_errors(source, template, 
   with pytest.raises(ValueError, match=r"example 'r\d' has \d+ cached log-probs .* scores \d+"):
     next(iter(Loader(source[:4], template, preprocessor, global_batch_size=4, buckets=(72,),
                      shuffle=False, num_threads=2, ref_lookup=cache.lookup)))
+
+
+@pytest.mark.parametrize("change", ["system_message", "num_image_tokens", "answer_text"])
+def test_cache_for_another_token_sequence_of_equal_length_is_refused(source, template,
+                                                                    preprocessor, tmp_path,
+                                                                    change):
+  """Changes that keep every answer's scored length still invalidate the cached values."""
+  cache = build(source[:2], template, preprocessor, tmp_path / "c", [], process_count=1)
+  current_template, current_source = template, source[:2]
+  if change == "system_message":
+    current_template = ChatTemplate(template.tokenizer, 4, system="You describe images.")
+  elif change == "num_image_tokens":
+    current_template = ChatTemplate(template.tokenizer, 9)
+  else:  # "blue" -> "green": one token for another, same length
+    edited = dataclasses.replace(source[0], chosen=source[0].chosen.replace("blue", "green"))
+    assert edited.chosen != source[0].chosen
+    assert (len(template.encode_answer(edited.chosen))
+            == len(template.encode_answer(source[0].chosen)))
+    current_source = [edited, source[1]]
+  loader = Loader(current_source, current_template, preprocessor, global_batch_size=2,
+                  buckets=(256,), shuffle=False, num_threads=2, ref_lookup=cache.lookup)
+  with pytest.raises(ValueError, match=r"example 'r0' \(\w+ answer\) was computed for a "
+                                       "different token sequence"):
+    next(iter(loader))
 
 
 def test_incomplete_shards_and_bad_outputs_are_refused(source, template, preprocessor, tmp_path):
