@@ -118,6 +118,24 @@ def _problems_init(cfg: Any, stage: str) -> list[str]:
   return out
 
 
+def _problems_pass_batches(config: Any, stage: str, num_devices: int,
+                           num_processes: int) -> list[str]:
+  """Batch sizes of the forward-only stages: eval shards a global batch over every
+  device, the reference pass a per-process batch over the process's devices."""
+  out = []
+  if stage == "eval" and "eval" in config:
+    size = config.eval.get("batch_size", 0)
+    if size <= 0 or size % num_devices:
+      out.append(f"eval.batch_size={size} must be a positive multiple of the {num_devices} "
+                 "devices")
+  if stage == "precompute_ref" and "precompute" in config:
+    size, local = config.precompute.get("batch_size", 0), num_devices // num_processes
+    if size <= 0 or size % local:
+      out.append(f"precompute.batch_size={size} must be a positive multiple of the {local} "
+                 "devices of each process")
+  return out
+
+
 def _problems_checkpoint(cfg: Any) -> list[str]:
   out = []
   if cfg.get("every_steps", 1) <= 0:
@@ -186,6 +204,7 @@ def validate_config(config: Any, *, num_devices: Optional[int] = None,
   if "eval" in config and config.eval.get("objective", "ddpo") not in EVAL_OBJECTIVES:
     problems.append(f"eval.objective={config.eval.objective!r}; expected one of "
                     f"{EVAL_OBJECTIVES}")
+  problems += _problems_pass_batches(config, stage, num_devices, num_processes)
   problems += _problems_data_and_model(config)
   if problems:
     raise ValueError(f"invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}):\n"

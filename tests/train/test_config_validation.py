@@ -85,6 +85,17 @@ def test_fsdp_mesh_must_match_devices():
   assert "train.mesh data=3 x fsdp=-1 does not match the 4 devices" in problems_of(config)
 
 
+def test_forward_pass_batch_sizes_fit_the_devices():
+  evaluation = valid_config("eval")
+  evaluation.eval.batch_size = 6
+  assert "eval.batch_size=6 must be a positive multiple of the 4 devices" in problems_of(
+      evaluation)
+  reference = valid_config("precompute_ref")
+  reference.precompute.batch_size = 3
+  message = problems_of(reference, num_devices=4, num_processes=2)
+  assert "precompute.batch_size=3 must be a positive multiple of the 2 devices of each" in message
+
+
 def test_hf_and_checkpoint_init_need_their_paths():
   config = valid_config()
   config.init.params = "hf"
