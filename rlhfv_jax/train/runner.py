@@ -55,14 +55,14 @@ def write_config(config: Any, workdir: str | os.PathLike) -> None:
 # ------------------------------------------------------------------------ parameters
 
 def _check_param_shapes(params: Any, expected: Any, source: str) -> None:
-  got = jax.tree.map(lambda x: tuple(x.shape), params)
-  want = jax.tree.map(lambda x: tuple(x.shape), expected)
-  if got != want:
-    flat_got = dict(jax.tree_util.tree_leaves_with_path(got, is_leaf=lambda x: isinstance(x, tuple)))
-    flat_want = dict(jax.tree_util.tree_leaves_with_path(want, is_leaf=lambda x: isinstance(x, tuple)))
-    diffs = [f"{optimizer_lib.path_str(k)}: {flat_got.get(k)} vs config {v}"
-             for k, v in flat_want.items() if flat_got.get(k) != v][:5]
-    raise ValueError(f"{source} does not match config.model; first differences: {diffs}")
+  shapes = lambda tree: {optimizer_lib.path_str(path): tuple(x.shape)
+                         for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+  got, want = shapes(params), shapes(expected)
+  diffs = [f"{name}: {got.get(name)} vs config {shape}" for name, shape in want.items()
+           if got.get(name) != shape]
+  diffs += [f"{name}: not in config.model" for name in sorted(got.keys() - want.keys())]
+  if diffs:
+    raise ValueError(f"{source} does not match config.model; first differences: {diffs[:5]}")
 
 
 def load_initial_params(config: Any, target_shardings: Any = None) -> Any:
@@ -81,7 +81,11 @@ def load_initial_params(config: Any, target_shardings: Any = None) -> Any:
     _, params = hf_io.load_hf_llava(init.hf_checkpoint, param_dtype=cfg.param_dtype)
     _check_param_shapes(params, expected, f"HF checkpoint {init.hf_checkpoint}")
     return params
-  ckpt = checkpointing.Checkpointer(checkpoint_dir(init.checkpoint_dir), save_every_steps=1)
+  directory = checkpoint_dir(init.checkpoint_dir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"init.checkpoint_dir={init.checkpoint_dir!r}: no {directory} "
+                            "(the workdir of a finished sft/ddpo run)")
+  ckpt = checkpointing.Checkpointer(directory, save_every_steps=1)
   step = ckpt.latest_step() if init.checkpoint_step < 0 else init.checkpoint_step
   if step is None or step not in ckpt.all_steps():
     raise FileNotFoundError(
