@@ -70,18 +70,24 @@ class ModelFacts:
   num_image_tokens: int
   image_token_id: int
   image_size: int
+  vocab_size: Optional[int] = None  # the embedding rows; None: not checked
 
   @classmethod
   def from_config(cls, config: Any) -> "ModelFacts":
     from rlhfv_jax import model  # local: only this accessor needs the model package
     return cls(num_image_tokens=model.num_image_tokens(config.model),
                image_token_id=int(config.model.image_token_id),
-               image_size=int(config.model.vision.image_size))
+               image_size=int(config.model.vision.image_size),
+               vocab_size=int(config.model.text.vocab_size))
 
 
 def make_template(config: Any, facts: ModelFacts, tokenizer: Optional[Tokenizer] = None
                   ) -> ChatTemplate:
-  """The chat template; checks that the tokenizer's ``<image>`` id is the model's."""
+  """The chat template; checks the tokenizer's ``<image>`` id and vocabulary against the model.
+
+  A token id past the model's embedding table would not fail loudly: JAX gathers fill
+  it with NaN, which surfaces only as a non-finite loss.
+  """
   data = config.data
   if tokenizer is None:
     if not data.tokenizer:
@@ -91,6 +97,11 @@ def make_template(config: Any, facts: ModelFacts, tokenizer: Optional[Tokenizer]
   if tokenizer.image_token_id != facts.image_token_id:
     raise ValueError(f"the tokenizer's <image> id is {tokenizer.image_token_id} but the model's "
                      f"image_token_id is {facts.image_token_id}")
+  tokenizer_vocab = getattr(tokenizer, "vocab_size", None)
+  if facts.vocab_size is not None and tokenizer_vocab is not None and (
+      tokenizer_vocab > facts.vocab_size):
+    raise ValueError(f"the tokenizer has {tokenizer_vocab} ids but the model's embedding table "
+                     f"has only text.vocab_size={facts.vocab_size} rows")
   return ChatTemplate(tokenizer, facts.num_image_tokens, system=data.system_message,
                       template=data.prompt_template)
 

@@ -56,3 +56,10 @@ def test_config_errors(config, tmp_path):
   config.data.augmentation = "random_crop"
   with pytest.raises(ValueError, match="random_crop_ablation"):
     factory.make_loader(config, global_batch_size=2, run_dir=tmp_path)
+  config.data.augmentation = "none"
+  assert factory.ModelFacts.from_config(config).vocab_size == config.model.text.vocab_size
+  # The Llama-2 tokenizer has 32001 ids with <image>; a smaller model vocabulary is refused.
+  with pytest.raises(ValueError, match="32001 ids but the model's embedding table has only "
+                                       "text.vocab_size=1000"):
+    factory.make_template(config, factory.ModelFacts(
+        num_image_tokens=16, image_token_id=32000, image_size=32, vocab_size=1000))
