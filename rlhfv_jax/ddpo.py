@@ -231,6 +231,10 @@ def make_ddpo_loss(apply_fn: ApplyFn, config: Any) -> Callable[..., tuple[jax.Ar
                                batch.rejected.replace(ref_token_logps=None))
     policy_scores = score(both_token_logps(policy_params, tokens, batch.pixel_values), tokens)
 
+    if (batch.chosen.ref_token_logps is None) != (batch.rejected.ref_token_logps is None):
+      raise ValueError("ddpo_loss: cached reference log-probs (ref_token_logps) must be given "
+                       "for both answers or for neither; got them only for the "
+                       f"{'chosen' if batch.rejected.ref_token_logps is None else 'rejected'}")
     if batch.chosen.ref_token_logps is not None:
       ref_lps = jnp.concatenate([batch.chosen.ref_token_logps, batch.rejected.ref_token_logps])
     elif ref_params is None:

@@ -276,6 +276,9 @@ def test_cached_reference_logps_match_reference_forward():
   np.testing.assert_allclose(with_cache, with_forward, rtol=1e-6)
   with pytest.raises(ValueError, match="ref_params is None"):
     loss_fn(policy, None, batch)
+  one_sided = batch.replace(chosen=cached(batch.chosen))
+  with pytest.raises(ValueError, match="both answers or for neither; got them only for the chosen"):
+    loss_fn(policy, ref, one_sided)
 
 
 def test_reference_gets_no_gradient():
