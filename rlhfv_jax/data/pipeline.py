@@ -11,7 +11,8 @@ Per sequence (`pack_sequence`), in the layout of `rlhfv_jax.batch`:
   left; loss_mask covers y and the EOS; corrected_mask ⊆ loss_mask (the EOS is never
   corrected). Truncation only ever cuts the answer, from its end: if prompt + y + EOS
   exceeds the largest bucket, y is cut to fit and the EOS is dropped (a cut answer must
-  not teach the model to stop there). A prompt that leaves no room for a single answer
+  not teach the model to stop there); the `Loader` logs each cut example once and counts
+  them (`Loader.truncated_ids`). A prompt that leaves no room for a single answer
   token is an error, or is skipped and listed under the "skip" error policy; image
   tokens and the prompt are never cut.
 
@@ -36,6 +37,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging
+import threading
 from typing import Any, Callable, Optional, Sequence, Union
 
 import grain
@@ -270,6 +273,26 @@ class Loader:
     self.num_threads = num_threads
     self.prefetch_batches = prefetch_batches
     self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=num_threads)
+    self._truncated: set[str] = set()
+    self._truncated_lock = threading.Lock()
+
+  @property
+  def truncated_ids(self) -> frozenset[str]:
+    """Ids of this process's examples whose answers were cut to the largest bucket so far."""
+    with self._truncated_lock:
+      return frozenset(self._truncated)
+
+  def _note_truncated(self, examples: Sequence[TokenizedExample], length: int) -> None:
+    cut = [e.id for e in examples if e.required_length > length]
+    if not cut:
+      return
+    with self._truncated_lock:
+      new = [i for i in cut if i not in self._truncated]
+      self._truncated.update(new)
+      total = len(self._truncated)
+    if new:
+      logging.warning("answers cut to the largest bucket (%d tokens, EOS dropped) for %s; "
+                      "%d examples truncated so far", length, new, total)
 
   def _tokenize(self, position: int, index: int) -> TokenizedExample:
     epoch = position // len(self.source)
@@ -289,6 +312,7 @@ class Loader:
     length = choose_bucket(max(e.required_length for e in global_examples), self.buckets)
     start = self.process_index * self.host_batch_size
     own = global_examples[start:start + self.host_batch_size]
+    self._note_truncated(own, length)
     pixel_values = np.stack(list(self._pool.map(self._image, own)))
     tok = self.template.tokenizer
     return [e.id for e in own], assemble_batch(own, pixel_values, length, eos_id=tok.eos_id,

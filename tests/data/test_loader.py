@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import jax
@@ -103,19 +104,26 @@ def test_batches_use_the_smallest_bucket_that_fits_their_longest_example(templat
                                                                          tokenizer):
   source = records(12, long_every=4)
   long_ids = {r.id for r in source if len(r.chosen) > 100}
-  for ids, batch in take(iter(make_loader(source, template, preprocessor, shuffle=False)
-                              .dataset(with_ids=True)), 3):
+  loader = make_loader(source, template, preprocessor, shuffle=False)
+  for ids, batch in take(iter(loader.dataset(with_ids=True)), 3):
     length = batch.chosen.input_ids.shape[1]
     assert batch.rejected.input_ids.shape[1] == length
     needed = max(m.attention_mask.sum(1).max() for m in (batch.chosen, batch.rejected))
     assert length == min(b for b in BUCKETS if b >= needed)
     assert (length == 160) == bool(set(ids) & long_ids)
+  assert not loader.truncated_ids  # every example fits a bucket
 
 
-def test_long_answers_are_truncated_to_the_largest_bucket(template, preprocessor, tokenizer):
+def test_long_answers_are_truncated_to_the_largest_bucket(template, preprocessor, tokenizer,
+                                                          caplog):
   source = records(4, long_every=1)
-  ids, batch = next(iter(make_loader(source, template, preprocessor, buckets=(80, 96),
-                                     shuffle=False).dataset(with_ids=True)))
+  loader = make_loader(source, template, preprocessor, buckets=(80, 96), shuffle=False)
+  with caplog.at_level(logging.WARNING):
+    ids, batch = next(iter(loader.dataset(with_ids=True)))
+  # Nothing is cut silently: every cut example is counted and logged by id.
+  assert loader.truncated_ids == {r.id for r in source}
+  assert any("cut to the largest bucket (96 tokens" in r.message and "r3" in r.message
+             for r in caplog.records)
   assert batch.chosen.input_ids.shape == (4, 96)
   assert batch.chosen.attention_mask.all()  # full: cut to fit
   assert not (batch.chosen.input_ids == tokenizer.eos_id).any()  # the EOS was dropped
