@@ -148,7 +148,7 @@ def make_loader(config: Any, *, global_batch_size: int, run_dir: Optional[PathLi
                 facts: Optional[ModelFacts] = None, tokenizer: Optional[Tokenizer] = None,
                 process_index: Optional[int] = None, process_count: Optional[int] = None,
                 source: Any = None, shuffle: Optional[bool] = None,
-                num_epochs: Optional[int] = None) -> Loader:
+                num_epochs: Optional[int] = None, augment: bool = True) -> Loader:
   """The training (or evaluation) `Loader` described by ``config.data``.
 
   Args:
@@ -160,13 +160,14 @@ def make_loader(config: Any, *, global_batch_size: int, run_dir: Optional[PathLi
     process_index, process_count: default `jax.process_index()` / `jax.process_count()`.
     source: overrides the TFDS split (any random-access sequence of records).
     shuffle, num_epochs: override ``config.data``.
+    augment: False ignores ``config.data.augmentation`` (evaluation sees the plain images).
   """
   facts = facts or ModelFacts.from_config(config)
   data = config.data
   ref_lookup = ReferenceCache.load(ref_cache_dir(config)).lookup if data.use_ref_cache else None
   return Loader(
       source if source is not None else open_source(config, run_dir),
-      make_template(config, facts, tokenizer), make_preprocessor(config, facts),
+      make_template(config, facts, tokenizer), make_preprocessor(config, facts, augment),
       global_batch_size=global_batch_size, buckets=tuple(data.buckets), seed=data.seed,
       num_epochs=data.num_epochs if num_epochs is None else num_epochs,
       shuffle=data.shuffle if shuffle is None else shuffle,

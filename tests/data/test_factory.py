@@ -36,6 +36,18 @@ def test_loader_from_config_builds_the_dataset_and_matches_the_model(config, tmp
   assert ((batch.chosen.input_ids == image_id).sum(1) == model.num_image_tokens(config.model)).all()
 
 
+def test_augmentation_can_be_turned_off_for_evaluation(config, tmp_path):
+  config.data.augmentation = "photometric"
+  batch = lambda augment: next(iter(factory.make_loader(
+      config, global_batch_size=2, run_dir=tmp_path, shuffle=False, augment=augment)))
+  plain_preprocessor = factory.make_preprocessor(config, factory.ModelFacts.from_config(config),
+                                                 augment=False)
+  loader = factory.make_loader(config, global_batch_size=2, run_dir=tmp_path, shuffle=False)
+  expected = np.stack([plain_preprocessor(loader.source[i].image) for i in range(2)])
+  np.testing.assert_array_equal(batch(False).pixel_values, expected)
+  assert not np.array_equal(batch(True).pixel_values, expected)
+
+
 def test_reference_pass_then_cached_batches(config, tmp_path):
   run_dir = tmp_path / "run"
   fn = lambda b: tuple(np.full(s.input_ids.shape, -0.5, np.float32) for s in (b.chosen, b.rejected))
