@@ -128,8 +128,10 @@ def open_source(config: Any, run_dir: Optional[PathLike] = None,
   return tfds_builders.open_split(data.dataset, data.data_dir, split or data.split)
 
 
-def _errors(config: Any, run_dir: Optional[PathLike], name: str) -> ErrorLog:
-  return ErrorLog(config.data.error_policy, run_dir, name=name)
+def _errors(config: Any, run_dir: Optional[PathLike], name: str, process_index: int,
+            process_count: int) -> ErrorLog:
+  return ErrorLog(config.data.error_policy, run_dir, name=name, process_index=process_index,
+                  process_count=process_count)
 
 
 def ref_cache_dir(config: Any) -> pathlib.Path:
@@ -164,6 +166,8 @@ def make_loader(config: Any, *, global_batch_size: int, run_dir: Optional[PathLi
   """
   facts = facts or ModelFacts.from_config(config)
   data = config.data
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
   ref_lookup = ReferenceCache.load(ref_cache_dir(config)).lookup if data.use_ref_cache else None
   return Loader(
       source if source is not None else open_source(config, run_dir),
@@ -171,9 +175,9 @@ def make_loader(config: Any, *, global_batch_size: int, run_dir: Optional[PathLi
       global_batch_size=global_batch_size, buckets=tuple(data.buckets), seed=data.seed,
       num_epochs=data.num_epochs if num_epochs is None else num_epochs,
       shuffle=data.shuffle if shuffle is None else shuffle,
-      process_index=jax.process_index() if process_index is None else process_index,
-      process_count=jax.process_count() if process_count is None else process_count,
-      errors=_errors(config, run_dir, "pipeline"), ref_lookup=ref_lookup,
+      process_index=process_index, process_count=process_count,
+      errors=_errors(config, run_dir, "pipeline", process_index, process_count),
+      ref_lookup=ref_lookup,
       num_threads=data.num_threads, **_segment_settings(config))
 
 
@@ -185,12 +189,14 @@ def precompute_reference(config: Any, token_logps_fn: TokenLogpsFn, *, batch_siz
                          process_count: Optional[int] = None) -> pathlib.Path:
   """The ``precompute_ref`` stage: writes this process's shard of the reference cache."""
   facts = facts or ModelFacts.from_config(config)
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
   return compute_reference_cache(
       source if source is not None else open_source(config, run_dir),
       make_template(config, facts, tokenizer), make_preprocessor(config, facts, augment=False),
       token_logps_fn, ref_cache_dir(config), batch_size=batch_size,
       buckets=tuple(config.data.buckets),
-      process_index=jax.process_index() if process_index is None else process_index,
-      process_count=jax.process_count() if process_count is None else process_count,
-      errors=_errors(config, run_dir, "reference"), metadata=metadata,
+      process_index=process_index, process_count=process_count,
+      errors=_errors(config, run_dir, "reference", process_index, process_count),
+      metadata=metadata,
       **_segment_settings(config))

@@ -24,6 +24,15 @@ are caught at build time, not mid-training).
 Error policy (`ErrorLog`): ``"raise"`` (default) re-raises the first error;
 ``"skip"`` counts it, logs a WARNING and appends ``{"id", "location", "problem"}`` to
 ``<run_dir>/skipped_<name>.jsonl``. Nothing is ever dropped silently.
+
+Multi-process runs share one run directory, so each process appends only to its own
+file, ``skipped_<name>.process<k>-of-<n>.jsonl`` (`skipped_path`): no two writers ever
+interleave lines in one file, and no id is lost, because every process lists what *it*
+skipped. (Writing from process 0 alone would lose ids wherever processes see different
+examples, e.g. the reference pass, where each handles its own share of the split.) Where
+processes see the same examples (the loader filters every global batch on every process)
+the files repeat each other; `read_skipped` merges the files of a name into one list,
+each (id, location, problem) once.
 """
 
 from __future__ import annotations
@@ -236,22 +245,66 @@ def make_sft_record(raw: Mapping[str, Any], location: Optional[str] = None) -> S
                    origin=_origin(raw))
 
 
+def skipped_path(run_dir: Union[str, pathlib.Path], name: str, process_index: int = 0,
+                 process_count: int = 1) -> pathlib.Path:
+  """The file one process lists its skipped records in (module docstring)."""
+  if process_count == 1:
+    return pathlib.Path(run_dir) / f"skipped_{name}.jsonl"
+  return pathlib.Path(run_dir) / f"skipped_{name}.process{process_index}-of-{process_count}.jsonl"
+
+
+def read_skipped(run_dir: Union[str, pathlib.Path], name: str) -> list[dict[str, Any]]:
+  """Every skipped record listed under `name` in `run_dir`, all processes' files merged.
+
+  Returns:
+    ``{"id", "location", "problem"}`` dicts in file then line order, each distinct one
+    once (processes that saw the same example list it in their own files).
+  """
+  run_dir = pathlib.Path(run_dir)
+  paths = sorted(run_dir.glob(f"skipped_{name}.process*-of-*.jsonl"))
+  single = run_dir / f"skipped_{name}.jsonl"
+  if single.is_file():
+    paths.insert(0, single)
+  merged: dict[tuple, dict[str, Any]] = {}
+  for path in paths:
+    for line in path.read_text(encoding="utf-8").splitlines():
+      entry = json.loads(line)
+      merged.setdefault((entry["id"], entry["location"], entry["problem"]), entry)
+  return list(merged.values())
+
+
 class ErrorLog:
   """Applies the error policy to `RecordError`s; thread-safe.
 
   With policy "raise" `handle` re-raises. With "skip" it counts the error, logs a
-  WARNING and appends one JSON line to `<run_dir>/skipped_<name>.jsonl` (an identical
-  error seen again, e.g. the same example in a later epoch, is listed once).
+  WARNING and appends one JSON line to this process's file `skipped_path(run_dir, name,
+  process_index, process_count)` (an identical error seen again, e.g. the same example
+  in a later epoch, is listed once).
   """
 
   def __init__(self, policy: str = "raise", run_dir: Optional[Union[str, pathlib.Path]] = None,
-               name: str = "records"):
+               name: str = "records", *, process_index: Optional[int] = None,
+               process_count: Optional[int] = None):
+    """Args:
+      policy: "raise" or "skip".
+      run_dir: where "skip" lists the skipped records.
+      name: what is being read (part of the file name).
+      process_index, process_count: this process and how many share `run_dir`; default
+        `jax.process_index()` / `jax.process_count()`.
+    """
     if policy not in ERROR_POLICIES:
       raise ValueError(f"error policy {policy!r}: expected one of {ERROR_POLICIES}")
     if policy == "skip" and run_dir is None:
       raise ValueError("error policy 'skip' needs a run_dir to write the skipped ids to")
+    if process_index is None or process_count is None:
+      import jax  # local: only the default needs the runtime
+      process_index = jax.process_index() if process_index is None else process_index
+      process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index={process_index} not in [0, {process_count})")
     self.policy = policy
-    self.path = pathlib.Path(run_dir) / f"skipped_{name}.jsonl" if run_dir is not None else None
+    self.path = (skipped_path(run_dir, name, process_index, process_count)
+                 if run_dir is not None else None)
     self._skipped: list[RecordError] = []
     self._seen: set[tuple] = set()
     self._lock = threading.Lock()

@@ -14,7 +14,8 @@ from raw_files import GOOD_ROWS, image_bytes
 from rlhfv_jax.data import tfds_builders
 from rlhfv_jax.data.images import AugmentationPolicy, ImagePreprocessor
 from rlhfv_jax.data.pipeline import Loader
-from rlhfv_jax.data.records import ErrorLog, RecordError, make_preference_record
+from rlhfv_jax.data.records import (ErrorLog, RecordError, make_preference_record,
+                                    read_skipped)
 from rlhfv_jax.data.tokenizer import ChatTemplate
 
 NUM_IMAGE_TOKENS = 4
@@ -146,6 +147,28 @@ def test_prompt_too_long_fails_fast_or_is_skipped_and_listed(template, preproces
   assert len(seen) == 16 and "too-long" not in seen  # 2 epochs x 9 usable, whole batches
   lines = (tmp_path / "skipped_pipeline.jsonl").read_text().splitlines()
   assert [json.loads(l)["id"] for l in lines] == ["too-long"]  # listed once, not per epoch
+
+
+def test_processes_sharing_a_run_dir_each_list_skips_in_their_own_file(template, preprocessor,
+                                                                       tmp_path):
+  """Every process filters the whole global batch; none may write into another's file."""
+  source = records(8)
+  source.insert(3, make_preference_record(dict(GOOD_ROWS[0], id="too-long", image=image_bytes(0),
+                                               question="Why? " * 80)))
+  for p in range(2):
+    errors = ErrorLog("skip", tmp_path, name="pipeline", process_index=p, process_count=2)
+    loader = make_loader(source, template, preprocessor, shuffle=False, num_epochs=1,
+                         errors=errors, process_index=p, process_count=2)
+    assert len([i for ids, _ in loader.dataset(with_ids=True) for i in ids]) == 2 * 2
+    assert errors.skipped_ids == ["too-long"]
+  files = sorted(path.name for path in tmp_path.glob("skipped_*"))
+  assert files == ["skipped_pipeline.process0-of-2.jsonl", "skipped_pipeline.process1-of-2.jsonl"]
+  for name in files:
+    assert [json.loads(l)["id"] for l in (tmp_path / name).read_text().splitlines()] == [
+        "too-long"]
+  assert [e["id"] for e in read_skipped(tmp_path, "pipeline")] == ["too-long"]  # merged once
+  with pytest.raises(ValueError, match=r"process_index=2 not in \[0, 2\)"):
+    ErrorLog("skip", tmp_path, process_index=2, process_count=2)
 
 
 def test_loader_over_a_tfds_source_matches_the_in_memory_records(make_jsonl_dir, tmp_path,
