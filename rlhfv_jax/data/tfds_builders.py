@@ -12,6 +12,14 @@ Build once (validation happens here, under the error policy)::
   prepare("rlhfv_parquet", source_dir="/data/RLHF-V-Dataset", data_dir="/data/tfds",
           error_policy="skip", run_dir="/runs/x")
 
+A built dataset remembers what it was built from: `source_fingerprint` (every file's
+relative path, size and modification time under ``source_dir``) is stored in its
+``metadata.json``. `prepare` of an already built version compares it with the current
+source and refuses a changed one, so an edited or replaced ``source_dir`` can never
+silently train on the stale records. (The walk only stats files, so it stays cheap for
+COCO-sized image folders; a copy that does not preserve modification times is seen as a
+change, which errs on the safe side.)
+
 then read anywhere through ``tfds.data_source`` (`open_split`), which returns random-access
 `PreferenceRecord`/`SFTRecord`s for the grain pipeline. Images are stored as their original
 encoded bytes (decoded later with PIL), so nothing is re-encoded and no TF image op is
@@ -21,10 +29,12 @@ of the source, so indices, skipped-id lists and the reference cache are easy to 
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
+import os
 import pathlib
-from typing import Any, Callable, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -88,6 +98,35 @@ def example_to_record(example: Mapping[str, Any]) -> Record:
                           rejected_spans=_spans_tuple(example["rejected_spans"]), **common)
 
 
+def source_fingerprint(source_dir: PathLike, exclude: Sequence[PathLike] = ()
+                       ) -> dict[str, Any]:
+  """What `source_dir` holds: a digest of every file's relative path, size and mtime.
+
+  Args:
+    source_dir: the raw data directory (symlinked folders are followed).
+    exclude: directories inside it that are not source data (e.g. a data_dir or
+      run_dir placed under it, which building itself writes to).
+
+  Returns:
+    ``{"sha256": hex digest, "num_files": int, "num_bytes": int}`` (JSON-able).
+  """
+  source_dir = pathlib.Path(source_dir).resolve()
+  excluded = [pathlib.Path(e).resolve() for e in exclude]
+  entries = []
+  for root, dirs, files in os.walk(source_dir, followlinks=True):
+    root = pathlib.Path(root)
+    dirs[:] = [d for d in dirs if (root / d).resolve() not in excluded]
+    for file_name in files:
+      stat = (root / file_name).stat()
+      entries.append(((root / file_name).relative_to(source_dir).as_posix(), stat.st_size,
+                      stat.st_mtime_ns))
+  digest = hashlib.sha256()
+  for relative, size, mtime_ns in sorted(entries):
+    digest.update(f"{relative}\0{size}\0{mtime_ns}\n".encode("utf-8", "surrogateescape"))
+  return {"sha256": digest.hexdigest(), "num_files": len(entries),
+          "num_bytes": sum(size for _, size, _ in entries)}
+
+
 class _LocalSourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Shared machinery: a local `source_dir`, an error policy, per-split readers."""
 
@@ -115,7 +154,11 @@ class _LocalSourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(builder=self, description=self.__doc__,
                                  features=tfds.features.FeaturesDict(dict(self.FEATURES)),
-                                 disable_shuffling=True)
+                                 metadata=tfds.core.MetadataDict(), disable_shuffling=True)
+
+  def not_source_data(self) -> list[pathlib.Path]:
+    """Output directories that may sit inside source_dir (not part of the fingerprint)."""
+    return [pathlib.Path(p) for p in (self.data_dir_root, self._run_dir) if p is not None]
 
   def _split_names(self, source_dir: pathlib.Path) -> list[str]:
     raise NotImplementedError
@@ -127,6 +170,9 @@ class _LocalSourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     del dl_manager  # everything is local
     if self._source_dir is None:
       raise ValueError(f"{self.name}: building needs source_dir=<local directory>")
+    # Stored in metadata.json with the built files (see `prepare`).
+    self.info.metadata["source_fingerprint"] = source_fingerprint(self._source_dir,
+                                                                  self.not_source_data())
     splits = self._split_names(self._source_dir)
     if not splits:
       raise FileNotFoundError(f"{self.name}: no splits found in {str(self._source_dir)!r}")
@@ -192,13 +238,43 @@ BUILDERS: dict[str, Callable[..., _LocalSourceBuilder]] = {
 
 def prepare(name: str, *, source_dir: PathLike, data_dir: PathLike, error_policy: str = "raise",
             run_dir: Optional[PathLike] = None) -> tfds.core.DatasetBuilder:
-  """Builds the `name` dataset from `source_dir` into `data_dir` (no-op if already built)."""
+  """Builds the `name` dataset from `source_dir` into `data_dir`.
+
+  If this version is already built there, nothing is rebuilt, but the stored
+  `source_fingerprint` must match the current `source_dir`.
+
+  Raises:
+    ValueError: unknown `name`, or the dataset in `data_dir` was built from other
+      source files (or by a version that stored no fingerprint).
+  """
   if name not in BUILDERS:
     raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")
   builder = BUILDERS[name](source_dir=source_dir, data_dir=data_dir, error_policy=error_policy,
                            run_dir=run_dir)
-  builder.download_and_prepare()
+  if builder.is_prepared():
+    _check_built_from(builder, source_dir)
+  else:
+    builder.download_and_prepare()
   return builder
+
+
+def _check_built_from(builder: _LocalSourceBuilder, source_dir: PathLike) -> None:
+  """Refuses a built dataset whose stored source fingerprint differs from `source_dir`'s."""
+  stored = dict(builder.info.metadata.items()).get("source_fingerprint")
+  current = source_fingerprint(source_dir, builder.not_source_data())
+  if stored == current:
+    return
+  what = ("was built without a source fingerprint (by an older version of this code), so "
+          "it cannot be checked against" if stored is None else
+          f"was built from different files ({stored['num_files']} files, {stored['num_bytes']} "
+          f"bytes then; {current['num_files']} files, {current['num_bytes']} bytes now, or "
+          "files renamed or modified) than those now in")
+  raise ValueError(
+      f"{builder.name}: the dataset in {str(builder.data_dir)!r} {what} source_dir="
+      f"{str(source_dir)!r}; training on it would use stale records. Delete "
+      f"{str(builder.data_dir)!r} to rebuild it from the current files, or set "
+      "config.data.data_dir to a new directory (or, to use the records as built, clear "
+      "config.data.source_dir).")
 
 
 class RecordSource:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 
 import pytest
@@ -74,3 +76,42 @@ def test_unknown_dataset_and_missing_source_dir(tmp_path):
     tfds_builders.prepare("coco", source_dir=tmp_path, data_dir=tmp_path)
   with pytest.raises(ValueError, match="needs source_dir"):
     tfds_builders.RlhfvParquet(data_dir=str(tmp_path)).download_and_prepare()
+
+
+def test_a_built_dataset_is_refused_once_its_source_dir_changed(make_jsonl_dir, tmp_path):
+  lines = [dict(id=f"j{i}", image=image_bytes(i), **f) for i, f in enumerate(GOOD_ROWS)]
+  directory = make_jsonl_dir(lines[:2])
+  data_dir = directory / "tfds"  # inside the source: building must not change its fingerprint
+  tfds_builders.prepare("jsonl_preference", source_dir=directory, data_dir=data_dir)
+  built = data_dir / "jsonl_preference" / "1.0.0"
+  assert json.loads((built / "metadata.json").read_text())["source_fingerprint"] == (
+      tfds_builders.source_fingerprint(directory, exclude=[data_dir]))
+  # Unchanged source: the built version is reused as is.
+  tfds_builders.prepare("jsonl_preference", source_dir=directory, data_dir=data_dir)
+
+  make_jsonl_dir(lines)  # a third record appended to train.jsonl
+  with pytest.raises(ValueError, match=r"built from different files .* source_dir=.*jsonl.*"
+                                       r"Delete .*1\.0\.0.* or set config\.data\.data_dir"):
+    tfds_builders.prepare("jsonl_preference", source_dir=directory, data_dir=data_dir)
+  assert len(tfds_builders.open_split("jsonl_preference", data_dir, "train")) == 2  # stale
+  # Same size, new content (an image rewritten with as many bytes): still refused.
+  image = directory / "images" / "train0.png"
+  original, stat = image.read_bytes(), image.stat()
+  image.write_bytes(original[::-1])
+  os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+  with pytest.raises(ValueError, match="built from different files"):
+    tfds_builders.prepare("jsonl_preference", source_dir=directory, data_dir=data_dir)
+  image.write_bytes(original)
+
+  shutil.rmtree(built)  # what the message says to do
+  tfds_builders.prepare("jsonl_preference", source_dir=directory, data_dir=data_dir)
+  assert len(tfds_builders.open_split("jsonl_preference", data_dir, "train")) == 3
+
+
+def test_a_dataset_built_without_a_fingerprint_is_refused(make_jsonl_dir, tmp_path):
+  lines = [dict(id=f"j{i}", image=image_bytes(i), **f) for i, f in enumerate(GOOD_ROWS)]
+  directory = make_jsonl_dir(lines)
+  tfds_builders.prepare("jsonl_preference", source_dir=directory, data_dir=tmp_path / "tfds")
+  (tmp_path / "tfds" / "jsonl_preference" / "1.0.0" / "metadata.json").unlink()
+  with pytest.raises(ValueError, match="built without a source fingerprint"):
+    tfds_builders.prepare("jsonl_preference", source_dir=directory, data_dir=tmp_path / "tfds")
