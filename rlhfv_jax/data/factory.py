@@ -168,7 +168,10 @@ def make_loader(config: Any, *, global_batch_size: int, run_dir: Optional[PathLi
   data = config.data
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  ref_lookup = ReferenceCache.load(ref_cache_dir(config)).lookup if data.use_ref_cache else None
+  ref_lookup = None
+  if data.use_ref_cache:  # the reference saw un-augmented images of the same preprocessing
+    ref_lookup = ReferenceCache.load(
+        ref_cache_dir(config), preprocessor=make_preprocessor(config, facts, augment=False)).lookup
   return Loader(
       source if source is not None else open_source(config, run_dir),
       make_template(config, facts, tokenizer), make_preprocessor(config, facts, augment),

@@ -150,6 +150,20 @@ class ImagePreprocessor:
     self.policy = policy
     self._fill = tuple(int(round(255 * m)) for m in self._processor.image_mean)
 
+  @property
+  def settings(self) -> dict[str, Any]:
+    """What determines the un-augmented output of an image (JSON-able), e.g. to tell
+    whether reference log-probs computed elsewhere saw the same pixels."""
+    processor = self._processor
+    resample = processor.resample
+    return dict(image_size=self.image_size, resize_mode=self.resize_mode,
+                image_mean=[float(m) for m in processor.image_mean],
+                image_std=[float(s) for s in processor.image_std],
+                resample=int(resample) if resample is not None else None,
+                do_rescale=bool(processor.do_rescale),
+                rescale_factor=float(processor.rescale_factor),
+                do_normalize=bool(processor.do_normalize))
+
   def __call__(self, data: bytes, rng: Optional[np.random.Generator] = None) -> np.ndarray:
     """Preprocesses one encoded image, augmented with draws from `rng` (None: not augmented,
     e.g. for evaluation and the reference log-prob pass)."""

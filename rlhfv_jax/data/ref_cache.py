@@ -17,6 +17,12 @@ current tokenization: a different tokenizer, chat template or system message, im
 token count, answer text or a smaller largest bucket is a clear error, not silently
 misaligned (or mis-conditioned) log-probs.
 
+The cache's ``metadata`` records a short identity of the source (`source_identity`: its
+dataset name, split and length, never the records themselves) and the image
+preprocessing settings (`ImagePreprocessor.settings`: size, resize mode, normalization).
+`ReferenceCache.load(..., preprocessor=...)` refuses a cache computed with other
+preprocessing: its log-probs were conditioned on different pixels.
+
 Images are preprocessed without augmentation here. With an augmentation policy the
 training batches see augmented images while the cached reference saw the plain one (as in
 the released RLHF-V scripts, which precompute reference log-probs once); with "none"
@@ -60,6 +66,17 @@ def sequence_fingerprint(sequence_ids: np.ndarray) -> int:
   """A 64-bit digest of a token sequence (the real tokens of one packed answer row)."""
   data = np.ascontiguousarray(sequence_ids, dtype="<i4").tobytes()
   return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def source_identity(source: Sequence[Any]) -> dict[str, Any]:
+  """A short JSON-able identity of a record source: its dataset name and split where it has
+  them (`tfds_builders.RecordSource`), its type and its length."""
+  identity: dict[str, Any] = {"type": type(source).__name__, "length": len(source)}
+  for attribute in ("name", "split"):
+    value = getattr(source, attribute, None)
+    if isinstance(value, str):
+      identity[attribute] = value
+  return identity
 
 
 def default_cache_dir(data_dir: PathLike, dataset: str, split: str,
@@ -130,7 +147,8 @@ def compute_reference_cache(source: Sequence[Any], template: ChatTemplate,
   if not ids:
     raise ValueError(f"reference cache: no usable example in {source!r} for process "
                      f"{process_index} of {process_count}")
-  meta = dict(metadata or {}, num_source_examples=len(source), source=repr(source))
+  meta = dict(metadata or {}, num_source_examples=len(source), source=source_identity(source),
+              image_preprocessing=preprocessor.settings)
   arrays = {"ids": np.asarray(ids), "metadata": np.asarray(json.dumps(meta, sort_keys=True))}
   for name in ANSWERS:
     arrays[f"{name}_lengths"] = np.asarray([len(x) for x in stored[name]], np.int64)
@@ -142,6 +160,22 @@ def compute_reference_cache(source: Sequence[Any], template: ChatTemplate,
   np.savez(tmp, **arrays)
   os.replace(tmp, path)  # atomic: a half-written shard is never mistaken for a result
   return path
+
+
+def _check_preprocessing(metadata: Mapping[str, Any], current: Mapping[str, Any],
+                         cache_dir: pathlib.Path) -> None:
+  cached = metadata.get("image_preprocessing")
+  if cached == current:
+    return
+  if cached is None:
+    problem = "does not record its image preprocessing (written by an older version)"
+  else:
+    changed = sorted(k for k in set(cached) | set(current) if cached.get(k) != current.get(k))
+    problem = ("was computed with other image preprocessing: " + ", ".join(
+        f"{k}={cached.get(k)!r} then, {current.get(k)!r} now" for k in changed))
+  raise ValueError(f"reference cache at {str(cache_dir)!r} {problem}; its log-probs were "
+                   "conditioned on other pixels. Rerun the precompute_ref stage (or point "
+                   "config.data.ref_cache_dir / ref_cache_tag at a new cache).")
 
 
 class ReferenceCache:
@@ -156,8 +190,14 @@ class ReferenceCache:
     self.cache_dir = pathlib.Path(cache_dir)
 
   @classmethod
-  def load(cls, cache_dir: PathLike) -> "ReferenceCache":
-    """Reads and merges every shard in `cache_dir`; refuses a missing or mixed set."""
+  def load(cls, cache_dir: PathLike, preprocessor: Optional[ImagePreprocessor] = None
+           ) -> "ReferenceCache":
+    """Reads and merges every shard in `cache_dir`; refuses a missing or mixed set.
+
+    Args:
+      cache_dir: the cache directory.
+      preprocessor: if given, the cache must have been computed with its settings.
+    """
     cache_dir = pathlib.Path(cache_dir)
     shards = sorted(p for p in cache_dir.glob("ref_logps-*.npz") if _SHARD_RE.fullmatch(p.name))
     if not shards:
@@ -190,6 +230,8 @@ class ReferenceCache:
           entries[example_id] = {name: split[name][k] for name in ANSWERS}
           fingerprints[example_id] = {name: int(shard[f"{name}_fingerprints"][k])
                                       for name in ANSWERS}
+    if preprocessor is not None:
+      _check_preprocessing(metadata, preprocessor.settings, cache_dir)
     return cls(entries, fingerprints, metadata, cache_dir)
 
   def __len__(self) -> int:

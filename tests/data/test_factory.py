@@ -58,6 +58,10 @@ def test_reference_pass_then_cached_batches(config, tmp_path):
   batch = next(iter(factory.make_loader(config, global_batch_size=2, run_dir=run_dir)))
   for seq in (batch.chosen, batch.rejected):
     np.testing.assert_array_equal(seq.ref_token_logps, np.where(seq.loss_mask, -0.5, 0))
+  # The cache saw padded images; center-cropped ones would not match it.
+  config.data.image_resize_mode = "center_crop"
+  with pytest.raises(ValueError, match="other image preprocessing: resize_mode='pad' then"):
+    factory.make_loader(config, global_batch_size=2, run_dir=run_dir)
 
 
 def test_config_errors(config, tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 
 import numpy as np
 import pytest
@@ -124,3 +126,26 @@ def test_incomplete_shards_and_bad_outputs_are_refused(source, template, preproc
     compute_reference_cache(source, template, preprocessor,
                             lambda b: (np.zeros((3, 255)), np.zeros((3, 255))), tmp_path / "x",
                             batch_size=3, buckets=(256,))
+
+
+def test_metadata_names_the_source_briefly_and_the_image_preprocessing(source, template,
+                                                                       preprocessor, tmp_path):
+  cache = build(source, template, preprocessor, tmp_path / "c", [], process_count=1)
+  # A list of records is identified by type and length, not by its repr (image bytes).
+  assert cache.metadata["source"] == {"type": "list", "length": 7}
+  assert len(json.dumps(cache.metadata)) < 1000
+  assert cache.metadata["image_preprocessing"] == preprocessor.settings
+  assert preprocessor.settings["image_size"] == 16
+  assert preprocessor.settings["resize_mode"] == "pad"
+
+
+@pytest.mark.parametrize("other, changed", [
+    (dict(image_size=16, resize_mode="center_crop"), "resize_mode='pad' then, 'center_crop' now"),
+    (dict(image_size=24), "image_size=16 then, 24 now"),
+])
+def test_cache_from_other_image_preprocessing_is_refused(source, template, preprocessor,
+                                                         tmp_path, other, changed):
+  build(source[:2], template, preprocessor, tmp_path / "c", [], process_count=1)
+  assert len(ReferenceCache.load(tmp_path / "c", preprocessor=ImagePreprocessor(16))) == 2
+  with pytest.raises(ValueError, match=re.escape(changed) + ".*Rerun the precompute_ref stage"):
+    ReferenceCache.load(tmp_path / "c", preprocessor=ImagePreprocessor(**other))
