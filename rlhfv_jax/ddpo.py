@@ -75,7 +75,8 @@ def _raise_if_empty(counts: np.ndarray) -> None:
 
 
 def sequence_logps(token_logps: jax.Array, loss_mask: jax.Array, corrected_mask: jax.Array,
-                   gamma: float, normalize: bool = True) -> jax.Array:
+                   gamma: float, normalize: bool = True,
+                   check_nonempty: bool = True) -> jax.Array:
   r"""DDPO sequence score: corrected tokens weighted γ, unchanged tokens weighted 1.
 
   normalize=True (the paper):  (Σ_u lp + γ Σ_c lp) / (|y_u| + γ|y_c|)
@@ -89,14 +90,20 @@ def sequence_logps(token_logps: jax.Array, loss_mask: jax.Array, corrected_mask:
     corrected_mask: [B, T] bool, tokens in corrected segments y_c; must be ⊆ loss_mask.
     gamma: weight γ of corrected tokens.
     normalize: weighted mean (paper) or weighted sum (released scripts).
+    check_nonempty: inside jit/pmap, also check for empty responses on the host (a
+      per-shard callback). Costs a device-to-host copy of B ints per call and keeps
+      the program out of JAX's persistent compilation cache; large runs whose loader
+      already guarantees non-empty answers turn it off (`ddpo.check_empty_responses`).
+      Concrete (eager) inputs are always checked.
 
   Returns:
     [B] scores (float32, or float64 for float64 inputs).
 
   Raises:
     ValueError: if a response is empty. Checked eagerly on concrete inputs, and inside
-      jit/pmap through a host callback (the step then fails with this message instead of
-      silently training on NaN).
+      jit/pmap through a host callback when `check_nonempty` (the step then fails with
+      this message instead of training on NaN). Unchecked, an empty response scores NaN
+      in both normalizations, which the train step's non-finite guard skips and counts.
   """
   loss_mask = loss_mask.astype(bool)
   corrected = jnp.logical_and(corrected_mask.astype(bool), loss_mask)
@@ -105,14 +112,14 @@ def sequence_logps(token_logps: jax.Array, loss_mask: jax.Array, corrected_mask:
   weighted_sum = jnp.sum(weights * token_logps.astype(dtype), axis=-1)
 
   counts = jnp.sum(loss_mask, axis=-1)
-  if isinstance(counts, jax.core.Tracer):
-    jax.debug.callback(_raise_if_empty, counts)
-  else:
+  if not isinstance(counts, jax.core.Tracer):
     _raise_if_empty(counts)
+  elif check_nonempty:
+    # partitioned: each shard checks its own rows, no gather onto one device.
+    jax.debug.callback(_raise_if_empty, counts, partitioned=True)
 
-  if not normalize:
-    return weighted_sum
-  return weighted_sum / jnp.sum(weights, axis=-1)
+  score = weighted_sum / jnp.sum(weights, axis=-1) if normalize else weighted_sum
+  return jnp.where(counts > 0, score, jnp.nan)
 
 
 def preference_loss(policy_chosen: jax.Array, policy_rejected: jax.Array,
@@ -201,7 +208,8 @@ def make_ddpo_loss(apply_fn: ApplyFn, config: Any) -> Callable[..., tuple[jax.Ar
   Args:
     apply_fn: the model call, see `ApplyFn`.
     config: mapping or ConfigDict with gamma, beta, normalize (default True: the paper),
-      loss_type (default "sigmoid"), label_smoothing (default 0).
+      loss_type (default "sigmoid"), label_smoothing (default 0), check_empty_responses
+      (default True; see `sequence_logps`).
 
   Returns:
     A pure function; `loss` is the batch mean and every metric a batch-mean scalar.
@@ -211,6 +219,7 @@ def make_ddpo_loss(apply_fn: ApplyFn, config: Any) -> Callable[..., tuple[jax.Ar
   normalize = bool(_get(config, "normalize", PAPER_HPARAMS["normalize"]))
   loss_type = str(_get(config, "loss_type", "sigmoid"))
   label_smoothing = float(_get(config, "label_smoothing", 0.0))
+  check_nonempty = bool(_get(config, "check_empty_responses", True))
   if gamma <= 0:
     raise ValueError(f"ddpo.gamma={gamma} must be > 0 (the paper uses γ > 1, e.g. 5)")
   # Fail at build time, not at the first step.
@@ -218,7 +227,8 @@ def make_ddpo_loss(apply_fn: ApplyFn, config: Any) -> Callable[..., tuple[jax.Ar
                   label_smoothing)
 
   def score(lps: jax.Array, tokens: TokenSequences) -> jax.Array:
-    return sequence_logps(lps, tokens.loss_mask, tokens.corrected_mask, gamma, normalize)
+    return sequence_logps(lps, tokens.loss_mask, tokens.corrected_mask, gamma, normalize,
+                          check_nonempty)
 
   def both_token_logps(params: Any, tokens: TokenSequences, pixel_values: jax.Array) -> jax.Array:
     logits = apply_fn(params, tokens.input_ids, tokens.attention_mask, pixel_values,

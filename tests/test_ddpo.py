@@ -137,6 +137,13 @@ def test_empty_response_is_an_error_not_nan():
   jitted = jax.jit(lambda lp, m: ddpo.sequence_logps(lp, m, m, 5.0))
   with pytest.raises(Exception, match="empty response"):
     jax.block_until_ready(jitted(lp, loss_mask))
+  # Unchecked inside jit, the empty row is NaN (caught by the train step's non-finite
+  # guard) in both normalizations, never a plausible-looking 0.
+  for normalize in (True, False):
+    unchecked = jax.jit(lambda lp, m: ddpo.sequence_logps(lp, m, m, 5.0, normalize,
+                                                          check_nonempty=False))
+    scores = unchecked(lp, loss_mask)
+    assert np.isfinite(scores[0]) and np.isnan(scores[1])
 
 
 @pytest.mark.parametrize("loss_type,eps", [("sigmoid", 0.0), ("sigmoid", 0.1), ("robust", 0.2),
