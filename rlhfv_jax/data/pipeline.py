@@ -23,7 +23,9 @@ Chosen and rejected are padded to the same length (the loss concatenates them).
 Loader (`Loader`, grain): source indices are shuffled per epoch from `seed` (grain's
 index shuffle, a new permutation each epoch), repeated for `num_epochs` (None =
 forever), tokenized in a thread pool, filtered (prompt too long), grouped into *global*
-batches, and each process keeps the contiguous slice
+batches (epochs run on into each other, so a finite run has at most one partial batch, at
+its very end: batches have a fixed size, so its < B examples are not served but logged by
+id and listed in `Loader.dropped_ids`), and each process keeps the contiguous slice
 ``[process_index * B/P, (process_index + 1) * B/P)`` of every global batch. Every process
 tokenizes the whole global batch (cheap text work) so all of them pick the same bucket,
 and decodes only its own images. So the concatenated host batches of a P-process run
@@ -274,25 +276,44 @@ class Loader:
     self.prefetch_batches = prefetch_batches
     self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=num_threads)
     self._truncated: set[str] = set()
-    self._truncated_lock = threading.Lock()
+    self._dropped: dict[str, None] = {}  # ordered set: a second iterator adds nothing
+    self._lock = threading.Lock()
 
   @property
   def truncated_ids(self) -> frozenset[str]:
     """Ids of this process's examples whose answers were cut to the largest bucket so far."""
-    with self._truncated_lock:
+    with self._lock:
       return frozenset(self._truncated)
 
   def _note_truncated(self, examples: Sequence[TokenizedExample], length: int) -> None:
     cut = [e.id for e in examples if e.required_length > length]
     if not cut:
       return
-    with self._truncated_lock:
+    with self._lock:
       new = [i for i in cut if i not in self._truncated]
       self._truncated.update(new)
       total = len(self._truncated)
     if new:
       logging.warning("answers cut to the largest bucket (%d tokens, EOS dropped) for %s; "
                       "%d examples truncated so far", length, new, total)
+
+  @property
+  def dropped_ids(self) -> tuple[str, ...]:
+    """Ids of the examples left over at the end of a finite run, too few for a whole global
+    batch, so never served (the same on every process)."""
+    with self._lock:
+      return tuple(self._dropped)
+
+  def _whole_batch(self, global_examples: Sequence[TokenizedExample]) -> bool:
+    """Whether a global batch is full; the partial last one is listed and logged instead."""
+    if len(global_examples) == self.global_batch_size:
+      return True
+    ids = [e.id for e in global_examples]
+    with self._lock:
+      self._dropped.update(dict.fromkeys(ids))
+    logging.warning("the last %d examples (%s) do not fill a global batch of %d and are not "
+                    "used; see Loader.dropped_ids", len(ids), ids, self.global_batch_size)
+    return False
 
   def _tokenize(self, position: int, index: int) -> TokenizedExample:
     epoch = position // len(self.source)
@@ -328,7 +349,8 @@ class Loader:
         grain.ReadOptions(num_threads=self.num_threads,
                           prefetch_buffer_size=2 * self.global_batch_size))
     batches = (examples.filter(self._prompt_fits)
-               .batch(self.global_batch_size, drop_remainder=True, batch_fn=list)
+               .batch(self.global_batch_size, drop_remainder=False, batch_fn=list)
+               .filter(self._whole_batch)
                .map(self.host_batch))
     if not with_ids:
       batches = batches.map(lambda ids_and_batch: ids_and_batch[1])

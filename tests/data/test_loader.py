@@ -171,6 +171,24 @@ def test_processes_sharing_a_run_dir_each_list_skips_in_their_own_file(template,
     ErrorLog("skip", tmp_path, process_index=2, process_count=2)
 
 
+def test_examples_left_over_by_a_finite_run_are_listed_and_logged(template, preprocessor,
+                                                                  caplog):
+  source = records(10)
+  loader = make_loader(source, template, preprocessor, shuffle=False, num_epochs=1)
+  with caplog.at_level(logging.WARNING):
+    served = [i for ids, _ in loader.dataset(with_ids=True) for i in ids]
+  assert served == [f"r{i}" for i in range(8)]
+  assert loader.dropped_ids == ("r8", "r9")  # every example is served or listed
+  assert any("last 2 examples (['r8', 'r9'])" in r.message for r in caplog.records)
+  # Epochs run on into each other: 3 x 10 = 30 examples leave only 2 over, at the end.
+  loader = make_loader(source, template, preprocessor, num_epochs=3)
+  served = [i for ids, _ in loader.dataset(with_ids=True) for i in ids]
+  assert len(served) == 28 and len(loader.dropped_ids) == 2
+  assert sorted(served + list(loader.dropped_ids)) == sorted(3 * [r.id for r in source])
+  loader = make_loader(source, template, preprocessor, num_epochs=2)
+  assert len([b for b in loader.dataset()]) == 5 and loader.dropped_ids == ()
+
+
 def test_loader_over_a_tfds_source_matches_the_in_memory_records(make_jsonl_dir, tmp_path,
                                                                  template, preprocessor):
   source = records(8)
