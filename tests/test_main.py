@@ -120,7 +120,8 @@ def test_sigkill_then_restart_ends_with_the_same_params(env, sft_data, uninterru
 def test_reference_cache_from_a_trained_run_then_eval(uninterrupted_sft, tmp_path):
   """precompute_ref from the SFT run's checkpoint, then eval of the same params with
   the cached reference: policy == reference, so the DDPO loss is exactly log 2 and
-  every reward is 0, which only holds if cache and batches line up token for token.
+  every reward is 0, which only holds if cache and batches line up token for token and
+  evaluation sees un-augmented images.
   (In-process: the stage functions `main` dispatches to.)"""
   data = main_run_data.data_settings(tmp_path, "preference")
   init = dict(params="checkpoint", checkpoint_dir=str(uninterrupted_sft))
@@ -131,7 +132,9 @@ def test_reference_cache_from_a_trained_run_then_eval(uninterrupted_sft, tmp_pat
   assert pathlib.Path(shard).is_file()
 
   evaluation = tiny_config("eval")
-  evaluation.data.update(data, use_ref_cache=True)
+  # Training-time augmentation must not reach evaluation: with jittered images the
+  # policy would no longer equal the (un-augmented) cached reference.
+  evaluation.data.update(data, use_ref_cache=True, augmentation="photometric")
   evaluation.init.update(init)
   config_validation.validate_config(evaluation)
   returned = runner.eval_stage(evaluation, str(tmp_path / "eval"))

@@ -274,7 +274,7 @@ def eval_stage(config: Any, workdir: str) -> dict[str, float]:
   from rlhfv_jax.data import factory
   source = factory.open_source(config, workdir, split=config.eval.split)
   loader = _make_loader(config, workdir, global_batch_size=config.eval.batch_size,
-                        source=source, shuffle=False, num_epochs=1)
+                        source=source, shuffle=False, num_epochs=1, augment=False)
   objective = stage_objective(config, model_lib.make_apply_fn(config.model),
                               config.eval.objective)
   mesh = step_lib.make_mesh(-1, 1)
