@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 import safetensors
 import safetensors.numpy
+from jax.experimental import multihost_utils
 
 from rlhfv_jax.model import config as config_lib
 from rlhfv_jax.model import llava
@@ -206,14 +207,30 @@ def load_hf_llava(path: str | os.PathLike, *, param_dtype: str = "float32"
   return cfg, params
 
 
+def _host_value(value: Any) -> np.ndarray:
+  """The whole value of one parameter as a host array, wherever its shards live.
+
+  An array spread over several processes (FSDP across hosts) cannot be read by one
+  process alone: `process_allgather` is a collective that every process must enter.
+  """
+  if isinstance(value, jax.Array) and not value.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+  return np.asarray(jax.device_get(value))
+
+
 def save_hf_llava(cfg: ml_collections.ConfigDict, params: Params,
                   path: str | os.PathLike, *, layout: str = "llava-hf") -> None:
   """Writes config.json + model.safetensors loadable by `LlavaForConditionalGeneration`.
 
+  `params` may be host arrays or `jax.Array`s of any sharding, including arrays sharded
+  over several processes. In a multi-process run every process must call this (each
+  parameter is gathered with a collective, one at a time, so host memory holds the
+  full tensors once); only process 0 writes, and all return once the files exist.
+
   Args:
     cfg: the model config.
     params: parameter pytree of `Llava(cfg)`; tensors keep their dtype.
-    path: output directory (created if needed).
+    path: output directory (created if needed), on storage process 0 can write.
     layout: "llava-hf" (hub names, `vision_tower.vision_model.*`; loads in
       transformers 4.x and 5.x) or "transformers5" (what transformers 5's
       `save_pretrained` writes: `vision_tower.*`).
@@ -221,21 +238,27 @@ def save_hf_llava(cfg: ml_collections.ConfigDict, params: Params,
   if layout not in LAYOUTS:
     raise ValueError(f"layout={layout!r}; expected one of {LAYOUTS}")
   path = os.fspath(path)
-  os.makedirs(path, exist_ok=True)
+  writer = jax.process_index() == 0
   tensors: dict[str, np.ndarray] = {}
   dtypes = set()
   for leaf_path, value in _leaves(params):
-    value = np.asarray(value)
-    dtypes.add(value.dtype.name)
     names = _hf_names(leaf_path, _layer_count(cfg, leaf_path))
-    per_layer = value if "layers" in leaf_path else [value]
-    if len(per_layer) != len(names):
-      raise ValueError(f"Parameter {'/'.join(leaf_path)} has {len(per_layer)} layers, "
+    if "layers" in leaf_path and value.shape[0] != len(names):  # checked by every process
+      raise ValueError(f"Parameter {'/'.join(leaf_path)} has {value.shape[0]} layers, "
                        f"config says {len(names)}")
+    value = _host_value(value)
+    if not writer:
+      continue
+    dtypes.add(value.dtype.name)
+    per_layer = value if "layers" in leaf_path else [value]
     for name, array in zip(names, per_layer):
       tensors[_to_layout(name, layout)] = np.ascontiguousarray(_to_hf(leaf_path[-1], array))
-  hf_config = config_lib.to_hf_config(cfg)
-  hf_config.dtype = dtypes.pop() if len(dtypes) == 1 else "float32"
-  hf_config.save_pretrained(path)
-  safetensors.numpy.save_file(tensors, os.path.join(path, SAFETENSORS_FILE),
-                              metadata={"format": "pt"})
+  if writer:
+    os.makedirs(path, exist_ok=True)
+    hf_config = config_lib.to_hf_config(cfg)
+    hf_config.dtype = dtypes.pop() if len(dtypes) == 1 else "float32"
+    hf_config.save_pretrained(path)
+    safetensors.numpy.save_file(tensors, os.path.join(path, SAFETENSORS_FILE),
+                                metadata={"format": "pt"})
+  if jax.process_count() > 1:  # nobody reads the export before process 0 has written it
+    multihost_utils.sync_global_devices(f"save_hf_llava {path}")

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import re
+import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 import safetensors.numpy
+from jax.sharding import Mesh, NamedSharding
 
 from rlhfv_jax import model as model_lib
 from rlhfv_jax.model import hf_io
 
 from . import hf_reference as ref
+from .hf_export_worker import fsdp_spec, tiny_export_params
 
 torch, transformers = ref.torch, ref.transformers
 
@@ -153,3 +159,52 @@ def test_load_errors_name_the_problem(hf_checkpoint, tmp_path):
   with pytest.raises(ValueError,
                      match=r"duplicates .*both are 'multi_modal_projector\.linear_2\.bias'"):
     hf_io.load_hf_llava(duplicated)
+
+
+def _exported_tensors(path):
+  return safetensors.numpy.load_file(path / hf_io.SAFETENSORS_FILE)
+
+
+def _assert_same_export(got_dir, want_dir):
+  got, want = _exported_tensors(got_dir), _exported_tensors(want_dir)
+  assert sorted(got) == sorted(want)
+  for name in want:
+    assert got[name].dtype == want[name].dtype, name
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  assert (json.loads((got_dir / "config.json").read_text())
+          == json.loads((want_dir / "config.json").read_text()))
+
+
+def test_export_of_params_sharded_over_devices_equals_the_host_export(tmp_path):
+  cfg, params = tiny_export_params(model_lib)
+  mesh = Mesh(np.array(jax.devices()), ("fsdp",))
+  assert mesh.size == 4  # tests/conftest.py forces 4 CPU devices
+  sharded = jax.tree.map(
+      lambda x: jax.device_put(x, NamedSharding(mesh, fsdp_spec(x.shape, mesh.size))), params)
+  assert any(len(leaf.sharding.device_set) == 4 and not leaf.sharding.is_fully_replicated
+             for leaf in jax.tree.leaves(sharded))
+  bf16 = jax.tree.map(lambda x: x.astype(jax.numpy.bfloat16), sharded)
+  hf_io.save_hf_llava(cfg, params, tmp_path / "host")
+  hf_io.save_hf_llava(cfg, sharded, tmp_path / "sharded")
+  _assert_same_export(tmp_path / "sharded", tmp_path / "host")
+  hf_io.save_hf_llava(cfg, bf16, tmp_path / "bf16")
+  assert {t.dtype.name for t in _exported_tensors(tmp_path / "bf16").values()} == {"bfloat16"}
+
+
+def test_export_of_params_sharded_across_processes(tmp_path):
+  """2 processes x 2 CPU devices: no process can address a whole parameter."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    address = f"127.0.0.1:{s.getsockname()[1]}"
+  worker = pathlib.Path(__file__).with_name("hf_export_worker.py")
+  procs = [subprocess.Popen([sys.executable, str(worker), str(tmp_path / "multi"),
+                             f"--coordinator_address={address}", "--num_processes=2",
+                             f"--process_id={i}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  for i, (p, out) in enumerate(zip(procs, outputs)):
+    assert p.returncode == 0 and f"process {i} done" in out, out[-4000:]
+  cfg, params = tiny_export_params(model_lib)
+  hf_io.save_hf_llava(cfg, params, tmp_path / "host")
+  _assert_same_export(tmp_path / "multi", tmp_path / "host")
