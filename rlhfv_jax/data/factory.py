@@ -71,6 +71,7 @@ class ModelFacts:
   image_token_id: int
   image_size: int
   vocab_size: Optional[int] = None  # the embedding rows; None: not checked
+  max_positions: Optional[int] = None  # text.max_position_embeddings; None: not checked
 
   @classmethod
   def from_config(cls, config: Any) -> "ModelFacts":
@@ -78,7 +79,22 @@ class ModelFacts:
     return cls(num_image_tokens=model.num_image_tokens(config.model),
                image_token_id=int(config.model.image_token_id),
                image_size=int(config.model.vision.image_size),
-               vocab_size=int(config.model.text.vocab_size))
+               vocab_size=int(config.model.text.vocab_size),
+               max_positions=int(config.model.text.max_position_embeddings))
+
+
+def check_buckets(config: Any, facts: ModelFacts) -> None:
+  """The largest bucket (the longest sequence ever fed, image tokens included) must fit the
+  positions the model was trained for: RoPE computes any position, so a longer sequence
+  would not fail, it would silently run the model outside its trained context."""
+  largest = max(int(b) for b in config.data.buckets)
+  if facts.max_positions is not None and largest > facts.max_positions:
+    raise ValueError(
+        f"the largest data bucket, {largest} tokens (config.data.buckets="
+        f"{tuple(config.data.buckets)}), exceeds the model's "
+        f"text.max_position_embeddings={facts.max_positions}. Lower the largest bucket to at "
+        f"most {facts.max_positions} (longer answers are then truncated, and listed by the "
+        "loader), or use a model with a longer context.")
 
 
 def make_template(config: Any, facts: ModelFacts, tokenizer: Optional[Tokenizer] = None
@@ -165,6 +181,7 @@ def make_loader(config: Any, *, global_batch_size: int, run_dir: Optional[PathLi
     augment: False ignores ``config.data.augmentation`` (evaluation sees the plain images).
   """
   facts = facts or ModelFacts.from_config(config)
+  check_buckets(config, facts)
   data = config.data
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -192,6 +209,7 @@ def precompute_reference(config: Any, token_logps_fn: TokenLogpsFn, *, batch_siz
                          process_count: Optional[int] = None) -> pathlib.Path:
   """The ``precompute_ref`` stage: writes this process's shard of the reference cache."""
   facts = facts or ModelFacts.from_config(config)
+  check_buckets(config, facts)
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   return compute_reference_cache(

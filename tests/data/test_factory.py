@@ -79,3 +79,16 @@ def test_config_errors(config, tmp_path):
                                        "text.vocab_size=1000"):
     factory.make_template(config, factory.ModelFacts(
         num_image_tokens=16, image_token_id=32000, image_size=32, vocab_size=1000))
+
+
+def test_largest_bucket_must_fit_the_model_positions(config, tmp_path):
+  config.model.text.max_position_embeddings = 128  # == the largest bucket: fine
+  assert factory.ModelFacts.from_config(config).max_positions == 128
+  factory.make_loader(config, global_batch_size=2, run_dir=tmp_path)
+  config.model.text.max_position_embeddings = 100
+  message = (r"largest data bucket, 128 tokens \(config.data.buckets=\(96, 128\)\), exceeds "
+             r"the model's text.max_position_embeddings=100. Lower the largest bucket")
+  with pytest.raises(ValueError, match=message):
+    factory.make_loader(config, global_batch_size=2, run_dir=tmp_path)
+  with pytest.raises(ValueError, match=message):
+    factory.precompute_reference(config, lambda b: None, batch_size=2, run_dir=tmp_path)
