@@ -196,7 +196,7 @@ def stage_config(config: Any, paths: SeedPaths, seed: int, name: str,
   out.model.pad_token_id = tokenizer.pad_id
   out.model.bos_token_id = tokenizer.bos_id
   out.model.eos_token_id = tokenizer.eos_id
-  out.data.update(tokenizer=str(tokenizer_path), data_dir=str(paths.tfds), seed=seed)
+  out.data.update(tokenizer=str(tokenizer_path), seed=seed)
   if name == "sft_web":
     out.init.params = "random"
     settings = demo.sft_web
@@ -208,10 +208,14 @@ def stage_config(config: Any, paths: SeedPaths, seed: int, name: str,
     settings = demo.preference
   if kind == "sft":
     source = "web" if name == "sft_web" else "vqa"
-    out.data.update(dataset="jsonl_sft", source_dir=str(paths.data(source)))
+    # One TFDS data dir per source: both SFT sources are `jsonl_sft` datasets, and a
+    # shared dir would serve the first one built to both stages.
+    out.data.update(dataset="jsonl_sft", source_dir=str(paths.data(source)),
+                    data_dir=str(paths.tfds / source))
     out.train.update(global_batch_size=settings.batch_size, num_steps=settings.steps)
   else:
-    out.data.update(dataset="jsonl_preference", source_dir=str(paths.data("feedback")))
+    out.data.update(dataset="jsonl_preference", source_dir=str(paths.data("feedback")),
+                    data_dir=str(paths.tfds / "feedback"))
     out.train.update(global_batch_size=settings.batch_size, num_steps=0,
                      num_epochs=settings.num_epochs)
   out.optim.update(learning_rate=settings.learning_rate, frozen=tuple(settings.frozen))

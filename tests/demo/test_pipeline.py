@@ -33,6 +33,9 @@ def test_stage_chain_and_arms():
   assert web.train.num_steps == config.demo.sft_web.steps and web.optim.frozen == ()
   assert (vqa.init.params, vqa.init.checkpoint_dir) == ("checkpoint", "/w/seed_3/sft_web")
   assert vqa.data.source_dir == "/w/seed_3/data/vqa"
+  # Both SFT sources are `jsonl_sft` datasets: each needs its own built data dir, or the
+  # VQA stage would read the web captions built first.
+  assert len({web.data.data_dir, vqa.data.data_dir, ref.data.data_dir}) == 3
   assert ref.stage == "precompute_ref" and ref.init.checkpoint_dir == "/w/seed_3/sft_vqa"
   want = {  # arm -> (gamma, normalize, augmentation, reference from the cache)
       "dpo": (1.0, True, "none", True),
