@@ -217,6 +217,9 @@ def split_for_devices(batch: Any, num_devices: int) -> Any:
   return jax.tree.map(split, batch)
 
 
+_TRUNCATION_IDS_LOGGED = 16  # truncated ids named one by one in the log
+
+
 class Loader:
   """Deterministic, resumable, per-process sharded batches (module docstring).
 
@@ -293,9 +296,16 @@ class Loader:
       new = [i for i in cut if i not in self._truncated]
       self._truncated.update(new)
       total = len(self._truncated)
-    if new:
+    if not new:
+      return
+    # Every id is kept in `truncated_ids`; the log names the first ones, then only
+    # reports the count at powers of two so a dataset of long answers cannot flood it.
+    if total - len(new) < _TRUNCATION_IDS_LOGGED:
       logging.warning("answers cut to the largest bucket (%d tokens, EOS dropped) for %s; "
                       "%d examples truncated so far", length, new, total)
+    elif total.bit_length() > (total - len(new)).bit_length():
+      logging.warning("%d examples truncated to the largest bucket (%d tokens) so far; "
+                      "all ids in Loader.truncated_ids", total, length)
 
   @property
   def dropped_ids(self) -> tuple[str, ...]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import types
 
 import jax
 import numpy as np
 import pytest
 
 from raw_files import GOOD_ROWS, image_bytes
-from rlhfv_jax.data import tfds_builders
+from rlhfv_jax.data import pipeline, tfds_builders
 from rlhfv_jax.data.images import AugmentationPolicy, ImagePreprocessor
 from rlhfv_jax.data.pipeline import Loader
 from rlhfv_jax.data.records import (ErrorLog, RecordError, make_preference_record,
@@ -209,3 +210,18 @@ def test_constructor_rejects_bad_layouts(template, preprocessor):
     make_loader(records(4), template, preprocessor, process_index=2, process_count=2)
   with pytest.raises(ValueError, match="empty data source"):
     make_loader([], template, preprocessor)
+
+
+def test_truncation_log_is_bounded_but_every_id_is_kept(template, preprocessor, caplog):
+  loader = make_loader(records(4), template, preprocessor, buckets=(80, 96), shuffle=False)
+  cut = [types.SimpleNamespace(id=f"long-{i}", required_length=500) for i in range(300)]
+  with caplog.at_level(logging.WARNING):
+    for example in cut:
+      loader._note_truncated([example], 96)
+    loader._note_truncated(cut[:5], 96)  # already counted: no new log line
+  assert loader.truncated_ids == {e.id for e in cut}
+  messages = [r.message for r in caplog.records]
+  named = [m for m in messages if "cut to the largest bucket" in m]
+  assert len(named) == pipeline._TRUNCATION_IDS_LOGGED
+  # After that, one count line each time the total passes a power of two (32 ... 256).
+  assert [m.split()[0] for m in messages if "so far; all ids" in m] == ["32", "64", "128", "256"]
