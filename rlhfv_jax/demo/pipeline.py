@@ -1,12 +1,18 @@
 """The demo pipeline: the paper's experiment in miniature, one command, on a CPU.
 
 `run(config, workdir)` (what ``python -m rlhfv_jax.main --config configs/demo.py``
-runs) does, for every seed in ``config.demo.seeds``:
+runs) first trains the base model, once, like a released checkpoint everyone starts
+from (seed ``demo.base_seed``):
 
-  data        render training scenes; write "web" captions (a share mismatched with
-              their image) and clean VQA pairs as ``jsonl_sft`` datasets
+  data        render the training scenes; write "web" captions, a share of them
+              mismatched with their image, as a ``jsonl_sft`` dataset
   sft_web     train the tiny LLaVA from scratch on the web captions   (runner "sft")
-  sft_vqa     continue on the VQA pairs                               (runner "sft")
+
+then, for every seed in ``demo.seeds`` (the seed drives the VQA questions, data
+order, sampling, and the DDPO data order):
+
+  data        VQA pairs about the training scenes + replayed captions (``jsonl_sft``)
+  sft_vqa     continue the base model on them                        (runner "sft")
   feedback    sample descriptions of new scenes from sft_vqa; the oracle labeler
               corrects only their hallucinated segments -> ``jsonl_preference``
   reference   sft_vqa's per-token log-probs of the feedback (runner "precompute_ref")
@@ -15,8 +21,9 @@ runs) does, for every seed in ``config.demo.seeds``:
                 ddpo_mean  γ = config.ddpo.gamma, weighted mean (the paper)
                 ddpo_sum   γ = config.ddpo.gamma, weighted sum (released scripts)
                 ddpo_crop  ddpo with config.ddpo.normalize + random-crop augmentation
-  eval        greedy descriptions of held-out scenes (the same set for every seed and
-              model, disjoint from all training scenes) -> CHAIR-style metrics
+
+Every trained model is evaluated on the same held-out scenes (disjoint from all
+training scenes): greedy descriptions -> CHAIR-style metrics (`metrics`).
 
 Every training stage is the project's own `rlhfv_jax.train.runner` on the project's
 data path (TFDS array_record built from the JSONL files, grain loader, chat
@@ -27,11 +34,13 @@ Workdir layout::
   demo_config.json         the config this workdir belongs to (a re-run resumes; a
                            different config is refused)
   tokenizer.model          the demo tokenizer (`rlhfv_jax.demo.tokenizer`)
-  seed_<s>/data/{web,vqa,feedback}/   train.jsonl + images/
+  base/data/web/           train.jsonl + images/ (the web captions)
+  base/sft_web/            runner workdir: checkpoints/, metrics.jsonl, tensorboard/
+  seed_<s>/data/{vqa,feedback}/     train.jsonl + images/
   seed_<s>/feedback_samples.jsonl   every sampled description with the oracle's verdict
-  seed_<s>/tfds/           built datasets (+ the reference log-prob cache)
-  seed_<s>/<stage>/        runner workdirs: checkpoints/, metrics.jsonl, tensorboard
-  seed_<s>/eval/<model>.jsonl   every evaluation description with its scores
+  {base,seed_<s>}/tfds/    built datasets (+ the reference log-prob cache)
+  seed_<s>/<stage>/        runner workdirs of sft_vqa, reference and the arms
+  {base,seed_<s>}/eval/<model>.jsonl  every evaluation description with its scores
   results.json             all metrics, feedback statistics and stage timings
   ablation.md / ablation.csv / ablation_per_seed.csv / ablation.png
 """
@@ -48,6 +57,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 from rlhfv_jax import model as model_lib
@@ -73,23 +83,25 @@ def default_config() -> ml_collections.ConfigDict:
       # 64 tokens, captions and sampled descriptions (<= 80 new tokens) fit 112.
       buckets=(64, 112), num_threads=2)
   config.ddpo.update(gamma=5.0, beta=0.5, normalize=True, segment_mode="paper")
-  config.optim.update(warmup_fraction=0.05, max_grad_norm=1.0, weight_decay=0.0)
+  config.optim.update(warmup_fraction=0.05, end_lr_fraction=0.1, max_grad_norm=1.0,
+                      weight_decay=0.0)
   config.train.update(parallelism="pmap", log_every=100)
   config.checkpoint.update(every_steps=1_000_000, max_to_keep=1, async_save=False)
   config.precompute.batch_size = 32
   config.demo = ml_collections.ConfigDict(dict(
       seeds=(0, 1, 2),
+      base_seed=0,  # the web-pretrained base model is trained once and shared by all seeds
       world=dict(image_size=48, min_objects=1, max_objects=4, num_train_scenes=6000,
                  num_feedback_scenes=512, num_eval_scenes=200, eval_seed=1000),
       corpus=dict(mismatch_rate=0.5, extra_object_weight=3.0, wrong_color_weight=1.0,
-                  vqa_per_scene=2),
+                  vqa_per_scene=2, vqa_stage_caption_share=0.3),
       vocab_size=demo_tokenizer.DEFAULT_VOCAB_SIZE,
       # Stage hyper-parameters: the tiny model trains from scratch, so the rates are far
       # above the paper's 5e-7 (which fine-tunes a 7B model).
-      sft_web=dict(steps=800, batch_size=32, learning_rate=3e-3, frozen=()),
-      sft_vqa=dict(steps=150, batch_size=32, learning_rate=1e-3, frozen=()),
+      sft_web=dict(steps=1500, batch_size=32, learning_rate=3e-3, frozen=()),
+      sft_vqa=dict(steps=100, batch_size=32, learning_rate=1e-3, frozen=()),
       sampling=dict(temperature=0.7, top_p=0.95, max_new_tokens=80, batch_size=64),
-      preference=dict(num_epochs=2.0, batch_size=16, learning_rate=1e-4,
+      preference=dict(num_epochs=2.0, batch_size=16, learning_rate=3e-5,
                       frozen=("vision_tower",), explicit_spans=False),
       eval=dict(max_new_tokens=80, batch_size=100),
   ))
@@ -97,7 +109,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def demo_model_config() -> ml_collections.ConfigDict:
-  """The tiny LLaVA of the demo (~0.2M parameters).
+  """The tiny LLaVA of the demo (~0.25M parameters).
 
   48px images in 16px patches give one image token per grid cell (9 tokens). The
   vocabulary fields are placeholders: `stage_config` sets them from the tokenizer.
@@ -105,7 +117,7 @@ def demo_model_config() -> ml_collections.ConfigDict:
   cfg = model_lib.llava_config("tiny", vocab_size=demo_tokenizer.DEFAULT_VOCAB_SIZE + 1)
   cfg.vision.update(image_size=48, patch_size=16, hidden_size=64, intermediate_size=128,
                     num_layers=1, num_heads=4, feature_layer=-1)
-  cfg.text.update(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+  cfg.text.update(hidden_size=64, intermediate_size=128, num_layers=3, num_heads=4,
                   num_kv_heads=4, head_dim=16, max_position_embeddings=256)
   return cfg
 
@@ -168,15 +180,25 @@ class SeedPaths:
     return self.root / "eval" / f"{name}.jsonl"
 
 
-def stage_config(config: Any, paths: SeedPaths, seed: int, name: str,
+def base_paths(root: pathlib.Path) -> SeedPaths:
+  """The shared base model's directories (web data, sft_web)."""
+  return SeedPaths(root / "base")
+
+
+def seed_paths(root: pathlib.Path, seed: int) -> SeedPaths:
+  """One seed's directories (VQA data, feedback, sft_vqa, reference, arms)."""
+  return SeedPaths(root / f"seed_{seed}")
+
+
+def stage_config(config: Any, root: pathlib.Path, seed: int, name: str,
                  tokenizer_path: pathlib.Path,
                  tokenizer: tokenizer_lib.Tokenizer) -> ml_collections.ConfigDict:
   """The runner config of one stage ("sft_web", "sft_vqa", "reference" or an arm).
 
   Args:
     config: the demo config.
-    paths: the seed's directories.
-    seed: the seed.
+    root: the demo workdir.
+    seed: the seed (ignored for "sft_web", which uses ``demo.base_seed``).
     name: the stage.
     tokenizer_path: the demo tokenizer file.
     tokenizer: the loaded tokenizer (its ids fix the model's vocabulary fields).
@@ -190,6 +212,11 @@ def stage_config(config: Any, paths: SeedPaths, seed: int, name: str,
   for section in ("model", "data", "ddpo", "train", "optim", "checkpoint", "precompute",
                   "eval"):
     out[section] = copy.deepcopy(config[section])
+  if name == "sft_web":
+    seed = int(demo.base_seed)
+    paths = base_paths(root)
+  else:
+    paths = seed_paths(root, seed)
   out.seed = seed
   out.model.text.vocab_size = tokenizer.vocab_size
   out.model.image_token_id = tokenizer.image_token_id
@@ -201,7 +228,8 @@ def stage_config(config: Any, paths: SeedPaths, seed: int, name: str,
     out.init.params = "random"
     settings = demo.sft_web
   elif name == "sft_vqa":
-    out.init.update(params="checkpoint", checkpoint_dir=str(paths.run("sft_web")))
+    out.init.update(params="checkpoint",
+                    checkpoint_dir=str(base_paths(root).run("sft_web")))
     settings = demo.sft_vqa
   else:  # the reference and every arm start from the VQA-tuned model
     out.init.update(params="checkpoint", checkpoint_dir=str(paths.run("sft_vqa")))
@@ -249,11 +277,10 @@ def validate(config: Any) -> None:
                     f"demo.world.num_feedback_scenes={w.num_feedback_scenes}")
   if problems:
     raise ValueError("invalid demo config:\n  - " + "\n  - ".join(problems))
-  dummy = SeedPaths(pathlib.Path("/nonexistent"))
   fake_tokenizer = _FakeTokenizerIds(config.model)
   for name in ("sft_web", "sft_vqa", "reference") + ARMS:
-    stage = stage_config(config, dummy, demo.seeds[0], name, pathlib.Path("tokenizer.model"),
-                         fake_tokenizer)
+    stage = stage_config(config, pathlib.Path("/nonexistent"), demo.seeds[0], name,
+                         pathlib.Path("tokenizer.model"), fake_tokenizer)
     stage.data.source_dir = ""  # validation must not build datasets
     try:
       config_validation.validate_config(stage)
@@ -306,29 +333,47 @@ def render_all(scenes: Sequence[world.Scene], image_size: int) -> dict[str, byte
   return {s.scene_id: world.encode_png(world.render(s, image_size)) for s in scenes}
 
 
-def write_sft_data(config: Any, paths: SeedPaths, train_scenes: Sequence[world.Scene],
-                   seed: int) -> dict[str, int]:
-  """The web-caption and VQA datasets of a seed; returns corpus statistics."""
-  demo = config.demo
-  images = render_all(train_scenes, demo.world.image_size)
-  captions = corpora.web_captions(
-      train_scenes, seed, demo.corpus.mismatch_rate,
-      {"extra_object": demo.corpus.extra_object_weight,
-       "wrong_color": demo.corpus.wrong_color_weight})
-  vqa = corpora.vqa_pairs(train_scenes, seed, per_scene=demo.corpus.vqa_per_scene)
+def _sft_rows(examples: Sequence[corpora.TextExample], prefix: str) -> list[dict]:
+  return [{"id": f"{prefix}-{i:06d}", "image": f"images/{e.scene_id}.png",
+           "question": e.prompt, "answer": e.response,
+           "origin": {"source": e.source, "scene_id": e.scene_id,
+                      "mismatches": ",".join(e.mismatches)}}
+          for i, e in enumerate(examples)]
 
-  def rows(examples, prefix):
-    return [{"id": f"{prefix}-{i:06d}", "image": f"images/{e.scene_id}.png",
-             "question": e.prompt, "answer": e.response,
-             "origin": {"source": e.source, "scene_id": e.scene_id,
-                        "mismatches": ",".join(e.mismatches)}}
-            for i, e in enumerate(examples)]
 
-  write_jsonl_dataset(paths.data("web"), rows(captions, "web"), images)
-  write_jsonl_dataset(paths.data("vqa"), rows(vqa, "vqa"), images)
+def web_captions(config: Any, train_scenes: Sequence[world.Scene]) -> list[corpora.TextExample]:
+  """The base model's web captions (seeded by ``demo.base_seed``)."""
+  c = config.demo.corpus
+  return corpora.web_captions(train_scenes, int(config.demo.base_seed), c.mismatch_rate,
+                              {"extra_object": c.extra_object_weight,
+                               "wrong_color": c.wrong_color_weight})
+
+
+def write_web_data(config: Any, paths: SeedPaths, train_scenes: Sequence[world.Scene],
+                   images: dict[str, bytes]) -> dict[str, int]:
+  """The web-caption dataset of the base model; returns corpus statistics."""
+  captions = web_captions(config, train_scenes)
+  write_jsonl_dataset(paths.data("web"), _sft_rows(captions, "web"), images)
   return {"web_captions": len(captions),
-          "web_captions_mismatched": sum(bool(c.mismatches) for c in captions),
-          "vqa_pairs": len(vqa)}
+          "web_captions_mismatched": sum(bool(c.mismatches) for c in captions)}
+
+
+def write_vqa_data(config: Any, paths: SeedPaths, train_scenes: Sequence[world.Scene],
+                   images: dict[str, bytes], seed: int) -> dict[str, int]:
+  """A seed's VQA-SFT dataset: VQA pairs about the training scenes plus replayed captions.
+
+  The replay mirrors LLaVA-1.5's SFT mix, which keeps description data next to VQAv2:
+  on short VQA answers alone the model learns to answer every prompt in one word.
+  """
+  demo = config.demo
+  vqa = corpora.vqa_pairs(train_scenes, seed, per_scene=demo.corpus.vqa_per_scene)
+  share = demo.corpus.vqa_stage_caption_share
+  replayed = round(share / (1.0 - share) * len(vqa))
+  web_rows = _sft_rows(web_captions(config, train_scenes), "web")
+  order = np.random.default_rng(seed).permutation(len(web_rows))[:replayed]
+  write_jsonl_dataset(paths.data("vqa"), _sft_rows(vqa, "vqa") + [web_rows[i] for i in order],
+                      images)
+  return {"vqa_pairs": len(vqa), "vqa_stage_replayed_captions": int(len(order))}
 
 
 # ---------------------------------------------------------------------------- models
@@ -362,8 +407,9 @@ def collect_feedback(config: Any, paths: SeedPaths, params: Any, describer: Desc
   """Samples a description per scene, has the oracle correct it, writes the dataset.
 
   Returns:
-    Statistics: samples, unfinished (no EOS within the limit: not labeled),
-    hallucinated (corrected), clean (nothing to correct), and edit reasons.
+    Statistics: samples, unfinished (no EOS within the limit: not labeled), clean
+    (nothing to correct), emptied (everything deleted: no pair), corrected (pairs
+    written) and the edit reasons of the pairs.
   """
   demo = config.demo
   images = render_all(scenes, demo.world.image_size)
@@ -376,7 +422,7 @@ def collect_feedback(config: Any, paths: SeedPaths, params: Any, describer: Desc
                               rng=jax.random.key(seed))
   rows, samples, corrected_ids = [], [], []
   reasons: collections.Counter = collections.Counter()
-  unfinished = clean = 0
+  unfinished = clean = emptied = 0
   for scene, prompt, text, done in zip(scenes, prompts, texts, finished):
     correction = labeler.correct_description(text, scene) if done and text else None
     samples.append({"scene_id": scene.scene_id, "prompt": prompt, "response": text,
@@ -387,6 +433,10 @@ def collect_feedback(config: Any, paths: SeedPaths, params: Any, describer: Desc
       unfinished += 1
     elif correction is None:
       clean += 1
+    elif not correction.chosen.strip():
+      # Everything it said was invented: the corrected answer is empty, which is no
+      # answer to prefer (the labeler corrects, it does not write new descriptions).
+      emptied += 1
     else:
       reasons.update(correction.reasons)
       corrected_ids.append(scene.scene_id)
@@ -397,15 +447,16 @@ def collect_feedback(config: Any, paths: SeedPaths, params: Any, describer: Desc
           origin={"policy": "sft_vqa", "temperature": str(s.temperature)}))
   if len(rows) < demo.preference.batch_size:
     raise RuntimeError(
-        f"seed {seed}: only {len(rows)} of {len(scenes)} sampled descriptions need a "
-        f"correction ({unfinished} unfinished, {clean} clean), fewer than one preference "
+        f"seed {seed}: only {len(rows)} of {len(scenes)} sampled descriptions give a "
+        f"correction ({unfinished} unfinished, {clean} clean, {emptied} corrected to "
+        f"nothing), fewer than one preference "
         f"batch ({demo.preference.batch_size}); raise demo.world.num_feedback_scenes")
   write_jsonl_dataset(paths.data("feedback"), rows, {i: images[i] for i in corrected_ids})
   with paths.feedback_samples.open("w", encoding="utf-8") as f:
     for sample in samples:
       f.write(json.dumps(sample, sort_keys=True) + "\n")
   return {"samples": len(scenes), "unfinished": unfinished, "clean": clean,
-          "corrected": len(rows), "edits": dict(sorted(reasons.items()))}
+          "emptied": emptied, "corrected": len(rows), "edits": dict(sorted(reasons.items()))}
 
 
 def evaluate(config: Any, paths: SeedPaths, name: str, params: Any, describer: Describer,
@@ -441,17 +492,17 @@ class Progress:
     self.done = 0
     self.timings: list[dict[str, Any]] = []
 
-  def stage(self, seed: int, name: str, fn: Callable[[], Any]) -> Any:
-    logging.info("demo: seed %d, stage %s (%d/%d) ...", seed, name, self.done + 1, self.total)
+  def stage(self, label: str, name: str, fn: Callable[[], Any]) -> Any:
+    logging.info("demo: %s, stage %s (%d/%d) ...", label, name, self.done + 1, self.total)
     t0 = time.monotonic()
     result = fn()
     seconds = time.monotonic() - t0
     self.done += 1
-    self.timings.append({"seed": seed, "stage": name, "seconds": round(seconds, 2)})
+    self.timings.append({"run": label, "stage": name, "seconds": round(seconds, 2)})
     elapsed = time.monotonic() - self.start
     eta = elapsed / self.done * (self.total - self.done)
-    logging.info("demo: seed %d, stage %s done in %.1fs (%d/%d stages, %.0fs elapsed, "
-                 "~%.0fs to go)", seed, name, seconds, self.done, self.total, elapsed, eta)
+    logging.info("demo: %s, stage %s done in %.1fs (%d/%d stages, %.0fs elapsed, "
+                 "~%.0fs to go)", label, name, seconds, self.done, self.total, elapsed, eta)
     return result
 
 
@@ -473,45 +524,71 @@ def _enable_compilation_cache(workdir: pathlib.Path) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-def run_seed(config: Any, workdir: pathlib.Path, seed: int, tokenizer_path: pathlib.Path,
-             eval_scenes: Sequence[world.Scene], progress: Progress) -> dict[str, Any]:
-  """All stages of one seed; returns its metrics per model and feedback statistics."""
-  demo = config.demo
-  paths = SeedPaths(workdir / f"seed_{seed}")
-  tokenizer = tokenizer_lib.SentencePieceTokenizer(tokenizer_path)
-  stages = {name: stage_config(config, paths, seed, name, tokenizer_path, tokenizer)
-            for name in ("sft_web", "sft_vqa", "reference") + ARMS}
-  for stage in stages.values():
+@dataclasses.dataclass
+class _Context:
+  """What every stage of a run shares."""
+
+  config: Any
+  root: pathlib.Path
+  tokenizer_path: pathlib.Path
+  train_scenes: Sequence[world.Scene]
+  train_images: dict[str, bytes]
+  eval_scenes: Sequence[world.Scene]
+  eval_images: dict[str, bytes]
+  progress: Progress
+
+  def stage_config(self, seed: int, name: str) -> ml_collections.ConfigDict:
+    tokenizer = tokenizer_lib.SentencePieceTokenizer(self.tokenizer_path)
+    stage = stage_config(self.config, self.root, seed, name, self.tokenizer_path, tokenizer)
     config_validation.validate_config(stage)
-  w = demo.world
-  train_scenes = world.sample_scenes(10_000 + seed, w.num_train_scenes, f"train{seed}",
-                                     w.min_objects, w.max_objects, exclude=eval_scenes)
+    return stage
+
+  def train_and_eval(self, seed: int, paths: SeedPaths, name: str, label: str,
+                     metrics_out: dict) -> tuple[Any, Describer]:
+    """Runs a training stage (config.json + `runner.train_stage`) and evaluates it."""
+    stage = self.stage_config(seed, name)
+    params = runner.run(stage, str(paths.run(name)))
+    describer = Describer.from_stage_config(stage)
+    metrics_out[name] = evaluate(self.config, paths, name, params, describer,
+                                 self.eval_scenes, self.eval_images)
+    logging.info("demo: %s, %s: %s", label, name, json.dumps(
+        {k: round(v, 3) for k, v in metrics_out[name].items()}))
+    return params, describer
+
+
+def run_base(ctx: _Context) -> dict[str, Any]:
+  """The base model every seed starts from: web-caption pretraining from scratch."""
+  paths = base_paths(ctx.root)
+  out: dict[str, Any] = {"metrics": {}}
+  label = f"base (seed {ctx.config.demo.base_seed})"
+  out["corpus"] = ctx.progress.stage(label, "data", lambda: write_web_data(
+      ctx.config, paths, ctx.train_scenes, ctx.train_images))
+  ctx.progress.stage(label, "sft_web", lambda: ctx.train_and_eval(
+      ctx.config.demo.base_seed, paths, "sft_web", label, out["metrics"]))
+  return out
+
+
+def run_seed(ctx: _Context, seed: int) -> dict[str, Any]:
+  """One seed's stages from the base model; returns its metrics and feedback statistics."""
+  config, w = ctx.config, ctx.config.demo.world
+  paths = seed_paths(ctx.root, seed)
+  label = f"seed {seed}"
   feedback_scenes = world.sample_scenes(20_000 + seed, w.num_feedback_scenes,
                                         f"feedback{seed}", w.min_objects, w.max_objects,
-                                        exclude=eval_scenes)
-  eval_images = render_all(eval_scenes, w.image_size)
-  describer = Describer.from_stage_config(stages["sft_web"])
+                                        exclude=ctx.eval_scenes)
   out: dict[str, Any] = {"metrics": {}}
-  out["corpus"] = progress.stage(seed, "data",
-                                 lambda: write_sft_data(config, paths, train_scenes, seed))
-
-  def train_and_eval(name: str) -> Any:
-    params = runner.run(stages[name], str(paths.run(name)))  # config.json + train_stage
-    out["metrics"][name] = evaluate(config, paths, name, params, describer, eval_scenes,
-                                    eval_images)
-    logging.info("demo: seed %d, %s: %s", seed, name, json.dumps(
-        {k: round(v, 3) for k, v in out["metrics"][name].items()}))
-    return params
-
-  progress.stage(seed, "sft_web", lambda: train_and_eval("sft_web"))
-  sft_params = progress.stage(seed, "sft_vqa", lambda: train_and_eval("sft_vqa"))
-  out["feedback"] = progress.stage(seed, "feedback", lambda: collect_feedback(
+  out["corpus"] = ctx.progress.stage(label, "data", lambda: write_vqa_data(
+      config, paths, ctx.train_scenes, ctx.train_images, seed))
+  sft_params, describer = ctx.progress.stage(label, "sft_vqa", lambda: ctx.train_and_eval(
+      seed, paths, "sft_vqa", label, out["metrics"]))
+  out["feedback"] = ctx.progress.stage(label, "feedback", lambda: collect_feedback(
       config, paths, sft_params, describer, feedback_scenes, seed))
-  logging.info("demo: seed %d feedback: %s", seed, json.dumps(out["feedback"]))
-  progress.stage(seed, "reference", lambda: runner.run(stages["reference"],
-                                                      str(paths.run("reference"))))
+  logging.info("demo: %s feedback: %s", label, json.dumps(out["feedback"]))
+  ctx.progress.stage(label, "reference", lambda: runner.run(
+      ctx.stage_config(seed, "reference"), str(paths.run("reference"))))
   for arm in ARMS:
-    progress.stage(seed, arm, lambda arm=arm: train_and_eval(arm))
+    ctx.progress.stage(label, arm, lambda arm=arm: ctx.train_and_eval(
+        seed, paths, arm, label, out["metrics"]))
   return out
 
 
@@ -529,25 +606,34 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   root = pathlib.Path(workdir)
   _check_workdir(config, root)
   _enable_compilation_cache(root)
-  demo = config.demo
+  demo, w = config.demo, config.demo.world
+  seeds = [int(s) for s in demo.seeds]
+  progress = Progress(total_stages=2 + len(seeds) * (4 + len(ARMS)))
   tokenizer_path = demo_tokenizer.make_tokenizer_file(
       root / "tokenizer.model", config.data.system_message, demo.vocab_size)
-  w = demo.world
   eval_scenes = world.sample_scenes(w.eval_seed, w.num_eval_scenes, "eval", w.min_objects,
                                     w.max_objects)
-  seeds = [int(s) for s in demo.seeds]
-  progress = Progress(total_stages=len(seeds) * (5 + len(ARMS)))
-  per_seed = {seed: run_seed(config, root, seed, tokenizer_path, eval_scenes, progress)
-              for seed in seeds}
-  results = {model: {seed: per_seed[seed]["metrics"][model] for seed in seeds}
-             for model in MODELS}
+  train_scenes = world.sample_scenes(10_000 + int(demo.base_seed), w.num_train_scenes,
+                                     "train", w.min_objects, w.max_objects,
+                                     exclude=eval_scenes)
+  ctx = _Context(config, root, tokenizer_path, train_scenes,
+                 render_all(train_scenes, w.image_size), eval_scenes,
+                 render_all(eval_scenes, w.image_size), progress)
+  base = run_base(ctx)
+  per_seed = {seed: run_seed(ctx, seed) for seed in seeds}
+  # The base model is shared: one evaluation, reported with n = 1.
+  results = {"sft_web": {"base": base["metrics"]["sft_web"]}}
+  results.update({model: {seed: per_seed[seed]["metrics"][model] for seed in seeds}
+                  for model in MODELS if model != "sft_web"})
   labels = model_labels(config)
   summary = {
       "seeds": seeds,
-      "models": {m: {"label": labels[m], "per_seed": {str(s): results[m][s] for s in seeds}}
+      "base_seed": int(demo.base_seed),
+      "models": {m: {"label": labels[m],
+                     "per_seed": {str(s): v for s, v in results[m].items()}}
                  for m in MODELS},
       "feedback": {str(s): per_seed[s]["feedback"] for s in seeds},
-      "corpus": {str(s): per_seed[s]["corpus"] for s in seeds},
+      "corpus": dict(base["corpus"], **{f"seed_{s}": per_seed[s]["corpus"] for s in seeds}),
       "eval_scenes": len(eval_scenes),
       "timings": progress.timings,
       "total_seconds": round(time.monotonic() - progress.start, 1),
@@ -562,23 +648,25 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
 def write_report(config: Any, root: pathlib.Path, results: report.Results,
                  labels: dict[str, str], seeds: Sequence[int], summary: dict) -> None:
   """ablation.md / ablation.csv / ablation_per_seed.csv / ablation.png."""
-  table = report.markdown_table(results, MODELS, labels, seeds)
+  table = report.markdown_table(results, MODELS, labels)
   feedback = summary["feedback"]
   corrected = [feedback[str(s)]["corrected"] for s in seeds]
   sampled = [feedback[str(s)]["samples"] for s in seeds]
   text = "\n".join([
       f"# RLHF-V demo: ablation over {len(seeds)} seed(s) {list(seeds)}", "",
       f"Greedy descriptions of {summary['eval_scenes']} held-out scenes; mean ± sample std "
-      "over seeds. CHAIR_s: share of descriptions with a hallucinated object; CHAIR_i: "
-      "share of object mentions that are hallucinated; recall: share of ground-truth "
-      "objects mentioned; attribute errors: wrong size/position among mentions of present "
+      f"over seeds. The web-caption base model is trained once (seed "
+      f"{summary['base_seed']}) and shared by every seed, hence n=1 on its row. "
+      "CHAIR_s: share of descriptions with a hallucinated object; CHAIR_i: share of "
+      "object mentions that are hallucinated; recall: share of ground-truth objects "
+      "mentioned; attribute errors: wrong size/position among mentions of present "
       "objects.", "", table, "",
       f"Feedback per seed: {corrected} corrected of {sampled} sampled descriptions "
       f"(temperature {config.demo.sampling.temperature}); DDPO γ={config.ddpo.gamma:g}, "
       f"β={config.ddpo.beta:g}, segment mode {config.ddpo.segment_mode!r}.",
       f"Total time: {summary['total_seconds']:.0f}s.", ""])
   (root / "ablation.md").write_text(text)
-  report.write_csv(root / "ablation.csv", results, MODELS, labels, seeds)
-  report.write_per_seed_csv(root / "ablation_per_seed.csv", results, MODELS, seeds)
-  report.plot(root / "ablation.png", results, MODELS, labels, seeds,
+  report.write_csv(root / "ablation.csv", results, MODELS, labels)
+  report.write_per_seed_csv(root / "ablation_per_seed.csv", results, MODELS)
+  report.plot(root / "ablation.png", results, MODELS, labels,
               f"RLHF-V demo, {len(seeds)} seed(s), {summary['eval_scenes']} held-out scenes")

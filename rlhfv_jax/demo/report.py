@@ -1,9 +1,11 @@
 """The demo's ablation report: mean ± spread over seeds as Markdown, CSV and a PNG plot.
 
-Input is `results[arm][seed] -> {metric: value}` (metrics of `metrics.METRIC_NAMES`).
-Spread is the sample standard deviation over seeds (ddof=1; 0 with one seed). NaN
-values (an undefined rate, e.g. CHAIR_i of a model that mentions nothing) are left
-out of their cell's mean and the cell says how many seeds it covers.
+Input is `results[arm][run] -> {metric: value}` (metrics of `metrics.METRIC_NAMES`),
+one entry per seed — or a single one for a model shared by all seeds (the demo's
+base model). Spread is the sample standard deviation over the runs (ddof=1; 0 for a
+single run). NaN values (an undefined rate, e.g. CHAIR_i of a model that mentions
+nothing) are left out of their cell's mean. A cell over fewer runs than the table's
+most says so: "(n=1)".
 """
 
 from __future__ import annotations
@@ -40,53 +42,56 @@ def _cell(mean: float, std: float, n: int, total: int, digits: int) -> str:
   if n == 0:
     return "n/a"
   text = f"{mean:.{digits}f} ± {std:.{digits}f}"
-  return text if n == total else f"{text} ({n}/{total} seeds)"
+  return text if n == total else f"{text} (n={n})"
 
 
-def markdown_table(results: Results, arms: Sequence[str], labels: Mapping[str, str],
-                   seeds: Sequence[int]) -> str:
+def _values(results: Results, arm: str, metric: str) -> list[float]:
+  return [float(m[metric]) for m in results[arm].values()]
+
+
+def markdown_table(results: Results, arms: Sequence[str], labels: Mapping[str, str]) -> str:
   """The ablation table as GitHub Markdown (one row per arm, mean ± std per metric)."""
+  total = max(len(results[arm]) for arm in arms)
   header = "| Model | " + " | ".join(f"{title} {arrow}".strip()
                                       for _, title, arrow in COLUMNS) + " |"
   lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
   for arm in arms:
     cells = []
     for metric, _, _ in COLUMNS:
-      mean, std, n = summarize([results[arm][s][metric] for s in seeds])
-      cells.append(_cell(mean, std, n, len(seeds), 1 if metric == "avg_words" else 3))
+      mean, std, n = summarize(_values(results, arm, metric))
+      cells.append(_cell(mean, std, n, total, 1 if metric == "avg_words" else 3))
     lines.append(f"| {labels[arm]} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
 def write_csv(path: pathlib.Path, results: Results, arms: Sequence[str],
-              labels: Mapping[str, str], seeds: Sequence[int]) -> None:
-  """One row per arm: mean, std and n of every metric."""
+              labels: Mapping[str, str]) -> None:
+  """One row per arm: number of runs, then mean, std and n of every metric."""
   with path.open("w", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(["arm", "label", "seeds"] + [f"{m}_{stat}" for m, _, _ in COLUMNS
-                                                 for stat in ("mean", "std", "n")])
+    writer.writerow(["arm", "label", "runs"] + [f"{m}_{stat}" for m, _, _ in COLUMNS
+                                                for stat in ("mean", "std", "n")])
     for arm in arms:
-      row = [arm, labels[arm], len(seeds)]
+      row = [arm, labels[arm], len(results[arm])]
       for metric, _, _ in COLUMNS:
-        row += list(summarize([results[arm][s][metric] for s in seeds]))
+        row += list(summarize(_values(results, arm, metric)))
       writer.writerow(row)
 
 
-def write_per_seed_csv(path: pathlib.Path, results: Results, arms: Sequence[str],
-                       seeds: Sequence[int]) -> None:
-  """One row per (arm, seed) with every metric."""
+def write_per_seed_csv(path: pathlib.Path, results: Results, arms: Sequence[str]) -> None:
+  """One row per (arm, run) with every metric."""
   metrics = [m for m, _, _ in COLUMNS]
   with path.open("w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["arm", "seed"] + metrics)
     for arm in arms:
-      for seed in seeds:
-        writer.writerow([arm, seed] + [results[arm][seed][m] for m in metrics])
+      for run, values in results[arm].items():
+        writer.writerow([arm, run] + [values[m] for m in metrics])
 
 
 def plot(path: pathlib.Path, results: Results, arms: Sequence[str],
-         labels: Mapping[str, str], seeds: Sequence[int], title: str) -> None:
-  """Grouped bars of CHAIR_s, CHAIR_i and recall per arm, error bars = std over seeds."""
+         labels: Mapping[str, str], title: str) -> None:
+  """Grouped bars of CHAIR_s, CHAIR_i and recall per arm, error bars = std over runs."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # after choosing the headless backend
@@ -97,7 +102,7 @@ def plot(path: pathlib.Path, results: Results, arms: Sequence[str],
   width = 0.8 / len(shown)
   fig, ax = plt.subplots(figsize=(max(7.0, 1.5 * len(arms)), 4.2))
   for k, (metric, name) in enumerate(shown):
-    stats = [summarize([results[arm][s][metric] for s in seeds]) for arm in arms]
+    stats = [summarize(_values(results, arm, metric)) for arm in arms]
     means = [0.0 if n == 0 else m for m, _, n in stats]
     stds = [0.0 if n == 0 else s for _, s, n in stats]
     ax.bar(x + (k - (len(shown) - 1) / 2) * width, means, width, yerr=stds, capsize=3,

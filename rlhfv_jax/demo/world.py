@@ -38,10 +38,15 @@ CELL_NAMES: tuple[str, ...] = (
 )
 NUMBER_WORDS: tuple[str, ...] = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-BACKGROUND_RGB = (32, 32, 40)
+# The background darkens from bottom right to top left: red grows to the right, green
+# downwards. A real photo's background differs from place to place too; here it gives
+# every grid cell a visual signature, so a model that has to learn where things are
+# from scratch does not have to rely on its position embeddings alone.
+BACKGROUND_RGB = (32, 32, 40)       # top-left corner
+BACKGROUND_GRADIENT = (40, 40, 0)   # added across the full width (red) / height (green)
 
 # Radius of a shape as a fraction of the cell side, per size.
-_RADIUS_FRACTION = {"small": 0.22, "large": 0.42}
+_RADIUS_FRACTION = {"small": 0.3, "large": 0.45}
 # Point samples per pixel side (anti-aliasing).
 _SUPERSAMPLE = 4
 
@@ -215,6 +220,17 @@ def _inside(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
   return inside
 
 
+def background(image_size: int) -> np.ndarray:
+  """The empty image: float64 [image_size, image_size, 3], before rounding."""
+  centres = (np.arange(image_size) + 0.5) / image_size
+  pixels = np.empty((image_size, image_size, 3), dtype=np.float64)
+  pixels[...] = BACKGROUND_RGB
+  pixels[..., 0] += BACKGROUND_GRADIENT[0] * centres[None, :]
+  pixels[..., 1] += BACKGROUND_GRADIENT[1] * centres[:, None]
+  pixels[..., 2] += BACKGROUND_GRADIENT[2] * centres[None, :]
+  return pixels
+
+
 def render(scene: Scene, image_size: int) -> np.ndarray:
   """Renders a scene to an RGB image.
 
@@ -230,8 +246,7 @@ def render(scene: Scene, image_size: int) -> np.ndarray:
   """
   if image_size < 12:
     raise ValueError(f"image_size {image_size} too small to draw a 3x3 grid of shapes")
-  pixels = np.empty((image_size, image_size, 3), dtype=np.float64)
-  pixels[...] = BACKGROUND_RGB
+  pixels = background(image_size)
   cell = image_size / 3.0
   for obj in scene.objects:
     row, col = divmod(obj.cell, 3)

@@ -21,18 +21,19 @@ def _config():
 
 
 def _stage(config, name, root=pathlib.Path("/w")):
-  return pipeline.stage_config(config, pipeline.SeedPaths(root / "seed_3"), 3, name,
-                               pathlib.Path("/w/tok.model"), TOKENIZER)
+  return pipeline.stage_config(config, root, 3, name, pathlib.Path("/w/tok.model"), TOKENIZER)
 
 
 def test_stage_chain_and_arms():
   config = _config()
   web, vqa, ref = (_stage(config, n) for n in ("sft_web", "sft_vqa", "reference"))
+  # The base model: shared by every seed, seeded by demo.base_seed.
   assert (web.stage, web.init.params, web.data.dataset) == ("sft", "random", "jsonl_sft")
-  assert web.data.source_dir == "/w/seed_3/data/web" and web.seed == 3 == web.data.seed
+  assert web.data.source_dir == "/w/base/data/web"
+  assert web.seed == config.demo.base_seed == web.data.seed
   assert web.train.num_steps == config.demo.sft_web.steps and web.optim.frozen == ()
-  assert (vqa.init.params, vqa.init.checkpoint_dir) == ("checkpoint", "/w/seed_3/sft_web")
-  assert vqa.data.source_dir == "/w/seed_3/data/vqa"
+  assert (vqa.init.params, vqa.init.checkpoint_dir) == ("checkpoint", "/w/base/sft_web")
+  assert vqa.data.source_dir == "/w/seed_3/data/vqa" and vqa.seed == 3
   # Both SFT sources are `jsonl_sft` datasets: each needs its own built data dir, or the
   # VQA stage would read the web captions built first.
   assert len({web.data.data_dir, vqa.data.data_dir, ref.data.data_dir}) == 3
@@ -105,16 +106,27 @@ def test_workdir_belongs_to_one_config(tmp_path):
 
 def test_sft_data_is_readable_by_the_project_reader(tmp_path):
   config = _config()
-  paths = pipeline.SeedPaths(tmp_path)
   scenes = world.sample_scenes(0, 20, "d")
-  stats = pipeline.write_sft_data(config, paths, scenes, seed=3)
-  assert stats["web_captions"] == 20 and stats["vqa_pairs"] == 20 * config.demo.corpus.vqa_per_scene
+  images = pipeline.render_all(scenes, config.demo.world.image_size)
+  base, own = pipeline.SeedPaths(tmp_path / "base"), pipeline.SeedPaths(tmp_path / "s3")
+  web_stats = pipeline.write_web_data(config, base, scenes, images)
+  stats = pipeline.write_vqa_data(config, own, scenes, images, seed=3)
+  assert web_stats["web_captions"] == 20
+  assert stats["vqa_pairs"] == 20 * config.demo.corpus.vqa_per_scene
   errors = records.ErrorLog("raise")
-  web = list(readers.read_jsonl(paths.data("web"), "train", "sft", errors))
-  vqa = list(readers.read_jsonl(paths.data("vqa"), "train", "sft", errors))
-  assert len(web) == 20 and len(vqa) == stats["vqa_pairs"]
-  assert sum(bool(r.origin["mismatches"]) for r in web) == stats["web_captions_mismatched"]
+  web = list(readers.read_jsonl(base.data("web"), "train", "sft", errors))
+  vqa = list(readers.read_jsonl(own.data("vqa"), "train", "sft", errors))
+  assert len(web) == 20
+  assert sum(bool(r.origin["mismatches"]) for r in web) == web_stats["web_captions_mismatched"]
   assert web[0].image == world.encode_png(world.render(scenes[0], config.demo.world.image_size))
+  # The VQA stage: every VQA pair plus replayed captions making up the configured share.
+  replayed = [r for r in vqa if r.origin["source"] == "web_caption"]
+  assert len(vqa) == stats["vqa_pairs"] + len(replayed)
+  assert len(replayed) == stats["vqa_stage_replayed_captions"] > 0
+  assert len(replayed) / len(vqa) == pytest.approx(config.demo.corpus.vqa_stage_caption_share,
+                                                   abs=0.02)
+  web_by_id = {r.id: r for r in web}
+  assert all(web_by_id[r.id] == r for r in replayed)
 
 
 class CannedDescriber:
@@ -131,14 +143,17 @@ class CannedDescriber:
 def test_collect_feedback_writes_only_corrected_finished_samples(tmp_path):
   config = _config()
   config.demo.preference.batch_size = 1
-  scenes = world.sample_scenes(0, 4, "f")
+  scenes = world.sample_scenes(0, 4, "f") + [
+      world.Scene("f-red", (world.SceneObject("circle", "red", "large", 0),))]
   faithful = corpora.describe(scenes[0].objects, __import__("numpy").random.default_rng(0))
   wrong = "There are nine objects in the image."
-  texts = [faithful, wrong, wrong, ""]
-  describer = CannedDescriber(texts, [True, True, False, True])
+  invented = "At the bottom right, there is a large white diamond."
+  assert labeler.correct_description(invented, scenes[4]).chosen == ""
+  texts = [faithful, wrong, wrong, "", invented]
+  describer = CannedDescriber(texts, [True, True, False, True, True])
   paths = pipeline.SeedPaths(tmp_path)
   stats = pipeline.collect_feedback(config, paths, None, describer, scenes, seed=3)
-  assert stats == {"samples": 4, "unfinished": 2, "clean": 1, "corrected": 1,
+  assert stats == {"samples": 5, "unfinished": 2, "clean": 1, "emptied": 1, "corrected": 1,
                    "edits": {"count": 1}}
   assert describer.calls[0]["temperature"] == config.demo.sampling.temperature
   (record,) = readers.read_jsonl(paths.data("feedback"), "train", "preference",
@@ -147,7 +162,7 @@ def test_collect_feedback_writes_only_corrected_finished_samples(tmp_path):
   assert record.chosen == labeler.correct_description(wrong, scenes[1]).chosen
   assert world.Scene.from_json(record.origin["scene"]) == scenes[1]
   samples = [json.loads(l) for l in paths.feedback_samples.read_text().splitlines()]
-  assert [s["finished"] for s in samples] == [True, True, False, True]
+  assert [s["finished"] for s in samples] == [True, True, False, True, True]
   assert sorted(p.name for p in (paths.data("feedback") / "images").iterdir()) == [
       f"{scenes[1].scene_id}.png"]
 

@@ -11,8 +11,7 @@ from PIL import Image
 
 from rlhfv_jax.demo import report
 
-SEEDS = (0, 1, 2)
-LABELS = {"a": "SFT", "b": "+ DDPO"}
+LABELS = {"a": "SFT", "b": "+ DDPO", "base": "Base"}
 
 
 def _metrics(chair_s, chair_i=0.5, recall=0.5, words=10.0):
@@ -24,7 +23,9 @@ RESULTS = {
     "a": {0: _metrics(0.5), 1: _metrics(0.7), 2: _metrics(0.6, words=13.0)},
     "b": {0: _metrics(0.2, chair_i=math.nan), 1: _metrics(0.4, chair_i=0.1),
           2: _metrics(0.3, chair_i=0.3)},
+    "base": {"base": _metrics(0.9)},  # one run shared by all seeds
 }
+ARMS = ["base", "a", "b"]
 
 
 def test_summarize():
@@ -36,28 +37,30 @@ def test_summarize():
 
 
 def test_markdown_table():
-  table = report.markdown_table(RESULTS, ["a", "b"], LABELS, SEEDS).splitlines()
+  table = report.markdown_table(RESULTS, ARMS, LABELS).splitlines()
   assert table[0] == ("| Model | CHAIR_s ↓ | CHAIR_i ↓ | Object recall ↑ | Attribute errors ↓ "
                       "| Count accuracy ↑ | Words |")
-  assert table[2] == ("| SFT | 0.600 ± 0.100 | 0.500 ± 0.000 | 0.500 ± 0.000 | 0.250 ± 0.000 "
+  assert table[2].startswith("| Base | 0.900 ± 0.000 (n=1) | 0.500 ± 0.000 (n=1) |")
+  assert table[3] == ("| SFT | 0.600 ± 0.100 | 0.500 ± 0.000 | 0.500 ± 0.000 | 0.250 ± 0.000 "
                       "| 1.000 ± 0.000 | 11.0 ± 1.7 |")
-  assert table[3].startswith("| + DDPO | 0.300 ± 0.100 | 0.200 ± 0.141 (2/3 seeds) |")
+  assert table[4].startswith("| + DDPO | 0.300 ± 0.100 | 0.200 ± 0.141 (n=2) |")
 
 
 def test_csv_files(tmp_path):
-  report.write_csv(tmp_path / "s.csv", RESULTS, ["a", "b"], LABELS, SEEDS)
+  report.write_csv(tmp_path / "s.csv", RESULTS, ARMS, LABELS)
   rows = list(csv.DictReader((tmp_path / "s.csv").open()))
-  assert [r["arm"] for r in rows] == ["a", "b"]
-  assert float(rows[0]["chair_s_mean"]) == pytest.approx(0.6)
-  assert float(rows[0]["chair_s_std"]) == pytest.approx(0.1)
-  assert rows[1]["chair_i_n"] == "2"
-  report.write_per_seed_csv(tmp_path / "p.csv", RESULTS, ["a", "b"], SEEDS)
+  assert [r["arm"] for r in rows] == ARMS and [r["runs"] for r in rows] == ["1", "3", "3"]
+  assert float(rows[1]["chair_s_mean"]) == pytest.approx(0.6)
+  assert float(rows[1]["chair_s_std"]) == pytest.approx(0.1)
+  assert rows[2]["chair_i_n"] == "2"
+  report.write_per_seed_csv(tmp_path / "p.csv", RESULTS, ARMS)
   rows = list(csv.DictReader((tmp_path / "p.csv").open()))
-  assert len(rows) == 6 and float(rows[4]["chair_s"]) == pytest.approx(0.4)
+  assert len(rows) == 7 and rows[0]["seed"] == "base"
+  assert float(rows[5]["chair_s"]) == pytest.approx(0.4)
 
 
 def test_plot_writes_a_png(tmp_path):
   path = tmp_path / "plot.png"
-  report.plot(path, RESULTS, ["a", "b"], LABELS, SEEDS, "title")
+  report.plot(path, RESULTS, ARMS, LABELS, "title")
   image = np.asarray(Image.open(path))
   assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0

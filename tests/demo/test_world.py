@@ -80,14 +80,15 @@ def test_render_puts_each_colour_in_its_cell(image_size):
     image = world.render(scene, image_size)
     assert image.shape == (image_size, image_size, 3) and image.dtype == np.uint8
     occupied = {o.cell: o for o in scene.objects}
+    empty = np.rint(world.background(image_size)).astype(np.uint8)
     for cell in range(9):
       y, x = _cell_center(cell, image_size)
-      want = world.COLORS[occupied[cell].color] if cell in occupied else world.BACKGROUND_RGB
+      want = world.COLORS[occupied[cell].color] if cell in occupied else empty[y, x]
       np.testing.assert_allclose(image[y, x], want, atol=40)
       # The pixel at a cell's corner is background: no shape reaches that far.
       row, col = divmod(cell, 3)
-      corner = image[math.floor(row * image_size / 3), math.floor(col * image_size / 3)]
-      np.testing.assert_array_equal(corner, world.BACKGROUND_RGB)
+      y0, x0 = math.floor(row * image_size / 3), math.floor(col * image_size / 3)
+      np.testing.assert_array_equal(image[y0, x0], empty[y0, x0])
 
 
 def _analytic_mask(shape: str, cx: float, cy: float, r: float, size: int) -> np.ndarray:
@@ -105,12 +106,12 @@ def _analytic_mask(shape: str, cx: float, cy: float, r: float, size: int) -> np.
 
 
 @pytest.mark.parametrize("shape", world.SHAPES)
-@pytest.mark.parametrize("obj_size, fraction", [("small", 0.22), ("large", 0.42)])
+@pytest.mark.parametrize("obj_size, fraction", [("small", 0.3), ("large", 0.45)])
 def test_rendered_shape_matches_its_geometry(shape, obj_size, fraction):
   size, cell = 96, 4
   scene = world.Scene("a", (world.SceneObject(shape, "white", obj_size, cell),))
   image = world.render(scene, size).astype(np.float64)
-  bg, fg = np.array(world.BACKGROUND_RGB), np.array(world.COLORS["white"])
+  bg, fg = world.background(size), np.array(world.COLORS["white"])
   drawn = ((image - bg) / (fg - bg)).mean(-1) > 0.5
   r = fraction * size / 3
   iou = {}
@@ -126,6 +127,15 @@ def test_png_round_trip():
   image = world.render(world.sample_scenes(0, 1, "p")[0], 32)
   decoded = np.asarray(Image.open(io.BytesIO(world.encode_png(image))).convert("RGB"))
   np.testing.assert_array_equal(decoded, image)
+
+
+def test_background_gives_each_cell_its_own_shade():
+  empty = world.render(world.Scene("e", (world.SceneObject("circle", "red", "small", 0),)), 48)
+  shades = {tuple(empty[int((r + 0.5) * 16), int((c + 0.5) * 16)]) for r in range(1, 3)
+            for c in range(3)} | {tuple(empty[8, c * 16 + 8]) for c in (1, 2)}
+  assert len(shades) == 8  # the 8 empty cells' centres all differ
+  np.testing.assert_array_equal(empty[0, 47, :2], np.rint(
+      np.array(world.BACKGROUND_RGB[:2]) + np.array(world.BACKGROUND_GRADIENT[:2]) * [47.5 / 48, 0.5 / 48]))
 
 
 def test_render_rejects_tiny_images():
