@@ -2,15 +2,19 @@ r"""The embedded default: a miniature RLHF-V experiment, end to end on a CPU.
 
   python -m rlhfv_jax.main --config configs/demo.py --workdir /tmp/rlhfv_demo
 
-Trains a tiny LLaVA-style model from scratch on a synthetic shape world (web captions
-with mismatched objects, then VQA SFT), samples its descriptions, has an oracle
-correct only the hallucinated segments, trains DPO / DDPO on that feedback, and writes
-an ablation table (ablation.md / .csv / .png) over `demo.seeds` to the workdir. See
-`rlhfv_jax/demo/pipeline.py` for the stages and the workdir layout.
+Trains a tiny LLaVA-style model from scratch on a synthetic shape world (web captions,
+a share of them mentioning objects that are not in the image), then per seed: VQA SFT,
+sampled descriptions, an oracle that corrects only their hallucinated segments, DPO /
+DDPO on that feedback, and CHAIR-style evaluation on held-out scenes. Writes the
+ablation table (ablation.md / .csv / .png) to the workdir; stages and layout are in
+`rlhfv_jax/demo/pipeline.py`.
 
 Variants:
-  ""       the full demo: 3 seeds, about 15 minutes on 2 CPU cores.
-  "quick"  1 seed, smaller everything, a couple of minutes (CI: tests/demo/test_demo_quick.py):
+  ""       the full demo: a 1500-step base model, then 3 seeds (see the README for the
+           measured time on 2 CPU cores).
+  "quick"  a 150-step base model and 1 seed, a couple of minutes; the models are too
+           short-trained to see much (the CI check of the whole pipeline:
+           tests/demo/test_demo_quick.py):
 
   python -m rlhfv_jax.main --config configs/demo.py:quick --workdir /tmp/rlhfv_demo_quick
 

@@ -192,7 +192,7 @@ def seed_paths(root: pathlib.Path, seed: int) -> SeedPaths:
 
 def stage_config(config: Any, root: pathlib.Path, seed: int, name: str,
                  tokenizer_path: pathlib.Path,
-                 tokenizer: tokenizer_lib.Tokenizer) -> ml_collections.ConfigDict:
+                 tokenizer: tokenizer_lib.Tokenizer | TokenIds) -> ml_collections.ConfigDict:
   """The runner config of one stage ("sft_web", "sft_vqa", "reference" or an arm).
 
   Args:
@@ -277,10 +277,9 @@ def validate(config: Any) -> None:
                     f"demo.world.num_feedback_scenes={w.num_feedback_scenes}")
   if problems:
     raise ValueError("invalid demo config:\n  - " + "\n  - ".join(problems))
-  fake_tokenizer = _FakeTokenizerIds(config.model)
   for name in ("sft_web", "sft_vqa", "reference") + ARMS:
     stage = stage_config(config, pathlib.Path("/nonexistent"), demo.seeds[0], name,
-                         pathlib.Path("tokenizer.model"), fake_tokenizer)
+                         pathlib.Path("tokenizer.model"), TokenIds.of_model(config.model))
     stage.data.source_dir = ""  # validation must not build datasets
     try:
       config_validation.validate_config(stage)
@@ -289,30 +288,21 @@ def validate(config: Any) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class _FakeTokenizerIds:
-  """Token ids for validating stage configs before the tokenizer exists."""
+class TokenIds:
+  """The tokenizer facts a stage config needs (a loaded tokenizer has them too)."""
 
-  model: Any
+  vocab_size: int
+  image_token_id: int
+  pad_id: int
+  bos_id: int
+  eos_id: int
 
-  @property
-  def vocab_size(self) -> int:
-    return self.model.text.vocab_size
-
-  @property
-  def image_token_id(self) -> int:
-    return self.model.image_token_id
-
-  @property
-  def pad_id(self) -> int:
-    return self.model.pad_token_id
-
-  @property
-  def bos_id(self) -> int:
-    return self.model.bos_token_id
-
-  @property
-  def eos_id(self) -> int:
-    return self.model.eos_token_id
+  @classmethod
+  def of_model(cls, model_config: Any) -> "TokenIds":
+    """The ids a model config holds (to validate stage configs before the tokenizer)."""
+    return cls(model_config.text.vocab_size, model_config.image_token_id,
+               model_config.pad_token_id, model_config.bos_token_id,
+               model_config.eos_token_id)
 
 
 # ---------------------------------------------------------------------------- data

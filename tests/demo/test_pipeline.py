@@ -11,7 +11,7 @@ from rlhfv_jax.data import readers, records
 from rlhfv_jax.demo import corpora, labeler, pipeline, world
 from rlhfv_jax.train import config_validation
 
-TOKENIZER = pipeline._FakeTokenizerIds(pipeline.demo_model_config())
+TOKENIZER = pipeline.TokenIds.of_model(pipeline.demo_model_config())
 
 
 def _config():
