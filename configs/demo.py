@@ -12,7 +12,7 @@ ablation table (ablation.md / .csv / .png) to the workdir; stages and layout are
 Variants:
   ""       the full demo: a 1500-step base model, then 3 seeds (see the README for the
            measured time on 2 CPU cores).
-  "quick"  a 150-step base model and 1 seed, a couple of minutes; the models are too
+  "quick"  a 60-step base model and 1 seed, a couple of minutes; the models are too
            short-trained to see much (the CI check of the whole pipeline:
            tests/demo/test_demo_quick.py):
 
@@ -35,9 +35,10 @@ def get_config(variant: str = ""):
   if variant == "quick":
     demo = config.demo
     demo.seeds = (0,)
-    demo.world.update(num_train_scenes=1200, num_feedback_scenes=128, num_eval_scenes=64)
-    demo.sft_web.update(steps=150)
-    demo.sft_vqa.update(steps=30)
-    demo.preference.update(num_epochs=2.0)
-    config.train.log_every = 25
+    demo.world.update(num_train_scenes=800, num_feedback_scenes=96, num_eval_scenes=48)
+    demo.sft_web.update(steps=60)
+    demo.sft_vqa.update(steps=10)
+    # One generation batch shape for sampling and evaluation: one compilation.
+    demo.sampling.batch_size = demo.eval.batch_size = 48
+    config.train.log_every = 20
   return config
