@@ -2,8 +2,10 @@
 
 Runs `python -m rlhfv_jax.main --config configs/demo.py:quick --workdir DIR` on one
 CPU device (the suite's forced 4-device flag is removed: the demo is a single-device
-program), then checks every artefact and that DDPO moved the policy away from the
-hallucinated answers of its own starting point, the VQA-tuned SFT model.
+program), then checks every artefact and that DDPO lowered the held-out hallucination rate of
+its own starting point, the VQA-tuned SFT model, without saying less. The run takes
+~7.5 min on 2 CPU cores: that is what a base model that can see costs (see the
+`quick` variant in configs/demo.py).
 """
 
 from __future__ import annotations
@@ -31,19 +33,24 @@ def _run_quick_demo(workdir: pathlib.Path) -> subprocess.CompletedProcess:
   return subprocess.run(
       [sys.executable, "-m", "rlhfv_jax.main", "--config", "configs/demo.py:quick",
        "--workdir", str(workdir)],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=2400)
 
 
 def test_quick_demo_end_to_end(tmp_path):
   workdir = tmp_path / "demo"
   proc = _run_quick_demo(workdir)
   assert proc.returncode == 0, proc.stderr[-4000:]
+  check_quick_demo(workdir, proc.stderr)
+
+
+def check_quick_demo(workdir: pathlib.Path, log: str) -> None:
+  """Checks a finished quick demo's workdir and console log."""
 
   # Progress: one line per finished stage.
   for stage in ("data", "sft_web"):
-    assert f"base (seed 0), stage {stage} done in" in proc.stderr, stage
+    assert f"base (seed 0), stage {stage} done in" in log, stage
   for stage in ("data", "sft_vqa", "feedback", "reference") + pipeline.ARMS:
-    assert f"seed 0, stage {stage} done in" in proc.stderr, stage
+    assert f"seed 0, stage {stage} done in" in log, stage
 
   # The report.
   for name in ("ablation.md", "ablation.csv", "ablation_per_seed.csv", "ablation.png",
@@ -70,7 +77,8 @@ def test_quick_demo_end_to_end(tmp_path):
   feedback = results["feedback"]["0"]
   assert feedback["corrected"] == len(
       (seed_dir / "data" / "feedback" / "train.jsonl").read_text().splitlines())
-  assert feedback["corrected"] + feedback["clean"] + feedback["unfinished"] == feedback["samples"]
+  assert feedback["corrected"] + feedback["clean"] + feedback["unfinished"] + feedback["emptied"] == (
+      feedback["samples"])
   for model in pipeline.MODELS:
     run_dir = base_dir if model == "sft_web" else seed_dir
     assert (run_dir / model / "metrics.jsonl").is_file(), model
@@ -79,17 +87,24 @@ def test_quick_demo_end_to_end(tmp_path):
     assert len(logged) == results["eval_scenes"]
   assert list((seed_dir / "tfds").rglob("ref_logps-*.npz"))
 
-  # DDPO lowered the likelihood of the hallucinated answers against its own SFT starting
-  # point (the frozen reference): on the corrected pairs the policy now prefers the
-  # corrections more than sft_vqa did, and it made the rejected answers less likely.
-  # (The held-out CHAIR drop is measured by the full demo: a 2-minute base model has not
-  # learnt to look at the image yet, so its held-out hallucination rate is ~0.85 either
-  # way and moves by noise.)
+  # DDPO lowered the hallucination rate against its own SFT starting point (the frozen
+  # reference), on held-out scenes: CHAIR_i down by at least a quarter (measured on this
+  # machine: 0.096 -> 0.035 for both normalizations) while object recall did not fall by
+  # more than 0.05 (a model that goes quiet cannot pass by saying nothing).
+  per_seed = {m: results["models"][m]["per_seed"] for m in pipeline.MODELS}
+  sft = per_seed["sft_vqa"]["0"]
+  assert sft["chair_i"] > 0.0, sft  # there was something to correct
   for arm in ("ddpo_mean", "ddpo_sum"):
+    ddpo = per_seed[arm]["0"]
+    assert ddpo["chair_i"] <= 0.75 * sft["chair_i"], (arm, ddpo, sft)
+    assert ddpo["chair_s"] < sft["chair_s"], (arm, ddpo, sft)
+    assert ddpo["recall"] >= sft["recall"] - 0.05, (arm, ddpo, sft)
+    # ... and on its training pairs it prefers the corrections more than sft_vqa did,
+    # having made the hallucinated answers less likely.
     final = json.loads((seed_dir / arm / "metrics.jsonl").read_text().splitlines()[-1])
     assert final["rewards/margin"] > 0 and final["rewards/accuracy"] > 0.5, (arm, final)
     assert final["logps/policy_rejected"] < final["logps/ref_rejected"], (arm, final)
-  # Held-out metrics exist and are rates.
-  for model in pipeline.MODELS:
-    for value in results["models"][model]["per_seed"].values():
+  # Every held-out metric is a rate.
+  for runs in per_seed.values():
+    for value in runs.values():
       assert 0.0 <= value["chair_s"] <= 1.0 and 0.0 <= value["recall"] <= 1.0
