@@ -5,7 +5,7 @@ one entry per seed — or a single one for a model shared by all seeds (the demo
 base model). Spread is the sample standard deviation over the runs (ddof=1; 0 for a
 single run). NaN values (an undefined rate, e.g. CHAIR_i of a model that mentions
 nothing) are left out of their cell's mean. A cell over fewer runs than the table's
-most says so: "(n=1)".
+most says so: "(n=1)"; a single run is shown without a spread.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def summarize(values: Sequence[float]) -> tuple[float, float, int]:
 def _cell(mean: float, std: float, n: int, total: int, digits: int) -> str:
   if n == 0:
     return "n/a"
-  text = f"{mean:.{digits}f} ± {std:.{digits}f}"
+  # One run has no spread to show (its "std" of 0 would read as a measured one).
+  text = f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
   return text if n == total else f"{text} (n={n})"
 
 

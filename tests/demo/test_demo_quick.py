@@ -94,9 +94,10 @@ def check_quick_demo(workdir: pathlib.Path, log: str) -> None:
   assert list((seed_dir / "tfds").rglob("ref_logps-*.npz"))
 
   # DDPO lowered the hallucination rate against its own SFT starting point (the frozen
-  # reference), on held-out scenes: CHAIR_i down by at least a quarter (measured on this
-  # machine: 0.096 -> 0.035 for both normalizations) while object recall did not fall by
-  # more than 0.05 (a model that goes quiet cannot pass by saying nothing).
+  # reference), on held-out scenes: CHAIR_i down by at least a quarter (measured on the
+  # development machine: 0.096 -> 0.035 for both normalizations) while keeping at least
+  # 80% of its object recall and of its length (recall 0.847 -> 0.909 / 0.888, words
+  # 27.9 -> 28.4 / 27.7 there): a model that learnt to say less cannot pass.
   per_seed = {m: results["models"][m]["per_seed"] for m in pipeline.MODELS}
   sft = per_seed["sft_vqa"]["0"]
   assert sft["chair_i"] > 0.0, sft  # there was something to correct
@@ -104,7 +105,8 @@ def check_quick_demo(workdir: pathlib.Path, log: str) -> None:
     ddpo = per_seed[arm]["0"]
     assert ddpo["chair_i"] <= 0.75 * sft["chair_i"], (arm, ddpo, sft)
     assert ddpo["chair_s"] < sft["chair_s"], (arm, ddpo, sft)
-    assert ddpo["recall"] >= sft["recall"] - 0.05, (arm, ddpo, sft)
+    assert ddpo["recall"] >= 0.8 * sft["recall"], (arm, ddpo, sft)
+    assert ddpo["avg_words"] >= 0.8 * sft["avg_words"], (arm, ddpo, sft)
     # ... and on its training pairs it prefers the corrections more than sft_vqa did,
     # having made the hallucinated answers less likely.
     final = json.loads((seed_dir / arm / "metrics.jsonl").read_text().splitlines()[-1])

@@ -40,10 +40,17 @@ def test_markdown_table():
   table = report.markdown_table(RESULTS, ARMS, LABELS).splitlines()
   assert table[0] == ("| Model | CHAIR_s ↓ | CHAIR_i ↓ | Object recall ↑ | Attribute errors ↓ "
                       "| Count accuracy ↑ | Words |")
-  assert table[2].startswith("| Base | 0.900 ± 0.000 (n=1) | 0.500 ± 0.000 (n=1) |")
+  assert table[2].startswith("| Base | 0.900 (n=1) | 0.500 (n=1) |")
   assert table[3] == ("| SFT | 0.600 ± 0.100 | 0.500 ± 0.000 | 0.500 ± 0.000 | 0.250 ± 0.000 "
                       "| 1.000 ± 0.000 | 11.0 ± 1.7 |")
   assert table[4].startswith("| + DDPO | 0.300 ± 0.100 | 0.200 ± 0.141 (n=2) |")
+
+
+def test_markdown_table_of_one_seed_shows_no_spread():
+  one_seed = {"base": RESULTS["base"], "a": {0: _metrics(0.5, words=12.0)}}
+  table = report.markdown_table(one_seed, ["base", "a"], LABELS).splitlines()
+  assert table[2] == "| Base | 0.900 | 0.500 | 0.500 | 0.250 | 1.000 | 10.0 |"
+  assert table[3] == "| SFT | 0.500 | 0.500 | 0.500 | 0.250 | 1.000 | 12.0 |"
 
 
 def test_csv_files(tmp_path):
