@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -53,12 +54,14 @@ def encode_per_answer(apply_fn):
   return apply_twice
 
 
-def time_it(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))  # compile
+def median_seconds(call: Callable[[], Any], repeats: int) -> float:
+  """Median wall time of `call()` over `repeats` calls, after one untimed call (the
+  compile); each call is timed until its result is ready."""
+  jax.block_until_ready(call())
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
+    jax.block_until_ready(call())
     times.append(time.perf_counter() - start)
   return float(np.median(times))
 
@@ -94,7 +97,7 @@ def main() -> None:
                    ("image encoded per answer", encode_per_answer(apply_fn))):
     loss_fn = ddpo.make_ddpo_loss(fn, ddpo.PAPER_HPARAMS)
     step = jax.jit(jax.value_and_grad(lambda p, r, b: loss_fn(p, r, b)[0]))
-    results[name] = time_it(step, params, ref_params, batch, repeats=args.repeats)
+    results[name] = median_seconds(lambda: step(params, ref_params, batch), args.repeats)
 
   print(f"device: {jax.devices()[0].device_kind}  size={args.size} batch={args.batch} "
         f"image tokens={model.num_image_tokens(cfg)} answer_len={args.answer_len}")

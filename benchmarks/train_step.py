@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import time
 
 import jax
 import ml_collections
-import numpy as np
 
-from benchmarks.ddpo_step import synthetic_batch
+from benchmarks.ddpo_step import median_seconds, synthetic_batch
 from rlhfv_jax import ddpo, model
 from rlhfv_jax.train import objectives, step as step_lib
 from rlhfv_jax.train import optimizer as optimizer_lib
@@ -65,14 +63,13 @@ def seconds_per_step(cfg, params, batch, *, cached_reference: bool, frozen: tupl
   batch = step_lib.split_microbatches(jax.device_get(batch), 1)
   state = TrainState.create(jax.tree.map(jax.numpy.copy, params), optimizer,
                             jax.random.PRNGKey(0))
-  state, _ = step(state, batch, aux)  # compile
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
+
+  def one_step():  # threads the donated state from call to call
+    nonlocal state
     state, metrics = step(state, batch, aux)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+    return metrics
+
+  return median_seconds(one_step, repeats)
 
 
 def main() -> None:
