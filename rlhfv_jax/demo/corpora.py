@@ -37,6 +37,13 @@ DESCRIPTION_PROMPTS: tuple[str, ...] = (
 )
 VQA_SUFFIX = "Answer the question using a single word or phrase."
 
+
+def description_prompts(count: int) -> list[str]:
+  """The instructions of `count` descriptions asked of a model (sampling, evaluation):
+  `DESCRIPTION_PROMPTS` in turn, so every phrasing is asked equally often."""
+  return [DESCRIPTION_PROMPTS[i % len(DESCRIPTION_PROMPTS)] for i in range(count)]
+
+
 # Phrase used in sentences for an object in each cell.
 WHERE_PHRASES: tuple[str, ...] = (
     "at the top left", "at the top", "at the top right",

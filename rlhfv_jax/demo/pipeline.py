@@ -403,8 +403,7 @@ def collect_feedback(config: Any, paths: SeedPaths, params: Any, describer: Desc
   """
   demo = config.demo
   images = render_all(scenes, demo.world.image_size)
-  prompts = [corpora.DESCRIPTION_PROMPTS[i % len(corpora.DESCRIPTION_PROMPTS)]
-             for i in range(len(scenes))]
+  prompts = corpora.description_prompts(len(scenes))
   s = demo.sampling
   texts, finished = describer(params, [images[sc.scene_id] for sc in scenes], prompts,
                               max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
@@ -453,8 +452,7 @@ def evaluate(config: Any, paths: SeedPaths, name: str, params: Any, describer: D
              eval_scenes: Sequence[world.Scene], eval_images: dict[str, bytes]
              ) -> dict[str, float]:
   """Greedy descriptions of the held-out scenes -> CHAIR-style metrics (and a JSONL log)."""
-  prompts = [corpora.DESCRIPTION_PROMPTS[i % len(corpora.DESCRIPTION_PROMPTS)]
-             for i in range(len(eval_scenes))]
+  prompts = corpora.description_prompts(len(eval_scenes))
   e = config.demo.eval
   texts, finished = describer(params, [eval_images[s.scene_id] for s in eval_scenes], prompts,
                               max_new_tokens=e.max_new_tokens, batch_size=e.batch_size)

@@ -70,7 +70,8 @@ def describe_images(params: Any, model_config: ml_collections.ConfigDict,
     batch_size: rows per generate call.
     temperature: 0 for greedy decoding, else the sampling temperature.
     top_p: nucleus mass when sampling.
-    rng: PRNG key, required when sampling; batch i uses `fold_in(rng, i)`.
+    rng: PRNG key, required when sampling; the batch starting at row s uses
+      `fold_in(rng, s)`.
 
   Returns:
     (texts, finished): the responses cut at EOS, and whether each ended with EOS

@@ -125,3 +125,9 @@ def test_vqa_answers_are_correct_and_types_balanced():
 def test_vqa_type_errors():
   with pytest.raises(ValueError, match="subset"):
     corpora.vqa_pairs(SCENES[:2], seed=0, types=("colour",))
+
+
+def test_description_prompts_take_turns():
+  first, second, third = corpora.DESCRIPTION_PROMPTS
+  assert corpora.description_prompts(5) == [first, second, third, first, second]
+  assert corpora.description_prompts(0) == []
