@@ -24,6 +24,19 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOKENIZER_MODEL = (REPO_ROOT / ".." / "shared" / "data" / "llama2-tokenizer.model").resolve()
 
 
+@pytest.fixture
+def user_env() -> dict[str, str]:
+  """The environment for a subprocess that runs a command as a user would: this process's
+  environment without the suite's test-only XLA flags above (forced devices, no backend
+  optimisation), on CPU."""
+  suite_flags = {flag.split("=")[0] for flag in _TEST_XLA_FLAGS}
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if f.split("=")[0] not in suite_flags)
+  env["JAX_PLATFORMS"] = "cpu"
+  return env
+
+
 @pytest.fixture(scope="session")
 def llama_tokenizer_path() -> pathlib.Path:
   """Path to the real LLaVA-1.5 / Vicuna SentencePiece model (shared/, not in the repo)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -24,27 +23,21 @@ from PIL import Image
 from rlhfv_jax.demo import metrics, pipeline
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-# Set by tests/conftest.py for the in-process tests.
-_SUITE_ONLY_XLA_FLAGS = ("--xla_force_host_platform_device_count",
-                         "--xla_backend_optimization_level")
 
 
-def _run_quick_demo(workdir: pathlib.Path) -> subprocess.CompletedProcess:
-  env = dict(os.environ)
-  # The demo runs as a user runs it: without the suite's test-only XLA flags (forced
-  # devices; optimisation level 0, under which its 1200-step base model runs >2x slower).
-  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                              if f.split("=")[0] not in _SUITE_ONLY_XLA_FLAGS)
-  env["JAX_PLATFORMS"] = "cpu"
+def _run_quick_demo(workdir: pathlib.Path, env: dict[str, str]
+                    ) -> subprocess.CompletedProcess:
   return subprocess.run(
       [sys.executable, "-m", "rlhfv_jax.main", "--config", "configs/demo.py:quick",
        "--workdir", str(workdir)],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=2400)
 
 
-def test_quick_demo_end_to_end(tmp_path):
+def test_quick_demo_end_to_end(tmp_path, user_env):
+  # The demo runs as a user runs it: without the suite's test-only XLA flags (under
+  # optimisation level 0 its 1200-step base model runs >2x slower).
   workdir = tmp_path / "demo"
-  proc = _run_quick_demo(workdir)
+  proc = _run_quick_demo(workdir, user_env)
   assert proc.returncode == 0, proc.stderr[-4000:]
   check_quick_demo(workdir, proc.stderr)
 
