@@ -57,7 +57,7 @@ def seconds_per_step(cfg, params, batch, *, cached_reference: bool, frozen: tupl
   step = jax.jit(step_lib.make_train_step(objective.loss_fn, optimizer, schedule,
                                           trainable=optimizer_lib.trainable_mask(labels)),
                  donate_argnums=(0,))
-  aux = None if cached_reference else params
+  frozen_inputs = None if cached_reference else params
   if cached_reference:
     batch = with_cached_reference(apply_fn, params, batch)
   batch = step_lib.split_microbatches(jax.device_get(batch), 1)
@@ -66,7 +66,7 @@ def seconds_per_step(cfg, params, batch, *, cached_reference: bool, frozen: tupl
 
   def one_step():  # threads the donated state from call to call
     nonlocal state
-    state, metrics = step(state, batch, aux)
+    state, metrics = step(state, batch, frozen_inputs)
     return metrics
 
   return median_seconds(one_step, repeats)

@@ -1,7 +1,7 @@
 r"""Submits `rlhfv_jax.main` to SLURM: one process per node, every GPU of the node.
 
   python launch/slurm_gpu.py --nodes=2 --gpus_per_node=8 --time=24:00:00 \
-      --config=configs/llava15_13b_ddpo.py --workdir=/shared/runs/ddpo13b [--dry_run] \
+      --config=configs/llava15_ddpo.py:13b --workdir=/shared/runs/ddpo13b [--dry_run] \
       -- --config.init.hf_checkpoint=/shared/models/llava-1.5-13b-hf ...
 
 It runs `sbatch launch/slurm_gpu.sbatch CONFIG WORKDIR OVERRIDES...`; the batch script

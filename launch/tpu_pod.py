@@ -1,7 +1,7 @@
 r"""Runs `rlhfv_jax.main` on every worker of a Cloud TPU VM pod slice.
 
   python launch/tpu_pod.py --tpu=NAME --zone=ZONE [--project=P] \
-      --config=configs/llava15_7b_ddpo.py --workdir=/mnt/runs/ddpo [--setup] [--dry_run] \
+      --config=configs/llava15_ddpo.py --workdir=/mnt/runs/ddpo [--setup] [--dry_run] \
       -- --config.init.hf_checkpoint=/mnt/models/llava-1.5-7b-hf ...
 
 With --setup it first copies this repository (run it from a clean checkout) to every

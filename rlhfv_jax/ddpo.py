@@ -19,51 +19,99 @@ into notebooks as well as used by the trainer.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Protocol
+import dataclasses
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhfv_jax import logps
+from rlhfv_jax import segments
 from rlhfv_jax.batch import PreferenceBatch, SFTBatch, TokenSequences
-
-# Named hyper-parameter sets. The paper's is the default everywhere.
-PAPER_HPARAMS = dict(gamma=5.0, beta=0.5, normalize=True)
-RLHFV_RELEASE_HPARAMS = dict(gamma=1.1, beta=0.1, normalize=False)
+# The log-prob layer's public names, re-exported for notebooks (`ddpo.token_logps`).
+from rlhfv_jax.logps import ApplyFn, token_logps
 
 LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
 
-Metrics = dict[str, jax.Array]
 
+@dataclasses.dataclass(frozen=True)
+class DDPOConfig:
+  """Everything that defines the DDPO objective: the one source of its defaults.
 
-class ApplyFn(Protocol):
-  """The model call the losses need (see `rlhfv_jax.model.make_apply_fn`)."""
+  The defaults are the paper's (Eq. 3-4, Sec. 4.1). The run config's ``ddpo`` section
+  has exactly these fields (`rlhfv_jax.train.defaults` builds it from this class) and
+  `from_config` reads it back, so a misspelt field is an error, not a silent default.
 
-  def __call__(self, params: Any, input_ids: jax.Array, attention_mask: jax.Array,
-               pixel_values: Optional[jax.Array], sequences_per_image: int = 1) -> jax.Array:
-    """Returns logits [N, T, V]; sequence j of the N = k·B uses image j mod B."""
-
-
-def _at_least_f32(dtype) -> jnp.dtype:
-  # bf16/f16 are upcast; f64 (x64 mode, gradient checks) stays f64.
-  return jnp.promote_types(dtype, jnp.float32)
-
-
-def token_logps(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """Log-probability of each target token: log softmax(logits)[targets].
-
-  Args:
-    logits: [B, T, V] in any float dtype; `logits[:, t]` predicts `targets[:, t]`.
-    targets: [B, T] int token ids (valid ids everywhere; padding is masked later).
-
-  Returns:
-    [B, T] log-probs in float32 (float64 for float64 logits). The softmax normaliser is
-    computed in at least float32, so bf16 logits lose nothing beyond their own rounding.
+  Attributes:
+    gamma: γ > 0, weight of corrected-segment tokens (paper 5; 1 is plain DPO).
+    beta: β > 0, scale of the log-ratio margin (paper 0.5, released scripts 0.1).
+    normalize: score = weighted mean (paper) or weighted sum (released scripts).
+    loss_type: one of `LOSS_TYPES`.
+    label_smoothing: ε in [0, 0.5), the preference-flip probability (sigmoid / robust).
+    segment_mode: how y_c is found, one of `segments.MODES` ("paper" | "rlhfv").
+    segment_min_match: shortest run of equal tokens kept as unchanged (`segments`).
+    check_empty_responses: check for empty answers inside jit (see `sequence_logps`).
   """
-  logits = logits.astype(_at_least_f32(logits.dtype))
-  log_normalizer = jax.nn.logsumexp(logits, axis=-1)
-  target_logits = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)
-  return target_logits[..., 0] - log_normalizer
+
+  gamma: float = 5.0
+  beta: float = 0.5
+  normalize: bool = True
+  loss_type: str = "sigmoid"
+  label_smoothing: float = 0.0
+  segment_mode: str = segments.DEFAULT_MODE
+  segment_min_match: int = segments.DEFAULT_MIN_MATCH
+  check_empty_responses: bool = True
+
+  def __post_init__(self):
+    problems = self.problems()
+    if problems:
+      raise ValueError("invalid DDPO config: " + "; ".join(problems))
+
+  def problems(self) -> list[str]:
+    """What makes the objective undefined, each naming the ``ddpo.`` field."""
+    out = []
+    if not self.gamma > 0:
+      out.append(f"ddpo.gamma={self.gamma} must be > 0 (paper: 5; 1 is plain DPO)")
+    if not self.beta > 0:
+      out.append(f"ddpo.beta={self.beta} must be > 0: it scales the log-ratio margin "
+                 "(paper: 0.5; released scripts: 0.1)")
+    if self.loss_type not in LOSS_TYPES:
+      out.append(f"ddpo.loss_type={self.loss_type!r}; expected one of {LOSS_TYPES}")
+    if not 0.0 <= self.label_smoothing < 0.5:
+      out.append(f"ddpo.label_smoothing={self.label_smoothing} must lie in [0, 0.5) "
+                 "(a flip probability)")
+    elif self.label_smoothing and self.loss_type not in ("sigmoid", "robust"):
+      out.append(f"ddpo.label_smoothing is only defined for 'sigmoid' and 'robust', not "
+                 f"{self.loss_type!r}")
+    if self.segment_mode not in segments.MODES:
+      out.append(f"ddpo.segment_mode={self.segment_mode!r}; expected one of {segments.MODES}")
+    if self.segment_min_match < 1:
+      out.append(f"ddpo.segment_min_match={self.segment_min_match} must be >= 1")
+    return out
+
+  @classmethod
+  def from_config(cls, config: "DDPOConfig | Mapping[str, Any] | Any") -> "DDPOConfig":
+    """From a DDPOConfig, a mapping or an ml_collections ConfigDict (missing fields take
+    their defaults; unknown fields are refused, naming them)."""
+    if isinstance(config, cls):
+      return config
+    values = dict(config.items()) if hasattr(config, "items") else dict(config)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+      raise ValueError(f"unknown ddpo field(s) {unknown}; expected some of {sorted(names)}")
+    return cls(**values)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+# The two named weightings. The paper's is the default everywhere.
+PAPER_HPARAMS = DDPOConfig()
+RLHFV_RELEASE_HPARAMS = DDPOConfig(gamma=1.1, beta=0.1, normalize=False, segment_mode="rlhfv")
+
+Metrics = dict[str, jax.Array]
 
 
 def _raise_if_empty(counts: np.ndarray) -> None:
@@ -107,7 +155,7 @@ def sequence_logps(token_logps: jax.Array, loss_mask: jax.Array, corrected_mask:
   """
   loss_mask = loss_mask.astype(bool)
   corrected = jnp.logical_and(corrected_mask.astype(bool), loss_mask)
-  dtype = _at_least_f32(token_logps.dtype)
+  dtype = logps.at_least_f32(token_logps.dtype)
   weights = loss_mask.astype(dtype) + (gamma - 1.0) * corrected.astype(dtype)
   weighted_sum = jnp.sum(weights * token_logps.astype(dtype), axis=-1)
 
@@ -186,16 +234,6 @@ def preference_loss(policy_chosen: jax.Array, policy_rejected: jax.Array,
   return loss, metrics
 
 
-def _get(config: Any, name: str, default: Any) -> Any:
-  if isinstance(config, Mapping):
-    return config.get(name, default)
-  return getattr(config, name, default)
-
-
-def _concat_sequences(a: TokenSequences, b: TokenSequences) -> TokenSequences:
-  return jax.tree.map(lambda x, y: jnp.concatenate([x, y], axis=0), a, b)
-
-
 def make_ddpo_loss(apply_fn: ApplyFn, config: Any) -> Callable[..., tuple[jax.Array, Metrics]]:
   """Builds `ddpo_loss(policy_params, ref_params, batch) -> (loss, metrics)`.
 
@@ -207,55 +245,40 @@ def make_ddpo_loss(apply_fn: ApplyFn, config: Any) -> Callable[..., tuple[jax.Ar
 
   Args:
     apply_fn: the model call, see `ApplyFn`.
-    config: mapping or ConfigDict with gamma, beta, normalize (default True: the paper),
-      loss_type (default "sigmoid"), label_smoothing (default 0), check_empty_responses
-      (default True; see `sequence_logps`).
+    config: a `DDPOConfig`, or a mapping / ConfigDict of its fields (the run config's
+      ``ddpo`` section); missing fields take the paper's defaults.
 
   Returns:
     A pure function; `loss` is the batch mean and every metric a batch-mean scalar.
   """
-  gamma = float(_get(config, "gamma", PAPER_HPARAMS["gamma"]))
-  beta = float(_get(config, "beta", PAPER_HPARAMS["beta"]))
-  normalize = bool(_get(config, "normalize", PAPER_HPARAMS["normalize"]))
-  loss_type = str(_get(config, "loss_type", "sigmoid"))
-  label_smoothing = float(_get(config, "label_smoothing", 0.0))
-  check_nonempty = bool(_get(config, "check_empty_responses", True))
-  if gamma <= 0:
-    raise ValueError(f"ddpo.gamma={gamma} must be > 0 (the paper uses γ > 1, e.g. 5)")
-  # Fail at build time, not at the first step.
-  preference_loss(jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), beta, loss_type,
-                  label_smoothing)
+  cfg = DDPOConfig.from_config(config)
+  gamma, beta, normalize = cfg.gamma, cfg.beta, cfg.normalize
+  loss_type, label_smoothing = cfg.loss_type, cfg.label_smoothing
+  check_nonempty = cfg.check_empty_responses
 
   def score(lps: jax.Array, tokens: TokenSequences) -> jax.Array:
     return sequence_logps(lps, tokens.loss_mask, tokens.corrected_mask, gamma, normalize,
                           check_nonempty)
 
-  def both_token_logps(params: Any, tokens: TokenSequences, pixel_values: jax.Array) -> jax.Array:
-    logits = apply_fn(params, tokens.input_ids, tokens.attention_mask, pixel_values,
-                      sequences_per_image=2)
-    return token_logps(logits, tokens.targets)
-
   def ddpo_loss(policy_params: Any, ref_params: Any,
                 batch: PreferenceBatch) -> tuple[jax.Array, Metrics]:
-    tokens = _concat_sequences(batch.chosen.replace(ref_token_logps=None),
-                               batch.rejected.replace(ref_token_logps=None))
-    policy_scores = score(both_token_logps(policy_params, tokens, batch.pixel_values), tokens)
-
     if (batch.chosen.ref_token_logps is None) != (batch.rejected.ref_token_logps is None):
       raise ValueError("ddpo_loss: cached reference log-probs (ref_token_logps) must be given "
                        "for both answers or for neither; got them only for the "
                        f"{'chosen' if batch.rejected.ref_token_logps is None else 'rejected'}")
     if batch.chosen.ref_token_logps is not None:
-      ref_lps = jnp.concatenate([batch.chosen.ref_token_logps, batch.rejected.ref_token_logps])
+      ref_lps = (batch.chosen.ref_token_logps, batch.rejected.ref_token_logps)
     elif ref_params is None:
       raise ValueError("ddpo_loss: ref_params is None and the batch carries no cached "
                        "reference log-probs (batch.chosen.ref_token_logps)")
     else:
-      ref_lps = both_token_logps(ref_params, tokens, batch.pixel_values)
-    ref_scores = score(jax.lax.stop_gradient(ref_lps), tokens)
+      ref_lps = logps.answer_token_logps(apply_fn, ref_params, batch)
+    policy_lps = logps.answer_token_logps(apply_fn, policy_params, batch)
 
-    policy_chosen, policy_rejected = jnp.split(policy_scores, 2)
-    ref_chosen, ref_rejected = jnp.split(ref_scores, 2)
+    policy_chosen, policy_rejected = (score(lp, t) for lp, t in
+                                      zip(policy_lps, (batch.chosen, batch.rejected)))
+    ref_chosen, ref_rejected = (score(jax.lax.stop_gradient(lp), t) for lp, t in
+                                zip(ref_lps, (batch.chosen, batch.rejected)))
     losses, metrics = preference_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
                                       beta, loss_type, label_smoothing)
     loss = jnp.mean(losses)
@@ -275,8 +298,7 @@ def make_sft_loss(apply_fn: ApplyFn) -> Callable[..., tuple[jax.Array, Metrics]]
 
   def sft_loss(params: Any, batch: SFTBatch) -> tuple[jax.Array, Metrics]:
     tokens = batch.tokens
-    logits = apply_fn(params, tokens.input_ids, tokens.attention_mask, batch.pixel_values,
-                      sequences_per_image=1)
+    logits = logps.sequence_logits(apply_fn, params, tokens, batch.pixel_values)
     mask = tokens.loss_mask.astype(jnp.float32)
     num_tokens = jnp.maximum(jnp.sum(mask), 1.0)
     loss = -jnp.sum(token_logps(logits, tokens.targets) * mask) / num_tokens

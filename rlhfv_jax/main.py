@@ -23,12 +23,13 @@ import glob
 import logging
 import os
 import sys
-from typing import Any, Callable
 
 from absl import app
 from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from rlhfv_jax.train import stages
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py), optionally with :variant.", lock_config=True)
@@ -44,24 +45,10 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
-STAGE_HELP = {
-    "sft": "supervised VQA fine-tuning. Needs: data (an SFT dataset: vqav2 / jsonl_sft), "
-           "init.params (random | hf | checkpoint), train, optim.",
-    "precompute_ref": "reference per-token log-probs for every preference example. Needs: "
-                      "data (a preference dataset), init (the reference), precompute.",
-    "ddpo": "dense DPO on fine-grained corrections. Needs: data (a preference dataset: "
-            "rlhfv_parquet / jsonl_preference), init (hf | checkpoint: the instruction-tuned "
-            "model, also the reference), ddpo (gamma, beta, ...), train, optim.",
-    "eval": "the objective's metrics on eval.split. Needs: data, init, eval.",
-    "demo": "the embedded default (configs/demo.py): the whole miniature experiment, "
-            "data to ablation table, on a synthetic world. Needs: nothing.",
-}
-
-
 def overview() -> str:
   """What `main` can run: the stages and the config files in configs/."""
   lines = ["stages (config.stage):"]
-  lines += [f"  {name:15s} {text}" for name, text in STAGE_HELP.items()]
+  lines += [f"  {name:15s} {stage.help}" for name, stage in stages.STAGES.items()]
   configs_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              "configs")
   files = sorted(glob.glob(os.path.join(configs_dir, "*.py")))
@@ -72,15 +59,6 @@ def overview() -> str:
   lines.append("usage: python -m rlhfv_jax.main --config configs/<file>.py[:variant] "
                "--workdir DIR [--config.a.b=value ...]")
   return "\n".join(lines)
-
-
-def _entry_points(config) -> tuple[Callable[[Any], None], Callable[[Any, str], Any]]:
-  """(validate, run) for the config: one training stage, or the demo's chain of them."""
-  if config.get("stage") == "demo":  # the embedded default: a whole chain of stages
-    from rlhfv_jax.demo import pipeline
-    return pipeline.validate, pipeline.run
-  from rlhfv_jax.train import config_validation, runner
-  return config_validation.validate_config, runner.run
 
 
 def _quiet_library_info(record: logging.LogRecord) -> bool:
@@ -100,8 +78,10 @@ def main(argv: list[str]) -> int:
   if config is None:
     print("no --config given.\n" + overview())
     return 1
-  validate, run = _entry_points(config)
   try:
+    validate, run = stages.get(config.get("stage")).load()
+    from rlhfv_jax.train import model_init  # after multihost set-up: imports jax
+    model_init.resolve_model_config(config)
     validate(config)
   except ValueError as e:
     print(f"{e}\n\n{overview()}", file=sys.stderr)

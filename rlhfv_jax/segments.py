@@ -27,6 +27,9 @@ from typing import Iterator, Sequence
 import numpy as np
 
 MODES = ("paper", "rlhfv")
+# Defaults of `correction_masks`, and so of the run config (`ddpo.DDPOConfig`).
+DEFAULT_MODE = "paper"
+DEFAULT_MIN_MATCH = 3
 
 
 def _gaps(rejected_ids: Sequence[int], chosen_ids: Sequence[int],
@@ -43,7 +46,8 @@ def _gaps(rejected_ids: Sequence[int], chosen_ids: Sequence[int],
 
 
 def correction_masks(rejected_ids: Sequence[int], chosen_ids: Sequence[int],
-                     mode: str = "paper", min_match: int = 3) -> tuple[np.ndarray, np.ndarray]:
+                     mode: str = DEFAULT_MODE,
+                     min_match: int = DEFAULT_MIN_MATCH) -> tuple[np.ndarray, np.ndarray]:
   """Marks the tokens of each answer that lie in a corrected segment.
 
   Args:

@@ -9,8 +9,6 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-TOKENIZER = (REPO_ROOT / ".." / "shared" / "data" / "llama2-tokenizer.model").resolve()
 
 _COLORS = ("red", "green", "blue", "yellow")
 _THINGS = ("cup", "dog", "car", "lamp")
@@ -41,12 +39,14 @@ def write(directory: pathlib.Path, kind: str, num_examples: int = 24) -> pathlib
   return directory
 
 
-def data_settings(root: pathlib.Path, kind: str = "preference") -> dict[str, str]:
+def data_settings(root: pathlib.Path, tokenizer: pathlib.Path,
+                  kind: str = "preference") -> dict[str, str]:
   """`config.data` paths pointing `configs/tiny_cpu.py` at fresh data under `root`."""
   source = write(root / f"source_{kind}", kind)
-  return dict(source_dir=str(source), data_dir=str(root / "tfds"), tokenizer=str(TOKENIZER))
+  return dict(source_dir=str(source), data_dir=str(root / "tfds"), tokenizer=str(tokenizer))
 
 
-def overrides(root: pathlib.Path, kind: str = "preference") -> list[str]:
+def overrides(root: pathlib.Path, tokenizer: pathlib.Path,
+              kind: str = "preference") -> list[str]:
   """The same as `--config.data.*` flags."""
-  return [f"--config.data.{k}={v}" for k, v in data_settings(root, kind).items()]
+  return [f"--config.data.{k}={v}" for k, v in data_settings(root, tokenizer, kind).items()]

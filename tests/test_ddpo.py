@@ -248,8 +248,8 @@ def test_ddpo_loss_matches_numpy(hparams):
   policy, ref, batch = toy_params(0), toy_params(1), random_batch(5)
   loss_fn = ddpo.make_ddpo_loss(toy_apply, hparams)
   loss, metrics = jax.jit(loss_fn)(policy, ref, batch)
-  expected = np_ddpo_reference(policy, ref, batch, hparams["gamma"], hparams["beta"],
-                               hparams["normalize"])
+  expected = np_ddpo_reference(policy, ref, batch, hparams.gamma, hparams.beta,
+                               hparams.normalize)
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   assert metrics["loss"] == loss
   assert 0.0 <= metrics["rewards/accuracy"] <= 1.0

@@ -7,7 +7,6 @@ which makes every run after the first one cheaper.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -20,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+import config_files
 import main_run_data
 from rlhfv_jax import model as model_lib
 from rlhfv_jax.train import checkpointing
@@ -66,15 +66,12 @@ def final_params(workdir: pathlib.Path, model_config) -> dict:
 
 def tiny_config(variant: str):
   """configs/tiny_cpu.py's config, read from the file itself."""
-  spec = importlib.util.spec_from_file_location("tiny_cpu", REPO / TINY)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return config_files.load(pathlib.Path(TINY).name, variant)
 
 
 @pytest.fixture(scope="module")
-def sft_data(tmp_path_factory) -> list[str]:
-  return main_run_data.overrides(tmp_path_factory.mktemp("data"), "sft")
+def sft_data(tmp_path_factory, llama_tokenizer_path) -> list[str]:
+  return main_run_data.overrides(tmp_path_factory.mktemp("data"), llama_tokenizer_path, "sft")
 
 
 @pytest.fixture(scope="module")
@@ -117,13 +114,14 @@ def test_sigkill_then_restart_ends_with_the_same_params(env, sft_data, uninterru
   assert after and all(after[s] == losses(uninterrupted_sft)[s] for s in after)
 
 
-def test_reference_cache_from_a_trained_run_then_eval(uninterrupted_sft, tmp_path):
+def test_reference_cache_from_a_trained_run_then_eval(uninterrupted_sft, tmp_path,
+                                                       llama_tokenizer_path):
   """precompute_ref from the SFT run's checkpoint, then eval of the same params with
   the cached reference: policy == reference, so the DDPO loss is exactly log 2 and
   every reward is 0, which only holds if cache and batches line up token for token and
   evaluation sees un-augmented images.
   (In-process: the stage functions `main` dispatches to.)"""
-  data = main_run_data.data_settings(tmp_path, "preference")
+  data = main_run_data.data_settings(tmp_path, llama_tokenizer_path, "preference")
   init = dict(params="checkpoint", checkpoint_dir=str(uninterrupted_sft))
   reference = tiny_config("precompute_ref")
   reference.data.update(data)
@@ -175,6 +173,6 @@ def test_invalid_config_is_refused_naming_the_fields(env):
 def test_without_a_config_it_lists_stages_and_configs(env):
   proc = run_main(env, sys.executable, "-m", "rlhfv_jax.main", check=False)
   assert proc.returncode == 1
-  for name in ("sft", "precompute_ref", "ddpo", "eval", "configs/llava15_7b_ddpo.py",
+  for name in ("sft", "precompute_ref", "ddpo", "eval", "configs/llava15_ddpo.py",
                "configs/tiny_cpu.py"):
     assert name in proc.stdout

@@ -9,7 +9,8 @@ The training code calls::
 The model facts the pipeline needs (``num_image_tokens``, ``image_token_id``,
 ``image_size``) come from ``config.model`` (through `rlhfv_jax.model.num_image_tokens`)
 unless passed as `ModelFacts`, so the data code does not depend on the model otherwise.
-The segment rule is ``config.ddpo.segment_mode`` (default "paper").
+The segment rule is ``config.ddpo.segment_mode`` / ``segment_min_match`` (defaults in
+`rlhfv_jax.segments`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
+from rlhfv_jax import segments
 from rlhfv_jax.data import tfds_builders
 from rlhfv_jax.data.images import AugmentationPolicy, ImagePreprocessor
 from rlhfv_jax.data.pipeline import Loader
@@ -55,7 +57,6 @@ def get_data_config() -> ml_collections.ConfigDict:
       augmentation="none",       # "photometric", "flip" (needs allow_flip), or the
       allow_flip=False,          #   "random_crop_ablation"; see `images`
       photometric_strength=0.1,
-      segment_min_match=3,       # `segments.correction_masks(min_match=...)`
       num_threads=4,
       use_ref_cache=False,       # merge precomputed reference log-probs into batches
       ref_cache_dir="",          # default: next to the dataset (`ref_cache.default_cache_dir`)
@@ -157,9 +158,10 @@ def ref_cache_dir(config: Any) -> pathlib.Path:
 
 
 def _segment_settings(config: Any) -> dict[str, Any]:
+  """The corrected-segment rule (`config.ddpo.segment_mode` / `segment_min_match`)."""
   ddpo = config.get("ddpo") or {}
-  return dict(segment_mode=ddpo.get("segment_mode", "paper"),
-              min_match=config.data.segment_min_match)
+  return dict(segment_mode=ddpo.get("segment_mode", segments.DEFAULT_MODE),
+              min_match=ddpo.get("segment_min_match", segments.DEFAULT_MIN_MATCH))
 
 
 def make_loader(config: Any, *, global_batch_size: int, run_dir: Optional[PathLike] = None,

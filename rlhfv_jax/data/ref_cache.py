@@ -50,8 +50,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from rlhfv_jax.batch import PreferenceBatch
+from rlhfv_jax.data.fixed_batches import fixed_size_batches
 from rlhfv_jax.data.images import ImagePreprocessor
-from rlhfv_jax.data.pipeline import (TokenizedExample, assemble_batch, choose_bucket,
+from rlhfv_jax.data.pipeline import (assemble_batch, choose_bucket,
                                      prompt_fits, tokenize_record)
 from rlhfv_jax.data.records import ErrorLog
 from rlhfv_jax.data.tokenizer import ChatTemplate
@@ -122,27 +123,25 @@ def compute_reference_cache(source: Sequence[Any], template: ChatTemplate,
   fingerprints: dict[str, list[int]] = {name: [] for name in ANSWERS}
   ids: list[str] = []
   indices = list(range(process_index, len(source), process_count))
-  for start in range(0, len(indices), batch_size):
-    examples = [tokenize_record(source[i], template, segment_mode=segment_mode,
-                                min_match=min_match, index=i)
-                for i in indices[start:start + batch_size]]
-    examples = [e for e in examples if prompt_fits(e, buckets[-1], errors)]
-    if not examples:
-      continue
-    padded: list[TokenizedExample] = examples + [examples[-1]] * (batch_size - len(examples))
-    length = choose_bucket(max(e.required_length for e in padded), buckets)
-    pixel_values = np.stack([preprocessor(e.image) for e in padded])
-    batch = assemble_batch(padded, pixel_values, length, eos_id=tok.eos_id, pad_id=tok.pad_id)
+  examples = (e for e in (tokenize_record(source[i], template, segment_mode=segment_mode,
+                                          min_match=min_match, index=i) for i in indices)
+              if prompt_fits(e, buckets[-1], errors))
+  for chunk in fixed_size_batches(examples, batch_size):
+    length = choose_bucket(max(e.required_length for e in chunk.items), buckets)
+    pixel_values = np.stack([preprocessor(e.image) for e in chunk.items])
+    batch = assemble_batch(chunk.items, pixel_values, length, eos_id=tok.eos_id,
+                           pad_id=tok.pad_id)
     outputs = [np.asarray(x, np.float32) for x in token_logps_fn(batch)]
     for name, logps in zip(ANSWERS, outputs):
       if logps.shape != (batch_size, length):
         raise ValueError(f"token_logps_fn returned {name} log-probs of shape {logps.shape}; "
                          f"expected {(batch_size, length)} (one per target position)")
       seq = getattr(batch, name)
-      stored[name].extend(logps[b][seq.loss_mask[b]] for b in range(len(examples)))
-      fingerprints[name].extend(sequence_fingerprint(seq.input_ids[b][seq.attention_mask[b]])
-                                for b in range(len(examples)))
-    ids.extend(e.id for e in examples)
+      stored[name].extend(chunk.real(lp[mask] for lp, mask in zip(logps, seq.loss_mask)))
+      fingerprints[name].extend(chunk.real(
+          sequence_fingerprint(ids_[mask]) for ids_, mask in zip(seq.input_ids,
+                                                                 seq.attention_mask)))
+    ids.extend(e.id for e in chunk.real(chunk.items))
     logging.info("reference cache: %d / %d examples", len(ids), len(indices))
   if not ids:
     raise ValueError(f"reference cache: no usable example in {source!r} for process "

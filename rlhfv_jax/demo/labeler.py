@@ -23,6 +23,7 @@ import dataclasses
 import re
 from typing import Optional
 
+from rlhfv_jax.data import records
 from rlhfv_jax.demo import corpora, oracle, world
 
 _PREPOSITION = re.compile(r"\b(at|on|in) the\s+$", re.IGNORECASE)
@@ -79,34 +80,28 @@ class Correction:
     return spans
 
 
-def feedback_row(correction: Correction, *, record_id: str, image_path: str, question: str,
-                 scene: world.Scene, explicit_spans: bool = False,
-                 origin: Optional[dict[str, str]] = None) -> dict:
-  """One line of a ``jsonl_preference`` dataset (`rlhfv_jax.data.readers.read_jsonl`).
+def feedback_record(correction: Correction, *, record_id: str, image: bytes, question: str,
+                    scene: world.Scene, explicit_spans: bool = False,
+                    origin: Optional[dict[str, str]] = None) -> records.PreferenceRecord:
+  """The preference record of a correction (written by `rlhfv_jax.data.writers`).
 
   Args:
     correction: the oracle's correction.
     record_id: unique id of the example.
-    image_path: the image file, relative to the dataset directory.
+    image: the encoded image.
     question: the instruction the response answered.
     scene: the ground truth (kept in the origin metadata for audits).
-    explicit_spans: also write the corrected character spans as ``segments``, which the
-      pipeline then uses instead of diffing the token lists (`rlhfv_jax.segments`).
+    explicit_spans: also keep the corrected character spans, which the pipeline then
+      uses instead of diffing the token lists (`rlhfv_jax.segments`).
     origin: extra provenance (e.g. which model sampled the response).
-
-  Returns:
-    The JSON-serialisable row: id, image, question, chosen, rejected, origin[, segments].
   """
-  row = {
-      "id": record_id, "image": image_path, "question": question,
-      "chosen": correction.chosen, "rejected": correction.rejected,
-      "origin": {"source": "demo_oracle_labeler", "scene": scene.to_json(),
-                 "corrections": ",".join(correction.reasons), **(origin or {})},
-  }
-  if explicit_spans:
-    row["segments"] = {"chosen": [list(s) for s in correction.chosen_spans()],
-                       "rejected": [list(s) for s in correction.rejected_spans()]}
-  return row
+  return records.PreferenceRecord(
+      id=record_id, image=image, question=question, chosen=correction.chosen,
+      rejected=correction.rejected, has_spans=explicit_spans,
+      chosen_spans=tuple(correction.chosen_spans()) if explicit_spans else (),
+      rejected_spans=tuple(correction.rejected_spans()) if explicit_spans else (),
+      origin={"source": "demo_oracle_labeler", "scene": scene.to_json(),
+              "corrections": ",".join(correction.reasons), **(origin or {})})
 
 
 def _cased(original: str, new: str) -> str:

@@ -6,7 +6,10 @@ from (seed ``demo.base_seed``):
 
   data        render the training scenes; write "web" captions, a share of them
               mismatched with their image, as a ``jsonl_sft`` dataset
-  sft_web     train the tiny LLaVA from scratch on the web captions   (runner "sft")
+  perception  pretrain the vision tower to read every grid cell (`perception`: the
+              miniature's CLIP), saved as the initial checkpoint of sft_web
+  sft_web     train projector + language model on the web captions, the pretrained
+              tower frozen as LLaVA-1.5 keeps CLIP frozen           (runner "sft")
 
 then, for every seed in ``demo.seeds`` (the seed drives the VQA questions, data
 order, sampling, and the DDPO data order):
@@ -35,6 +38,7 @@ Workdir layout::
                            different config is refused)
   tokenizer.model          the demo tokenizer (`rlhfv_jax.demo.tokenizer`)
   base/data/web/           train.jsonl + images/ (the web captions)
+  base/perception/         checkpoints/ (random LLaVA + pretrained tower), perception.json
   base/sft_web/            runner workdir: checkpoints/, metrics.jsonl, tensorboard/
   seed_<s>/data/{vqa,feedback}/     train.jsonl + images/
   seed_<s>/feedback_samples.jsonl   every sampled description with the oracle's verdict
@@ -53,7 +57,7 @@ import dataclasses
 import json
 import pathlib
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
@@ -61,11 +65,12 @@ import numpy as np
 from absl import logging
 
 from rlhfv_jax import model as model_lib
-from rlhfv_jax.data import factory
+from rlhfv_jax import sampler
+from rlhfv_jax.data import factory, records, writers
 from rlhfv_jax.data import tokenizer as tokenizer_lib
-from rlhfv_jax.demo import corpora, labeler, metrics, report, sampling, world
+from rlhfv_jax.demo import corpora, labeler, metrics, perception, report, world
 from rlhfv_jax.demo import tokenizer as demo_tokenizer
-from rlhfv_jax.train import config_validation, defaults, runner
+from rlhfv_jax.train import checkpointing, config_validation, defaults, model_init, runner
 
 SFT_STAGES = ("sft_web", "sft_vqa")
 ARMS = ("dpo", "ddpo_mean", "ddpo_sum", "ddpo_crop")
@@ -98,8 +103,11 @@ def default_config() -> ml_collections.ConfigDict:
       vocab_size=demo_tokenizer.DEFAULT_VOCAB_SIZE,
       # Stage hyper-parameters: the tiny model trains from scratch, so the rates are far
       # above the paper's 5e-7 (which fine-tunes a 7B model).
-      sft_web=dict(steps=1500, batch_size=32, learning_rate=3e-3, frozen=()),
-      sft_vqa=dict(steps=100, batch_size=32, learning_rate=1e-3, frozen=()),
+      # The miniature's CLIP (see `perception`): learns to read all cells in ~200 steps.
+      perception=dict(steps=300, batch_size=64, learning_rate=3e-3, num_val_scenes=256),
+      # The pretrained tower stays frozen in every stage, as CLIP does in LLaVA-1.5.
+      sft_web=dict(steps=1500, batch_size=32, learning_rate=3e-3, frozen=("vision_tower",)),
+      sft_vqa=dict(steps=100, batch_size=32, learning_rate=1e-3, frozen=("vision_tower",)),
       sampling=dict(temperature=0.7, top_p=0.95, max_new_tokens=80, batch_size=64),
       preference=dict(num_epochs=2.0, batch_size=16, learning_rate=3e-5,
                       frozen=("vision_tower",), explicit_spans=False),
@@ -225,7 +233,7 @@ def stage_config(config: Any, root: pathlib.Path, seed: int, name: str,
   out.model.eos_token_id = tokenizer.eos_id
   out.data.update(tokenizer=str(tokenizer_path), seed=seed)
   if name == "sft_web":
-    out.init.params = "random"
+    out.init.update(params="checkpoint", checkpoint_dir=str(paths.run("perception")))
     settings = demo.sft_web
   elif name == "sft_vqa":
     out.init.update(params="checkpoint",
@@ -307,27 +315,17 @@ class TokenIds:
 
 # ---------------------------------------------------------------------------- data
 
-def write_jsonl_dataset(directory: pathlib.Path, rows: Sequence[dict],
-                        images: dict[str, bytes]) -> None:
-  """Writes ``train.jsonl`` and ``images/<name>.png`` (the `read_jsonl` layout)."""
-  (directory / "images").mkdir(parents=True, exist_ok=True)
-  for name, png in images.items():
-    (directory / "images" / f"{name}.png").write_bytes(png)
-  with (directory / "train.jsonl").open("w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row, sort_keys=True) + "\n")
-
-
 def render_all(scenes: Sequence[world.Scene], image_size: int) -> dict[str, bytes]:
   """PNG bytes per scene id."""
   return {s.scene_id: world.encode_png(world.render(s, image_size)) for s in scenes}
 
 
-def _sft_rows(examples: Sequence[corpora.TextExample], prefix: str) -> list[dict]:
-  return [{"id": f"{prefix}-{i:06d}", "image": f"images/{e.scene_id}.png",
-           "question": e.prompt, "answer": e.response,
-           "origin": {"source": e.source, "scene_id": e.scene_id,
-                      "mismatches": ",".join(e.mismatches)}}
+def _sft_records(examples: Sequence[corpora.TextExample], prefix: str,
+                 images: dict[str, bytes]) -> list[records.SFTRecord]:
+  return [records.SFTRecord(id=f"{prefix}-{i:06d}", image=images[e.scene_id],
+                            question=e.prompt, answer=e.response,
+                            origin={"source": e.source, "scene_id": e.scene_id,
+                                    "mismatches": ",".join(e.mismatches)})
           for i, e in enumerate(examples)]
 
 
@@ -343,7 +341,7 @@ def write_web_data(config: Any, paths: SeedPaths, train_scenes: Sequence[world.S
                    images: dict[str, bytes]) -> dict[str, int]:
   """The web-caption dataset of the base model; returns corpus statistics."""
   captions = web_captions(config, train_scenes)
-  write_jsonl_dataset(paths.data("web"), _sft_rows(captions, "web"), images)
+  writers.write_jsonl(paths.data("web"), _sft_records(captions, "web", images))
   return {"web_captions": len(captions),
           "web_captions_mismatched": sum(bool(c.mismatches) for c in captions)}
 
@@ -359,40 +357,16 @@ def write_vqa_data(config: Any, paths: SeedPaths, train_scenes: Sequence[world.S
   vqa = corpora.vqa_pairs(train_scenes, seed, per_scene=demo.corpus.vqa_per_scene)
   share = demo.corpus.vqa_stage_caption_share
   replayed = round(share / (1.0 - share) * len(vqa))
-  web_rows = _sft_rows(web_captions(config, train_scenes), "web")
-  order = np.random.default_rng(seed).permutation(len(web_rows))[:replayed]
-  write_jsonl_dataset(paths.data("vqa"), _sft_rows(vqa, "vqa") + [web_rows[i] for i in order],
-                      images)
+  web = _sft_records(web_captions(config, train_scenes), "web", images)
+  order = np.random.default_rng(seed).permutation(len(web))[:replayed]
+  writers.write_jsonl(paths.data("vqa"),
+                      _sft_records(vqa, "vqa", images) + [web[i] for i in order])
   return {"vqa_pairs": len(vqa), "vqa_stage_replayed_captions": int(len(order))}
 
 
 # ---------------------------------------------------------------------------- models
 
-@dataclasses.dataclass
-class Describer:
-  """Generates descriptions with one seed's model config, template and preprocessor."""
-
-  model_config: ml_collections.ConfigDict
-  template: tokenizer_lib.ChatTemplate
-  preprocessor: Any
-
-  @classmethod
-  def from_stage_config(cls, stage: Any) -> "Describer":
-    facts = factory.ModelFacts.from_config(stage)
-    return cls(stage.model, factory.make_template(stage, facts),
-               factory.make_preprocessor(stage, facts, augment=False))
-
-  def __call__(self, params: Any, images: Sequence[bytes], prompts: Sequence[str], *,
-               max_new_tokens: int, batch_size: int, temperature: float = 0.0,
-               top_p: float = 1.0, rng: Optional[jax.Array] = None
-               ) -> tuple[list[str], list[bool]]:
-    return sampling.describe_images(
-        params, self.model_config, self.template, self.preprocessor, images, prompts,
-        max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature,
-        top_p=top_p, rng=rng)
-
-
-def collect_feedback(config: Any, paths: SeedPaths, params: Any, describer: Describer,
+def collect_feedback(config: Any, paths: SeedPaths, params: Any, sample: sampler.Sampler,
                      scenes: Sequence[world.Scene], seed: int) -> dict[str, Any]:
   """Samples a description per scene, has the oracle correct it, writes the dataset.
 
@@ -405,14 +379,13 @@ def collect_feedback(config: Any, paths: SeedPaths, params: Any, describer: Desc
   images = render_all(scenes, demo.world.image_size)
   prompts = corpora.description_prompts(len(scenes))
   s = demo.sampling
-  texts, finished = describer(params, [images[sc.scene_id] for sc in scenes], prompts,
-                              max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
-                              temperature=s.temperature, top_p=s.top_p,
-                              rng=jax.random.key(seed))
-  rows, samples, corrected_ids = [], [], []
+  generated = sample(params, [images[sc.scene_id] for sc in scenes], prompts,
+                     max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
+                     temperature=s.temperature, top_p=s.top_p, rng=jax.random.key(seed))
+  rows, samples = [], []
   reasons: collections.Counter = collections.Counter()
   unfinished = clean = emptied = 0
-  for scene, prompt, text, done in zip(scenes, prompts, texts, finished):
+  for scene, prompt, text, done in zip(scenes, prompts, generated.texts, generated.finished):
     correction = labeler.correct_description(text, scene) if done and text else None
     samples.append({"scene_id": scene.scene_id, "prompt": prompt, "response": text,
                     "finished": done,
@@ -428,10 +401,9 @@ def collect_feedback(config: Any, paths: SeedPaths, params: Any, describer: Desc
       emptied += 1
     else:
       reasons.update(correction.reasons)
-      corrected_ids.append(scene.scene_id)
-      rows.append(labeler.feedback_row(
+      rows.append(labeler.feedback_record(
           correction, record_id=f"fb-{seed}-{scene.scene_id}",
-          image_path=f"images/{scene.scene_id}.png", question=prompt, scene=scene,
+          image=images[scene.scene_id], question=prompt, scene=scene,
           explicit_spans=demo.preference.explicit_spans,
           origin={"policy": "sft_vqa", "temperature": str(s.temperature)}))
   if len(rows) < demo.preference.batch_size:
@@ -440,7 +412,7 @@ def collect_feedback(config: Any, paths: SeedPaths, params: Any, describer: Desc
         f"correction ({unfinished} unfinished, {clean} clean, {emptied} corrected to "
         f"nothing), fewer than one preference "
         f"batch ({demo.preference.batch_size}); raise demo.world.num_feedback_scenes")
-  write_jsonl_dataset(paths.data("feedback"), rows, {i: images[i] for i in corrected_ids})
+  writers.write_jsonl(paths.data("feedback"), rows)
   with paths.feedback_samples.open("w", encoding="utf-8") as f:
     for sample in samples:
       f.write(json.dumps(sample, sort_keys=True) + "\n")
@@ -448,14 +420,15 @@ def collect_feedback(config: Any, paths: SeedPaths, params: Any, describer: Desc
           "emptied": emptied, "corrected": len(rows), "edits": dict(sorted(reasons.items()))}
 
 
-def evaluate(config: Any, paths: SeedPaths, name: str, params: Any, describer: Describer,
+def evaluate(config: Any, paths: SeedPaths, name: str, params: Any, sample: sampler.Sampler,
              eval_scenes: Sequence[world.Scene], eval_images: dict[str, bytes]
              ) -> dict[str, float]:
   """Greedy descriptions of the held-out scenes -> CHAIR-style metrics (and a JSONL log)."""
   prompts = corpora.description_prompts(len(eval_scenes))
   e = config.demo.eval
-  texts, finished = describer(params, [eval_images[s.scene_id] for s in eval_scenes], prompts,
-                              max_new_tokens=e.max_new_tokens, batch_size=e.batch_size)
+  samples = sample(params, [eval_images[s.scene_id] for s in eval_scenes], prompts,
+                   max_new_tokens=e.max_new_tokens, batch_size=e.batch_size)
+  texts, finished = samples.texts, samples.finished
   scores = [metrics.score_response(t, s) for t, s in zip(texts, eval_scenes)]
   out = paths.eval(name)
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -532,25 +505,67 @@ class _Context:
     return stage
 
   def train_and_eval(self, seed: int, paths: SeedPaths, name: str, label: str,
-                     metrics_out: dict) -> tuple[Any, Describer]:
+                     metrics_out: dict) -> tuple[Any, sampler.Sampler]:
     """Runs a training stage (config.json + `runner.train_stage`) and evaluates it."""
     stage = self.stage_config(seed, name)
     params = runner.run(stage, str(paths.run(name)))
-    describer = Describer.from_stage_config(stage)
-    metrics_out[name] = evaluate(self.config, paths, name, params, describer,
+    sample = sampler.Sampler.from_config(stage)
+    metrics_out[name] = evaluate(self.config, paths, name, params, sample,
                                  self.eval_scenes, self.eval_images)
     logging.info("demo: %s, %s: %s", label, name, json.dumps(
         {k: round(v, 3) for k, v in metrics_out[name].items()}))
-    return params, describer
+    return params, sample
+
+
+def pretrain_perception(ctx: _Context, paths: SeedPaths) -> dict[str, Any]:
+  """The sft_web stage's initial checkpoint: a random LLaVA holding the pretrained tower.
+
+  Returns the tower's accuracy per attribute on validation scenes (disjoint from the
+  held-out evaluation scenes). A re-run finds the checkpoint and its summary and resumes.
+  """
+  run_dir = paths.run("perception")
+  summary_file = run_dir / "perception.json"
+  ckpt = checkpointing.Checkpointer(model_init.checkpoint_dir(run_dir), save_every_steps=1,
+                                    async_save=False)
+  try:
+    if ckpt.latest_step() is not None and summary_file.is_file():
+      return json.loads(summary_file.read_text())
+    demo, seed = ctx.config.demo, int(ctx.config.demo.base_seed)
+    p, w = demo.perception, demo.world
+    stage = ctx.stage_config(seed, "sft_web")
+    preprocessor = factory.make_preprocessor(stage, factory.ModelFacts.from_config(stage),
+                                             augment=False)
+    val_scenes = world.sample_scenes(30_000 + seed, p.num_val_scenes, "perception-val",
+                                     w.min_objects, w.max_objects, exclude=ctx.eval_scenes)
+    result = perception.pretrain_vision_tower(
+        stage.model, preprocessor, ctx.train_scenes, ctx.train_images, val_scenes,
+        render_all(val_scenes, w.image_size), steps=p.steps, batch_size=p.batch_size,
+        learning_rate=p.learning_rate, seed=seed)
+    worst = min(result.accuracy.values())
+    if worst < 0.95:
+      logging.warning("demo: the pretrained vision tower reads only %.3f of validation cells "
+                      "right (%s); raise demo.perception.steps", worst, result.accuracy)
+    params = dict(model_lib.init_params(stage.model, jax.random.PRNGKey(seed)),
+                  vision_tower=result.vision_tower)
+    ckpt.save(0, {"params": params})
+    summary = {"val_accuracy": result.accuracy, "final_loss": result.final_loss,
+               "val_scenes": len(val_scenes)}
+    summary_file.write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return summary
+  finally:
+    ckpt.close()
 
 
 def run_base(ctx: _Context) -> dict[str, Any]:
-  """The base model every seed starts from: web-caption pretraining from scratch."""
+  """The base model every seed starts from: perception pretraining, then web captions."""
   paths = base_paths(ctx.root)
   out: dict[str, Any] = {"metrics": {}}
   label = f"base (seed {ctx.config.demo.base_seed})"
   out["corpus"] = ctx.progress.stage(label, "data", lambda: write_web_data(
       ctx.config, paths, ctx.train_scenes, ctx.train_images))
+  out["perception"] = ctx.progress.stage(label, "perception",
+                                         lambda: pretrain_perception(ctx, paths))
+  logging.info("demo: %s, perception: %s", label, json.dumps(out["perception"]))
   ctx.progress.stage(label, "sft_web", lambda: ctx.train_and_eval(
       ctx.config.demo.base_seed, paths, "sft_web", label, out["metrics"]))
   return out
@@ -567,10 +582,10 @@ def run_seed(ctx: _Context, seed: int) -> dict[str, Any]:
   out: dict[str, Any] = {"metrics": {}}
   out["corpus"] = ctx.progress.stage(label, "data", lambda: write_vqa_data(
       config, paths, ctx.train_scenes, ctx.train_images, seed))
-  sft_params, describer = ctx.progress.stage(label, "sft_vqa", lambda: ctx.train_and_eval(
+  sft_params, sample = ctx.progress.stage(label, "sft_vqa", lambda: ctx.train_and_eval(
       seed, paths, "sft_vqa", label, out["metrics"]))
   out["feedback"] = ctx.progress.stage(label, "feedback", lambda: collect_feedback(
-      config, paths, sft_params, describer, feedback_scenes, seed))
+      config, paths, sft_params, sample, feedback_scenes, seed))
   logging.info("demo: %s feedback: %s", label, json.dumps(out["feedback"]))
   ctx.progress.stage(label, "reference", lambda: runner.run(
       ctx.stage_config(seed, "reference"), str(paths.run("reference"))))
@@ -596,7 +611,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   _enable_compilation_cache(root)
   demo, w = config.demo, config.demo.world
   seeds = [int(s) for s in demo.seeds]
-  progress = Progress(total_stages=2 + len(seeds) * (4 + len(ARMS)))
+  progress = Progress(total_stages=3 + len(seeds) * (4 + len(ARMS)))
   tokenizer_path = demo_tokenizer.make_tokenizer_file(
       root / "tokenizer.model", config.data.system_message, demo.vocab_size)
   eval_scenes = world.sample_scenes(w.eval_seed, w.num_eval_scenes, "eval", w.min_objects,
@@ -622,6 +637,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
                  for m in MODELS},
       "feedback": {str(s): per_seed[s]["feedback"] for s in seeds},
       "corpus": dict(base["corpus"], **{f"seed_{s}": per_seed[s]["corpus"] for s in seeds}),
+      "perception": base["perception"],
       "eval_scenes": len(eval_scenes),
       "timings": progress.timings,
       "total_seconds": round(time.monotonic() - progress.start, 1),

@@ -25,8 +25,6 @@ from rlhfv_jax.model import layers
 from rlhfv_jax.model import llama
 from rlhfv_jax.model import vision
 
-ApplyFn = Callable[..., jax.Array]
-
 
 def _check_placeholder_counts(is_image_token, num_tokens: int) -> None:
   """Eagerly validates per-row image placeholder counts when they are concrete."""
@@ -190,7 +188,7 @@ def param_shapes(cfg: ml_collections.ConfigDict):
                         jax.random.key(0))
 
 
-def make_apply_fn(cfg: ml_collections.ConfigDict) -> ApplyFn:
+def make_apply_fn(cfg: ml_collections.ConfigDict) -> Callable[..., jax.Array]:
   """`apply_fn(params, input_ids, attention_mask, pixel_values, sequences_per_image=1)`.
 
   Returns logits [N, T, V] float32 (see `Llava.__call__`); not jitted, the caller

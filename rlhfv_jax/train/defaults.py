@@ -6,10 +6,12 @@ Sections (see `rlhfv_jax.train.config_validation` for what is checked):
   seed         run seed (parameter init, the step RNG)
   init         where the starting params come from: params = "random" | "hf" |
                "checkpoint"; hf_checkpoint (local llava-hf dir); checkpoint_dir (workdir
-               of an earlier stage) and checkpoint_step (-1: its latest)
+               of an earlier stage) and checkpoint_step (-1: its latest);
+               model_from_checkpoint (architecture from the HF checkpoint)
   model        the model config (`rlhfv_jax.model.llava_config`)
   data         the data config (`rlhfv_jax.data.factory.get_data_config`)
-  ddpo         gamma, beta, normalize, loss_type, label_smoothing, segment_mode
+  ddpo         the fields of `rlhfv_jax.ddpo.DDPOConfig` (gamma, beta, normalize,
+               loss_type, label_smoothing, segment_mode, segment_min_match, ...)
   train        global_batch_size, grad_accum_steps, num_epochs / num_steps,
                parallelism ("pmap" | "fsdp"), mesh.{data, fsdp}, log_every,
                max_consecutive_nonfinite
@@ -38,12 +40,13 @@ def base_config(stage: str = "ddpo", model_size: str = "7b") -> ml_collections.C
   config.stage = stage
   config.seed = 0
   config.init = ml_collections.ConfigDict(dict(
-      params="random", hf_checkpoint="", checkpoint_dir="", checkpoint_step=-1))
+      params="random", hf_checkpoint="", checkpoint_dir="", checkpoint_step=-1,
+      # With params="hf": take the architecture from the checkpoint's config.json
+      # (`model_init.resolve_model_config`) instead of config.model.
+      model_from_checkpoint=False))
   config.model = model.llava_config(model_size)
   config.data = factory.get_data_config()
-  config.ddpo = ml_collections.ConfigDict(dict(
-      ddpo.PAPER_HPARAMS, loss_type="sigmoid", label_smoothing=0.0, segment_mode="paper",
-      check_empty_responses=True))
+  config.ddpo = ml_collections.ConfigDict(ddpo.DDPOConfig().to_dict())
   config.train = ml_collections.ConfigDict(dict(
       global_batch_size=32, grad_accum_steps=1, num_epochs=7.0, num_steps=0,
       parallelism="pmap", mesh=dict(data=-1, fsdp=1), log_every=10,
@@ -59,58 +62,19 @@ def base_config(stage: str = "ddpo", model_size: str = "7b") -> ml_collections.C
   return config
 
 
-def llava15_ddpo(model_size: str, variant: str = "") -> ml_collections.ConfigDict:
-  """The paper's DDPO recipe on LLaVA-1.5 (`model_size` "7b" or "13b").
+def llava15_base(stage: str, size: str = "") -> ml_collections.ConfigDict:
+  """What every LLaVA-1.5 recipe in configs/ shares: bf16 + remat, a llava-hf checkpoint
+  as init, FSDP over every device (f32 master params + Adam moments of 7B/13B do not fit
+  one 80 GB accelerator; the paper used DeepSpeed ZeRO on 8 A100s).
 
-  Variants:
-    ""                 DDPO with the paper's hyper-parameters (beta 0.5, gamma 5, mean).
-    "rlhfv_release"    the released RLHF-V scripts' weighting: gamma 1.1, beta 0.1,
-                       weighted sum (normalize=False), their diff rule (segment_mode
-                       "rlhfv").
-    "precompute_ref"   the reference pass that fills the cache DDPO reads.
-    "eval"             DDPO metrics (reward accuracy/margins) of a trained policy.
+  Args:
+    stage: the run's stage.
+    size: "7b" / "13b" pins the architecture; "" lets it follow the checkpoint
+      (`init.model_from_checkpoint`; config.model holds the 7B shapes until then).
   """
-  config = base_config("ddpo", model_size)
-  config.model.dtype = "bfloat16"
-  config.model.remat = True
-  config.init.params = "hf"  # init.hf_checkpoint, data.* paths: set on the command line
-  config.data.dataset = "rlhfv_parquet"
-  config.data.use_ref_cache = True  # reference log-probs from the precompute_ref stage
-  # The loader never emits an empty answer; dropping the in-graph host check keeps the
-  # step in JAX's persistent compilation cache (minutes of compile at 7B/13B).
-  config.ddpo.check_empty_responses = False
-  # FSDP over every device: f32 master params + Adam moments of 7B/13B do not fit one
-  # 80 GB accelerator (the paper used DeepSpeed ZeRO on 8 A100s).
+  config = base_config(stage, size or "7b")
+  config.model.update(dtype="bfloat16", remat=True)
+  config.init.update(params="hf", model_from_checkpoint=not size)
   config.train.parallelism = "fsdp"
   config.train.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1))
-  config.checkpoint.every_steps = 100
-  if variant == "rlhfv_release":
-    config.ddpo.update(ddpo.RLHFV_RELEASE_HPARAMS, segment_mode="rlhfv")
-  elif variant == "precompute_ref":
-    config.stage = "precompute_ref"
-    config.data.use_ref_cache = False
-  elif variant == "eval":
-    config.stage = "eval"
-    config.init.params = "checkpoint"  # init.checkpoint_dir: the DDPO run's workdir
-    config.eval.objective = "ddpo"
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r}; expected '', 'rlhfv_release', "
-                     "'precompute_ref' or 'eval'")
-  return config
-
-
-def llava15_vqav2_sft(model_size: str) -> ml_collections.ConfigDict:
-  """VQAv2 SFT of LLaVA-1.5 before DDPO (the paper's remedy for the vision-language
-  mismatch). Hyper-parameters are LLaVA-1.5's fine-tuning ones (the paper does not list
-  them): lr 2e-5, cosine, 3% warmup, batch 128, 1 epoch, no weight decay."""
-  config = base_config("sft", model_size)
-  config.model.dtype = "bfloat16"
-  config.model.remat = True
-  config.init.params = "hf"
-  config.data.dataset = "vqav2"
-  config.train.update(global_batch_size=128, num_epochs=1.0, parallelism="fsdp")
-  config.train.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1))
-  config.optim.update(learning_rate=2e-5, warmup_fraction=0.03)
-  config.eval.objective = "sft"
-  config.checkpoint.every_steps = 500
   return config

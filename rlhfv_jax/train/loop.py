@@ -86,7 +86,7 @@ def _shape_signature(batch: Any) -> tuple:
   return tuple(tuple(getattr(x, "shape", ())) for x in jax.tree.leaves(batch))
 
 
-def train(parallel: Parallel, state: Any, aux: Any, data_iterator: Iterator[Any], *,
+def train(parallel: Parallel, state: Any, frozen_inputs: Any, data_iterator: Iterator[Any], *,
           start_step: int, settings: LoopSettings,
           checkpointer: Optional[checkpointing.Checkpointer] = None,
           writer: Optional[metrics_lib.MetricsWriter] = None) -> Any:
@@ -95,7 +95,7 @@ def train(parallel: Parallel, state: Any, aux: Any, data_iterator: Iterator[Any]
   Args:
     parallel: the device layout and compiled step.
     state: device-placed state (from `init_or_restore`); donated step by step.
-    aux: device-placed untrained loss inputs (`parallel.put_aux`), or None.
+    frozen_inputs: device-placed untrained loss inputs (`parallel.put_frozen_inputs`), or None.
     data_iterator: yields this process's host batches [local_batch, ...]; its
       `get_state()` (if any) is saved with every checkpoint.
     start_step: the state's step.
@@ -157,7 +157,7 @@ def train(parallel: Parallel, state: Any, aux: Any, data_iterator: Iterator[Any]
       logging.info("step %d: compiling the train step for a new batch shape bucket (%d so far)",
                    step, len(shapes_seen))
     examples, tokens = metrics_lib.batch_size_and_tokens(host_batch)
-    state, device_metrics = parallel.step(state, parallel.put_batch(host_batch), aux)
+    state, device_metrics = parallel.step(state, parallel.put_batch(host_batch), frozen_inputs)
     if pending is not None:
       check_and_log(*pending)
     # Every process holds an equal share of the global batch; tokens are extrapolated.

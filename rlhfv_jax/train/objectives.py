@@ -1,4 +1,4 @@
-"""The stage losses in the train step's `LossFn` form: `(params, aux, batch, rng)`.
+"""The stage losses in the train step's `LossFn` form: `(params, frozen_inputs, batch, rng)`.
 
 The DDPO and SFT losses themselves live in `rlhfv_jax.ddpo`; this module only adapts
 their signatures. Neither uses `rng` (LLaVA trains without dropout); it is part of the
@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any, Optional
 
 from rlhfv_jax import ddpo
+from rlhfv_jax import logps
 from rlhfv_jax.train.step import LossFn
 
 
@@ -19,35 +20,35 @@ class Objective:
   """A loss for the train step.
 
   Attributes:
-    loss_fn: `(params, aux, batch, rng) -> (loss, metrics)`.
+    loss_fn: `(params, frozen_inputs, batch, rng) -> (loss, metrics)`.
     loss_weight_key: metric that weights micro-batches/devices in the average (see
       `rlhfv_jax.train.step`), or None for equal weights.
-    needs_aux: whether `aux` must be given (the DDPO reference params when the batches
-      carry no cached reference log-probs).
+    needs_frozen_inputs: whether `frozen_inputs` must be given (the DDPO reference params
+      when the batches carry no cached reference log-probs).
   """
 
   loss_fn: LossFn
   loss_weight_key: Optional[str] = None
-  needs_aux: bool = False
+  needs_frozen_inputs: bool = False
 
 
-def ddpo_objective(apply_fn: ddpo.ApplyFn, ddpo_config: Any, *, cached_reference: bool) -> Objective:
-  """DDPO: `aux` is the frozen reference params (None with a reference-logp cache)."""
+def ddpo_objective(apply_fn: logps.ApplyFn, ddpo_config: Any, *, cached_reference: bool) -> Objective:
+  """DDPO: `frozen_inputs` is the reference params (None with a reference-logp cache)."""
   ddpo_loss = ddpo.make_ddpo_loss(apply_fn, ddpo_config)
 
   def loss_fn(params, ref_params, batch, rng):
     del rng
     return ddpo_loss(params, ref_params, batch)
 
-  return Objective(loss_fn=loss_fn, needs_aux=not cached_reference)
+  return Objective(loss_fn=loss_fn, needs_frozen_inputs=not cached_reference)
 
 
-def sft_objective(apply_fn: ddpo.ApplyFn) -> Objective:
+def sft_objective(apply_fn: logps.ApplyFn) -> Objective:
   """Supervised answer-token NLL, averaged over all answer tokens of the global batch."""
   sft_loss = ddpo.make_sft_loss(apply_fn)
 
-  def loss_fn(params, aux, batch, rng):
-    del aux, rng
+  def loss_fn(params, frozen_inputs, batch, rng):
+    del frozen_inputs, rng
     return sft_loss(params, batch)
 
   return Objective(loss_fn=loss_fn, loss_weight_key="num_tokens")

@@ -19,28 +19,24 @@ import os
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from rlhfv_jax import ddpo
+from rlhfv_jax import logps
 from rlhfv_jax import model as model_lib
 from rlhfv_jax.batch import PreferenceBatch, SFTBatch
 from rlhfv_jax.train import checkpointing
 from rlhfv_jax.train import loop
 from rlhfv_jax.train import metrics as metrics_lib
+from rlhfv_jax.train import model_init
 from rlhfv_jax.train import objectives
 from rlhfv_jax.train import optimizer as optimizer_lib
+from rlhfv_jax.train import stages
 from rlhfv_jax.train import step as step_lib
 from rlhfv_jax.train.train_state import TrainState
 
-CHECKPOINT_DIR = "checkpoints"
 EVAL_RESULTS = "eval_results.json"
-
-
-def checkpoint_dir(workdir: str | os.PathLike) -> str:
-  return os.path.join(os.fspath(workdir), CHECKPOINT_DIR)
 
 
 def write_config(config: Any, workdir: str | os.PathLike) -> None:
@@ -50,59 +46,6 @@ def write_config(config: Any, workdir: str | os.PathLike) -> None:
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(os.fspath(workdir), "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-# ------------------------------------------------------------------------ parameters
-
-def _check_param_shapes(params: Any, expected: Any, source: str) -> None:
-  shapes = lambda tree: {optimizer_lib.path_str(path): tuple(x.shape)
-                         for path, x in jax.tree_util.tree_leaves_with_path(tree)}
-  got, want = shapes(params), shapes(expected)
-  diffs = [f"{name}: {got.get(name)} vs config {shape}" for name, shape in want.items()
-           if got.get(name) != shape]
-  diffs += [f"{name}: not in config.model" for name in sorted(got.keys() - want.keys())]
-  if diffs:
-    raise ValueError(f"{source} does not match config.model; first differences: {diffs[:5]}")
-
-
-def load_initial_params(config: Any, target_shardings: Any = None) -> Any:
-  """The starting params named by `config.init` (random, a llava-hf dir, or a checkpoint).
-
-  Args:
-    config: the run config.
-    target_shardings: shardings for a checkpoint restore (default: replicated).
-  """
-  init, cfg = config.init, config.model
-  expected = model_lib.param_shapes(cfg)
-  if init.params == "random":
-    return model_lib.init_params(cfg, jax.random.PRNGKey(config.seed))
-  if init.params == "hf":
-    from rlhfv_jax.model import hf_io  # local: safetensors + transformers config
-    _, params = hf_io.load_hf_llava(init.hf_checkpoint, param_dtype=cfg.param_dtype)
-    _check_param_shapes(params, expected, f"HF checkpoint {init.hf_checkpoint}")
-    return params
-  directory = checkpoint_dir(init.checkpoint_dir)
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"init.checkpoint_dir={init.checkpoint_dir!r}: no {directory} "
-                            "(the workdir of a finished sft/ddpo run)")
-  ckpt = checkpointing.Checkpointer(directory, save_every_steps=1)
-  step = ckpt.latest_step() if init.checkpoint_step < 0 else init.checkpoint_step
-  if step is None or step not in ckpt.all_steps():
-    raise FileNotFoundError(
-        f"init.checkpoint_dir={init.checkpoint_dir!r}: no checkpoint "
-        f"{'at all' if step is None else f'at step {step}'} under {ckpt.directory}")
-  if target_shardings is None:
-    replicated = NamedSharding(Mesh(np.array(jax.devices()), ("devices",)), P())
-    target_shardings = jax.tree.map(lambda _: replicated, expected)
-  logging.info("initial params: %s step %d", ckpt.directory, step)
-  return ckpt.restore_params(step, checkpointing.abstract_with_shardings(expected,
-                                                                        target_shardings))
-
-
-def describe_init(config: Any) -> str:
-  init = config.init
-  return {"random": f"random (seed {config.seed})", "hf": f"hf:{init.hf_checkpoint}",
-          "checkpoint": f"checkpoint:{init.checkpoint_dir}@{init.checkpoint_step}"}[init.params]
 
 
 # ------------------------------------------------------------------------ devices
@@ -156,7 +99,7 @@ class _CheckedIterator:
     self._iterator.set_state(state)
 
 
-def stage_objective(config: Any, apply_fn: ddpo.ApplyFn, kind: str) -> objectives.Objective:
+def stage_objective(config: Any, apply_fn: logps.ApplyFn, kind: str) -> objectives.Objective:
   if kind == "sft":
     return objectives.sft_objective(apply_fn)
   return objectives.ddpo_objective(apply_fn, config.ddpo,
@@ -198,9 +141,10 @@ def train_stage(config: Any, workdir: str) -> Any:
   make_state = lambda params: TrainState.create(params, optimizer,
                                                 jax.random.PRNGKey(config.seed))
   initial_params = functools.cache(
-      lambda: load_initial_params(config, parallel.checkpoint_shardings(abstract_params)))
+      lambda: model_init.load_initial_params(config,
+                                             parallel.checkpoint_shardings(abstract_params)))
 
-  ckpt = checkpointing.Checkpointer(checkpoint_dir(workdir),
+  ckpt = checkpointing.Checkpointer(model_init.checkpoint_dir(workdir),
                                     save_every_steps=config.checkpoint.every_steps,
                                     max_to_keep=config.checkpoint.max_to_keep,
                                     async_save=config.checkpoint.async_save)
@@ -209,10 +153,11 @@ def train_stage(config: Any, workdir: str) -> Any:
   state, start = loop.init_or_restore(parallel, fresh_state,
                                       jax.eval_shape(make_state, abstract_params), ckpt, batches)
   # The DDPO reference is the starting policy, frozen (unless its log-probs are cached).
-  aux = parallel.put_aux(initial_params()) if objective.needs_aux else None
+  frozen_inputs = (parallel.put_frozen_inputs(initial_params())
+                   if objective.needs_frozen_inputs else None)
   writer = metrics_lib.MetricsWriter(workdir)
   try:
-    state = loop.train(parallel, state, aux, batches, start_step=start, checkpointer=ckpt,
+    state = loop.train(parallel, state, frozen_inputs, batches, start_step=start, checkpointer=ckpt,
                        writer=writer, settings=loop.LoopSettings(
                            num_steps=num_steps, log_every=config.train.log_every,
                            max_consecutive_nonfinite=config.train.max_consecutive_nonfinite))
@@ -222,7 +167,7 @@ def train_stage(config: Any, workdir: str) -> Any:
   return parallel.host_params(state)
 
 
-def make_reference_token_logps_fn(apply_fn: ddpo.ApplyFn, params: Any
+def make_reference_token_logps_fn(apply_fn: logps.ApplyFn, params: Any
                                   ) -> Callable[[PreferenceBatch], tuple[Any, Any]]:
   """`batch -> (chosen, rejected)` per-token reference log-probs [B, T], data-parallel over
   this process's devices (each process runs its own shard of the reference pass)."""
@@ -230,14 +175,7 @@ def make_reference_token_logps_fn(apply_fn: ddpo.ApplyFn, params: Any
   replicated, by_example = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   params = jax.device_put(params, replicated)
 
-  @jax.jit
-  def both(params, batch):
-    tokens = jax.tree.map(lambda a, b: jnp.concatenate([a, b]),
-                          batch.chosen.replace(ref_token_logps=None),
-                          batch.rejected.replace(ref_token_logps=None))
-    logits = apply_fn(params, tokens.input_ids, tokens.attention_mask, batch.pixel_values,
-                      sequences_per_image=2)
-    return jnp.split(ddpo.token_logps(logits, tokens.targets), 2)
+  both = jax.jit(functools.partial(logps.answer_token_logps, apply_fn))
 
   def token_logps_fn(batch: PreferenceBatch):
     if len(batch.pixel_values) % mesh.size:
@@ -256,11 +194,11 @@ def precompute_ref_stage(config: Any, workdir: str) -> str:
     The cache shard this process wrote.
   """
   from rlhfv_jax.data import factory
-  params = load_initial_params(config)
+  params = model_init.load_initial_params(config)
   fn = make_reference_token_logps_fn(model_lib.make_apply_fn(config.model), params)
   path = factory.precompute_reference(config, fn, batch_size=config.precompute.batch_size,
                                       run_dir=workdir,
-                                      metadata={"reference": describe_init(config)})
+                                      metadata={"reference": model_init.describe_init(config)})
   logging.info("reference cache shard written: %s", path)
   return str(path)
 
@@ -279,9 +217,9 @@ def eval_stage(config: Any, workdir: str) -> dict[str, float]:
                               config.eval.objective)
   mesh = step_lib.make_mesh(-1, 1)
   replicated = NamedSharding(mesh, P())
-  params = load_initial_params(config)
+  params = model_init.load_initial_params(config)
   params = jax.device_put(params, replicated)
-  aux = params if objective.needs_aux else None
+  frozen_inputs = params if objective.needs_frozen_inputs else None
   eval_step = jax.jit(step_lib.make_eval_step(objective.loss_fn,
                                               loss_weight_key=objective.loss_weight_key),
                       out_shardings=replicated)
@@ -290,7 +228,7 @@ def eval_stage(config: Any, workdir: str) -> dict[str, float]:
   for host_batch in _CheckedIterator(iter(loader), config.eval.objective):
     batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, x),
                          host_batch)
-    weight, weighted = eval_step(params, aux, batch)
+    weight, weighted = eval_step(params, frozen_inputs, batch)
     total_weight += float(weight)
     for k, v in weighted.items():
       sums[k] = sums.get(k, 0.0) + float(v)
@@ -307,23 +245,18 @@ def eval_stage(config: Any, workdir: str) -> dict[str, float]:
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, EVAL_RESULTS), "w") as f:
-      json.dump(dict(results, split=config.eval.split, init=describe_init(config)), f, indent=2)
+      json.dump(dict(results, split=config.eval.split, init=model_init.describe_init(config)),
+                f, indent=2)
     writer = metrics_lib.MetricsWriter(workdir)
     writer.write(0, results, prefix="eval/")
     writer.close()
   return results
 
 
-STAGES: dict[str, Callable[[Any, str], Any]] = {
-    "sft": train_stage,
-    "ddpo": train_stage,
-    "precompute_ref": precompute_ref_stage,
-    "eval": eval_stage,
-}
-
-
 def run(config: Any, workdir: str) -> Any:
   """Runs `config.stage` in `workdir` (the config is validated by the caller)."""
+  model_init.resolve_model_config(config)
   write_config(config, workdir)
-  return STAGES[config.stage](config, workdir)
+  _, run_stage = stages.get(config.stage).load()
+  return run_stage(config, workdir)
 

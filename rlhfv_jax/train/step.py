@@ -40,8 +40,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rlhfv_jax.train.train_state import TrainState
 
-# loss_fn(params, aux, batch, rng) -> (scalar loss, metrics dict of scalars). `aux` holds
-# arrays the loss reads but does not train (the DDPO reference params), or None.
+# loss_fn(params, frozen_inputs, batch, rng) -> (scalar loss, metrics dict of scalars).
+# `frozen_inputs` holds arrays the loss reads but does not train (the DDPO reference
+# params), or None.
 LossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 StepFn = Callable[[TrainState, Any, Any], tuple[TrainState, dict[str, jax.Array]]]
 
@@ -52,7 +53,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     lr_schedule: optax.Schedule, *, trainable: Optional[Any] = None,
                     axis_name: Optional[str] = None,
                     loss_weight_key: Optional[str] = None) -> StepFn:
-  """Builds `train_step(state, batch, aux) -> (new_state, metrics)`.
+  """Builds `train_step(state, batch, frozen_inputs) -> (new_state, metrics)`.
 
   Args:
     loss_fn: see `LossFn`.
@@ -78,9 +79,9 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
       return params
     return jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
 
-  def weighted_grads(params, aux, micro_batch, rng):
+  def weighted_grads(params, frozen_inputs, micro_batch, rng):
     def objective(p):
-      return loss_fn(frozen_to_constants(p), aux, micro_batch, rng)
+      return loss_fn(frozen_to_constants(p), frozen_inputs, micro_batch, rng)
 
     (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(params)
     metrics = dict(metrics, loss=loss)
@@ -88,7 +89,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     scale = lambda x: weight * jnp.asarray(x, jnp.float32)
     return weight, jax.tree.map(scale, grads), jax.tree.map(scale, metrics)
 
-  def train_step(state: TrainState, batch: Any, aux: Any):
+  def train_step(state: TrainState, batch: Any, frozen_inputs: Any):
     rng = jax.random.fold_in(state.rng, state.step)
     if axis_name is not None:
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
@@ -96,16 +97,17 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
 
     if num_micro == 1:
       total_weight, grad_sum, metric_sum = weighted_grads(
-          state.params, aux, jax.tree.map(lambda x: x[0], batch), rng)
+          state.params, frozen_inputs, jax.tree.map(lambda x: x[0], batch), rng)
     else:
       def accumulate(carry, xs):
         index, micro_batch = xs
-        out = weighted_grads(state.params, aux, micro_batch, jax.random.fold_in(rng, index))
+        out = weighted_grads(state.params, frozen_inputs, micro_batch,
+                             jax.random.fold_in(rng, index))
         return jax.tree.map(jnp.add, carry, out), None
 
       zeros = jax.tree.map(
           lambda s: jnp.zeros(s.shape, jnp.float32),
-          jax.eval_shape(weighted_grads, state.params, aux,
+          jax.eval_shape(weighted_grads, state.params, frozen_inputs,
                          jax.tree.map(lambda x: x[0], batch), rng))
       (total_weight, grad_sum, metric_sum), _ = jax.lax.scan(
           accumulate, zeros, (jnp.arange(num_micro), batch))
@@ -149,14 +151,14 @@ def _loss_weight(metrics: dict[str, jax.Array], loss_weight_key: Optional[str]) 
 
 
 def make_eval_step(loss_fn: LossFn, *, loss_weight_key: Optional[str] = None):
-  """Builds `eval_step(params, aux, batch) -> (weight, weighted metric sums)`.
+  """Builds `eval_step(params, frozen_inputs, batch) -> (weight, weighted metric sums)`.
 
   Sum both over batches and divide to get dataset means weighted exactly as the train
   step weights devices and micro-batches (see the module docstring). Jit it with the
   batch sharded over devices; the sums are then global.
   """
-  def eval_step(params, aux, batch):
-    loss, metrics = loss_fn(params, aux, batch, jax.random.PRNGKey(0))
+  def eval_step(params, frozen_inputs, batch):
+    loss, metrics = loss_fn(params, frozen_inputs, batch, jax.random.PRNGKey(0))
     metrics = dict(metrics, loss=loss)
     weight = _loss_weight(metrics, loss_weight_key)
     return weight, {k: weight * jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
@@ -213,7 +215,7 @@ class Parallel(abc.ABC):
     return self.put_state(make_state(params))
 
   @abc.abstractmethod
-  def put_aux(self, aux: Any) -> Any:
+  def put_frozen_inputs(self, frozen_inputs: Any) -> Any:
     """Places the loss's untrained inputs (e.g. reference params) for `step`."""
 
   @abc.abstractmethod
@@ -221,7 +223,7 @@ class Parallel(abc.ABC):
     """Places this process's share [local_batch, ...] of the global batch."""
 
   @abc.abstractmethod
-  def step(self, state: Any, batch: Any, aux: Any) -> tuple[Any, dict[str, jax.Array]]:
+  def step(self, state: Any, batch: Any, frozen_inputs: Any) -> tuple[Any, dict[str, jax.Array]]:
     """Runs one update; the input state's buffers are donated."""
 
   @abc.abstractmethod
@@ -272,8 +274,8 @@ class PmapParallel(Parallel):
   def put_state(self, state: Any) -> Any:
     return self._replicate(state)
 
-  def put_aux(self, aux: Any) -> Any:
-    return self._replicate(aux)
+  def put_frozen_inputs(self, frozen_inputs: Any) -> Any:
+    return self._replicate(frozen_inputs)
 
   def put_batch(self, host_batch: Any) -> Any:
     n, k = len(self.devices), self.grad_accum_steps
@@ -286,8 +288,8 @@ class PmapParallel(Parallel):
       return jax.device_put(x.reshape((n, k, x.shape[0] // (n * k)) + x.shape[1:]), self._local)
     return jax.tree.map(split, host_batch)
 
-  def step(self, state, batch, aux):
-    return self._step(state, batch, aux)
+  def step(self, state, batch, frozen_inputs):
+    return self._step(state, batch, frozen_inputs)
 
   def checkpointable(self, state: Any) -> Any:
     return jax.tree.map(
@@ -391,8 +393,8 @@ class MeshParallel(Parallel):
     shardings = self._compile_for(jax.eval_shape(make_state, params))
     return jax.jit(make_state, out_shardings=shardings)(params)
 
-  def put_aux(self, aux: Any) -> Any:
-    return self._put(aux)
+  def put_frozen_inputs(self, frozen_inputs: Any) -> Any:
+    return self._put(frozen_inputs)
 
   def put_batch(self, host_batch: Any) -> Any:
     k = self.grad_accum_steps
@@ -409,11 +411,11 @@ class MeshParallel(Parallel):
       return jax.make_array_from_process_local_data(sharding, x, global_shape)
     return jax.tree.map(put, host_batch)
 
-  def step(self, state, batch, aux):
+  def step(self, state, batch, frozen_inputs):
     if self._step is None:
       raise RuntimeError("MeshParallel.step before put_state")
     with jax.set_mesh(self.mesh):
-      return self._step(state, batch, aux)
+      return self._step(state, batch, frozen_inputs)
 
   def checkpointable(self, state: Any) -> Any:
     return state

@@ -46,7 +46,7 @@ def check_quick_demo(workdir: pathlib.Path, log: str) -> None:
   """Checks a finished quick demo's workdir and console log."""
 
   # Progress: one line per finished stage.
-  for stage in ("data", "sft_web"):
+  for stage in ("data", "perception", "sft_web"):
     assert f"base (seed 0), stage {stage} done in" in log, stage
   for stage in ("data", "sft_vqa", "feedback", "reference") + pipeline.ARMS:
     assert f"seed 0, stage {stage} done in" in log, stage

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
-from rlhfv_jax.data import records
+from rlhfv_jax.data import readers, records, writers
 from rlhfv_jax.demo import corpora, labeler, metrics, world
 
 SCENE = world.Scene("l", (
@@ -127,15 +126,16 @@ def test_spans_mark_exactly_the_edits():
 
 
 @pytest.mark.parametrize("explicit_spans", [False, True])
-def test_feedback_row_is_a_valid_preference_record(explicit_spans):
+def test_feedback_record_round_trips_through_the_jsonl_writer(explicit_spans, tmp_path):
   rejected = f"{COUNT} A small green square is in the center. A white diamond is on the right."
   correction = labeler.correct_description(rejected, SCENE)
-  row = labeler.feedback_row(correction, record_id="l-0", image_path="images/l.png",
-                             question="Describe the image in detail.", scene=SCENE,
-                             explicit_spans=explicit_spans, origin={"policy": "sft"})
-  json.dumps(row)  # JSONL-serialisable
-  record = records.make_preference_record(
-      dict(row, image=world.encode_png(world.render(SCENE, 32))), location="test")
+  written = labeler.feedback_record(
+      correction, record_id="l-0", image=world.encode_png(world.render(SCENE, 32)),
+      question="Describe the image in detail.", scene=SCENE, explicit_spans=explicit_spans,
+      origin={"policy": "sft"})
+  writers.write_jsonl(tmp_path, [written])
+  (record,) = readers.read_jsonl(tmp_path, "train", "preference", records.ErrorLog("raise"))
+  assert record == written
   assert record.id == "l-0" and record.chosen == correction.chosen
   assert record.rejected == rejected and record.has_spans == explicit_spans
   assert world.Scene.from_json(record.origin["scene"]) == SCENE

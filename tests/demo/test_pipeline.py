@@ -7,6 +7,7 @@ import pathlib
 
 import pytest
 
+from rlhfv_jax import sampler
 from rlhfv_jax.data import readers, records
 from rlhfv_jax.demo import corpora, labeler, pipeline, world
 from rlhfv_jax.train import config_validation
@@ -28,10 +29,13 @@ def test_stage_chain_and_arms():
   config = _config()
   web, vqa, ref = (_stage(config, n) for n in ("sft_web", "sft_vqa", "reference"))
   # The base model: shared by every seed, seeded by demo.base_seed.
-  assert (web.stage, web.init.params, web.data.dataset) == ("sft", "random", "jsonl_sft")
+  assert (web.stage, web.init.params, web.data.dataset) == ("sft", "checkpoint", "jsonl_sft")
+  # ... from the perception stage's checkpoint, the pretrained tower frozen (as CLIP in LLaVA).
+  assert web.init.checkpoint_dir == "/w/base/perception"
   assert web.data.source_dir == "/w/base/data/web"
   assert web.seed == config.demo.base_seed == web.data.seed
-  assert web.train.num_steps == config.demo.sft_web.steps and web.optim.frozen == ()
+  assert web.train.num_steps == config.demo.sft_web.steps
+  assert web.optim.frozen == vqa.optim.frozen == ("vision_tower",)
   assert (vqa.init.params, vqa.init.checkpoint_dir) == ("checkpoint", "/w/base/sft_web")
   assert vqa.data.source_dir == "/w/seed_3/data/vqa" and vqa.seed == 3
   # Both SFT sources are `jsonl_sft` datasets: each needs its own built data dir, or the
@@ -129,15 +133,15 @@ def test_sft_data_is_readable_by_the_project_reader(tmp_path):
   assert all(web_by_id[r.id] == r for r in replayed)
 
 
-class CannedDescriber:
-  """Stands in for the model: returns fixed texts and records the call."""
+class CannedSampler:
+  """Stands in for `sampler.Sampler`: returns fixed texts and records the call."""
 
   def __init__(self, texts, finished):
     self.texts, self.finished, self.calls = texts, finished, []
 
   def __call__(self, params, images, prompts, **kwargs):
     self.calls.append(dict(kwargs, n=len(images), prompts=list(prompts)))
-    return self.texts, self.finished
+    return sampler.Samples(self.texts, self.finished)
 
 
 def test_collect_feedback_writes_only_corrected_finished_samples(tmp_path):
@@ -150,12 +154,12 @@ def test_collect_feedback_writes_only_corrected_finished_samples(tmp_path):
   invented = "At the bottom right, there is a large white diamond."
   assert labeler.correct_description(invented, scenes[4]).chosen == ""
   texts = [faithful, wrong, wrong, "", invented]
-  describer = CannedDescriber(texts, [True, True, False, True, True])
+  sample = CannedSampler(texts, [True, True, False, True, True])
   paths = pipeline.SeedPaths(tmp_path)
-  stats = pipeline.collect_feedback(config, paths, None, describer, scenes, seed=3)
+  stats = pipeline.collect_feedback(config, paths, None, sample, scenes, seed=3)
   assert stats == {"samples": 5, "unfinished": 2, "clean": 1, "emptied": 1, "corrected": 1,
                    "edits": {"count": 1}}
-  assert describer.calls[0]["temperature"] == config.demo.sampling.temperature
+  assert sample.calls[0]["temperature"] == config.demo.sampling.temperature
   (record,) = readers.read_jsonl(paths.data("feedback"), "train", "preference",
                                  records.ErrorLog("raise"))
   assert record.rejected == wrong and record.id == f"fb-3-{scenes[1].scene_id}"
@@ -163,16 +167,18 @@ def test_collect_feedback_writes_only_corrected_finished_samples(tmp_path):
   assert world.Scene.from_json(record.origin["scene"]) == scenes[1]
   samples = [json.loads(l) for l in paths.feedback_samples.read_text().splitlines()]
   assert [s["finished"] for s in samples] == [True, True, False, True, True]
-  assert sorted(p.name for p in (paths.data("feedback") / "images").iterdir()) == [
-      f"{scenes[1].scene_id}.png"]
+  # Only the corrected scene's image is stored.
+  (image_file,) = (paths.data("feedback") / "images").iterdir()
+  assert image_file.read_bytes() == pipeline.render_all(
+      scenes[1:2], config.demo.world.image_size)[scenes[1].scene_id]
 
 
 def test_too_little_feedback_is_an_error(tmp_path):
   config = _config()
   scenes = world.sample_scenes(0, 2, "f")
-  describer = CannedDescriber(["There are nine objects."] * 2, [True, True])
+  sample = CannedSampler(["There are nine objects."] * 2, [True, True])
   with pytest.raises(RuntimeError, match="fewer than one preference batch"):
-    pipeline.collect_feedback(config, pipeline.SeedPaths(tmp_path), None, describer, scenes, 3)
+    pipeline.collect_feedback(config, pipeline.SeedPaths(tmp_path), None, sample, scenes, 3)
 
 
 def test_evaluate_scores_and_logs_every_description(tmp_path):
@@ -181,7 +187,7 @@ def test_evaluate_scores_and_logs_every_description(tmp_path):
   texts = [corpora.describe(scenes[0].objects, __import__("numpy").random.default_rng(0)),
            "A blue star."]
   paths = pipeline.SeedPaths(tmp_path)
-  result = pipeline.evaluate(config, paths, "m", None, CannedDescriber(texts, [True, False]),
+  result = pipeline.evaluate(config, paths, "m", None, CannedSampler(texts, [True, False]),
                              scenes, {s.scene_id: b"" for s in scenes})
   assert result["chair_s"] == 0.0 and result["unfinished"] == 0.5
   assert result["recall"] == pytest.approx(len(scenes[0].objects) /

@@ -40,10 +40,10 @@ def calls(tmp_path: pathlib.Path) -> list[list[str]]:
   return [line.rstrip("\0").split("\0") for line in lines]
 
 
-TPU_ARGS = ["--tpu=v5p-64", "--zone=us-east5-a", "--config=configs/llava15_7b_ddpo.py",
+TPU_ARGS = ["--tpu=v5p-64", "--zone=us-east5-a", "--config=configs/llava15_ddpo.py",
             "--workdir=/mnt/runs/ddpo"]
 TRAIN = ("--command 'cd rlhfv_jax && .venv/bin/python -m rlhfv_jax.main "
-         "--config=configs/llava15_7b_ddpo.py --workdir=/mnt/runs/ddpo --distributed "
+         "--config=configs/llava15_ddpo.py --workdir=/mnt/runs/ddpo --distributed "
          "--config.init.hf_checkpoint=/mnt/llava'")
 
 
@@ -68,7 +68,7 @@ def test_tpu_pod_runs_the_train_command_on_all_workers(tmp_path):
   assert calls(tmp_path) == [[
       "gcloud", "compute", "tpus", "tpu-vm", "ssh", "v5p-64", "--zone=us-east5-a",
       "--worker=all", "--command",
-      "cd rlhfv_jax && .venv/bin/python -m rlhfv_jax.main --config=configs/llava15_7b_ddpo.py "
+      "cd rlhfv_jax && .venv/bin/python -m rlhfv_jax.main --config=configs/llava15_ddpo.py "
       "--workdir=/mnt/runs/ddpo --distributed --config.init.hf_checkpoint=/mnt/llava"]]
   # The printed line is the executed command, shell-quoted.
   assert proc.stdout.strip().endswith(TRAIN)
@@ -80,10 +80,10 @@ def test_tpu_pod_requires_its_arguments():
 
 
 SLURM_ARGS = ["--nodes=4", "--gpus_per_node=8", "--time=12:00:00", "--partition=a100",
-              "--config=configs/llava15_13b_ddpo.py", "--workdir=/shared/runs/ddpo13b"]
+              "--config=configs/llava15_ddpo.py:13b", "--workdir=/shared/runs/ddpo13b"]
 SBATCH = ["sbatch", "--nodes=4", "--gpus-per-node=8", "--time=12:00:00",
           "--job-name=rlhfv_jax", "--output=/shared/runs/ddpo13b/slurm-%j.out",
-          "--partition=a100", "launch/slurm_gpu.sbatch", "configs/llava15_13b_ddpo.py",
+          "--partition=a100", "launch/slurm_gpu.sbatch", "configs/llava15_ddpo.py:13b",
           "/shared/runs/ddpo13b", "--config.seed=3"]
 
 

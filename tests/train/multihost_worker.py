@@ -95,7 +95,7 @@ def main() -> None:
     state, start = loop.init_or_restore(parallel, lambda: parallel.put_state(init_state()),
                                         jax.eval_shape(init_state), ckpt, batches)
     writer = metrics_lib.MetricsWriter(workdir, tensorboard=False)
-    state = loop.train(parallel, state, parallel.put_aux(params), batches, start_step=start,
+    state = loop.train(parallel, state, parallel.put_frozen_inputs(params), batches, start_step=start,
                        settings=loop.LoopSettings(num_steps=num_steps, log_every=1),
                        checkpointer=ckpt, writer=writer)
     writer.close()

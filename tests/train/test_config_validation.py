@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+import config_files
 from rlhfv_jax.train import config_validation
 from rlhfv_jax.train import defaults
+from rlhfv_jax.train import stages
 
 
 def valid_config(stage: str = "ddpo"):
@@ -22,7 +24,7 @@ def problems_of(config, num_devices: int = 4, num_processes: int = 1) -> str:
   return str(info.value)
 
 
-@pytest.mark.parametrize("stage", config_validation.STAGES)
+@pytest.mark.parametrize("stage", stages.RUNNER_STAGES)
 def test_valid_configs_pass(stage):
   config_validation.validate_config(valid_config(stage), num_devices=4, num_processes=1)
 
@@ -120,30 +122,35 @@ def test_all_problems_are_reported_at_once():
 
 
 def test_real_configs_validate_once_their_paths_are_given():
-  for size in ("7b", "13b"):
-    for variant in ("", "rlhfv_release", "precompute_ref"):
-      config = defaults.llava15_ddpo(size, variant)
-      config.init.hf_checkpoint = "/models/llava"
+  for size in ("", "7b", "13b"):
+    for variant in ("", "rlhfv_release", "precompute_ref", "eval"):
+      config = config_files.load("llava15_ddpo.py", f"{size},{variant}")
+      config.init.update(hf_checkpoint="/models/llava", checkpoint_dir="/runs/ddpo")
       config.data.update(data_dir="/d", tokenizer="/t")
       config_validation.validate_config(config, num_devices=8, num_processes=1)
-  sft = defaults.llava15_vqav2_sft("7b")
-  sft.init.hf_checkpoint = "/models/llava"
-  sft.data.update(data_dir="/d", tokenizer="/t")
-  config_validation.validate_config(sft, num_devices=8, num_processes=1)
+      # No size: the architecture follows the checkpoint; a size pins it.
+      assert config.init.model_from_checkpoint == (not size)
+    sft = config_files.load("llava15_vqav2_sft.py", size)
+    sft.init.hf_checkpoint = "/models/llava"
+    sft.data.update(data_dir="/d", tokenizer="/t")
+    config_validation.validate_config(sft, num_devices=8, num_processes=1)
   # Without the paths the messages say what to set.
-  message = problems_of(defaults.llava15_ddpo("7b"), num_devices=8)
+  message = problems_of(config_files.load("llava15_ddpo.py", "7b"), num_devices=8)
   for field in ("init.hf_checkpoint", "data.data_dir", "data.tokenizer"):
     assert field in message
 
 
 def test_paper_and_release_hyperparameters():
-  paper = defaults.llava15_ddpo("7b")
+  paper = config_files.load("llava15_ddpo.py", "7b")
   assert (paper.ddpo.beta, paper.ddpo.gamma, paper.ddpo.normalize) == (0.5, 5.0, True)
   assert (paper.optim.learning_rate, paper.optim.warmup_fraction) == (5e-7, 0.1)
   assert (paper.train.global_batch_size, paper.train.num_epochs) == (32, 7.0)
   assert paper.data.augmentation == "none"
-  release = defaults.llava15_ddpo("13b", "rlhfv_release")
+  release = config_files.load("llava15_ddpo.py", "13b,rlhfv_release")
   assert (release.ddpo.gamma, release.ddpo.beta, release.ddpo.normalize) == (1.1, 0.1, False)
+  assert release.ddpo.segment_mode == "rlhfv" and not release.ddpo.check_empty_responses
   assert release.model.text.hidden_size == 5120
-  with pytest.raises(ValueError, match="unknown variant 'fast'"):
-    defaults.llava15_ddpo("7b", "fast")
+  assert config_files.load("llava15_ddpo.py", "rlhfv_release").ddpo.gamma == 1.1
+  for bad in ("7b,fast", "7b,eval,extra", "70b"):
+    with pytest.raises(ValueError, match="expected '\\[size\\]\\[,variant\\]'"):
+      config_files.load("llava15_ddpo.py", bad)

@@ -78,7 +78,7 @@ def run(setup, workdir, num_steps, make_batch=toy_model.preference_batch, limit=
                                       jax.eval_shape(init_state), ckpt, batches)
   writer = metrics_lib.MetricsWriter(workdir)
   try:
-    state = loop.train(parallel, state, parallel.put_aux(ref_params), batches,
+    state = loop.train(parallel, state, parallel.put_frozen_inputs(ref_params), batches,
                        start_step=start, checkpointer=ckpt, writer=writer,
                        settings=loop.LoopSettings(num_steps=num_steps, log_every=2,
                                                   max_consecutive_nonfinite=max_nonfinite))
@@ -145,8 +145,8 @@ def test_one_compilation_per_shape_bucket():
     if event == "/jax/core/compile/backend_compile_duration":
       compiled.append(kwargs.get("fun_name"))
 
-  def loss_fn(params, aux, batch, rng):
-    del aux, rng
+  def loss_fn(params, frozen_inputs, batch, rng):
+    del frozen_inputs, rng
     loss = jax.numpy.mean((params["w"] * batch["x"].mean(axis=1, keepdims=True)) ** 2)
     return loss, {}
 

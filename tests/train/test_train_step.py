@@ -41,23 +41,23 @@ def build(objective: objectives.Objective, **optim_overrides):
   return make_step, state
 
 
-def run_single_device(make_step, state, batches, aux, num_micro=1):
+def run_single_device(make_step, state, batches, frozen_inputs, num_micro=1):
   """The reference: plain jit on one device, the whole global batch per step."""
   step_fn = jax.jit(make_step(axis_name=None))
   state = jax.device_put(state, jax.devices()[0])
   metrics = []
   for batch in batches:
-    state, m = step_fn(state, step_lib.split_microbatches(batch, num_micro), aux)
+    state, m = step_fn(state, step_lib.split_microbatches(batch, num_micro), frozen_inputs)
     metrics.append(jax.tree.map(float, m))
   return jax.tree.map(np.asarray, state), metrics
 
 
-def run_parallel(parallel: step_lib.Parallel, state, batches, aux):
+def run_parallel(parallel: step_lib.Parallel, state, batches, frozen_inputs):
   device_state = parallel.put_state(state)
-  device_aux = parallel.put_aux(aux)
+  device_frozen_inputs = parallel.put_frozen_inputs(frozen_inputs)
   metrics = []
   for batch in batches:
-    device_state, m = parallel.step(device_state, parallel.put_batch(batch), device_aux)
+    device_state, m = parallel.step(device_state, parallel.put_batch(batch), device_frozen_inputs)
     metrics.append(parallel.host_metrics(m))
   return device_state, parallel.host_params(device_state), metrics
 
@@ -194,7 +194,7 @@ def test_nonfinite_batch_skips_update_and_counts(ddpo_setup, pmap_parallel):
   good = batches[0]
   bad = good.replace(pixel_values=np.full_like(good.pixel_values, np.nan))
   parallel = pmap_parallel
-  ref = parallel.put_aux(ref_params)
+  ref = parallel.put_frozen_inputs(ref_params)
   device_state = parallel.put_state(state)
   seen = []
   for batch in (good, bad, bad, good):

@@ -1,0 +1,78 @@
+r"""DDPO on LLaVA-1.5 with the paper's hyper-parameters (RLHF-V, Yu et al. 2024).
+
+beta 0.5, gamma 5 (weighted mean), lr 5e-7 with 10% warmup then cosine, batch 32,
+7 epochs, no image cropping, vision tower frozen, FSDP over all devices.
+
+1. Reference log-probs, once (cached next to the dataset):
+
+  python -m rlhfv_jax.main --config configs/llava15_ddpo.py:precompute_ref \
+      --workdir /runs/llava15_7b_ref \
+      --config.init.hf_checkpoint=/models/llava-1.5-7b-hf \
+      --config.data.tokenizer=/models/llava-1.5-7b-hf/tokenizer.model \
+      --config.data.source_dir=/data/RLHF-V-Dataset --config.data.data_dir=/data/tfds
+
+2. DDPO (same overrides; resumes by itself from the newest checkpoint in --workdir):
+
+  python -m rlhfv_jax.main --config configs/llava15_ddpo.py \
+      --workdir /runs/llava15_7b_ddpo \
+      --config.init.hf_checkpoint=/models/llava-1.5-7b-hf \
+      --config.data.tokenizer=/models/llava-1.5-7b-hf/tokenizer.model \
+      --config.data.source_dir=/data/RLHF-V-Dataset --config.data.data_dir=/data/tfds
+
+The argument after ":" is "[size][,variant]":
+  size     (none)  the architecture follows the checkpoint (init.model_from_checkpoint:
+                   the HF checkpoint's config.json, or an earlier run's config.json);
+           "7b" / "13b"  pinned: a checkpoint of another size is an error.
+  variant  (none)  DDPO, the paper's weighting;
+           "rlhfv_release"   the released RLHF-V scripts' weighting (gamma 1.1, beta 0.1,
+                             weighted sum, their diff rule segment_mode="rlhfv");
+           "precompute_ref"  the reference pass that fills the cache DDPO reads;
+           "eval"            DDPO reward metrics of a trained run
+                             (--config.init.checkpoint_dir=/runs/llava15_7b_ddpo).
+e.g. `configs/llava15_ddpo.py:13b,rlhfv_release`. Starting from the VQAv2 SFT run instead
+of the HF checkpoint: `--config.init.params=checkpoint --config.init.checkpoint_dir=...`.
+On a TPU pod or SLURM cluster use launch/tpu_pod.py or launch/slurm_gpu.py, which add
+--distributed.
+"""
+
+import dataclasses
+
+import ml_collections
+
+from rlhfv_jax import ddpo
+from rlhfv_jax.model.config import SIZES
+from rlhfv_jax.train import defaults
+
+VARIANTS = ("", "rlhfv_release", "precompute_ref", "eval")
+
+
+def parse_arg(arg: str) -> tuple[str, str]:
+  """"[size][,variant]" -> (size or "", variant or "")."""
+  parts = [p.strip() for p in arg.split(",") if p.strip()]
+  size = parts.pop(0) if parts and parts[0] in SIZES else ""
+  variant = parts.pop(0) if parts else ""
+  if parts or variant not in VARIANTS:
+    raise ValueError(f"config argument {arg!r}: expected '[size][,variant]' with size in "
+                     f"{SIZES} and variant in {VARIANTS}")
+  return size, variant
+
+
+def get_config(arg: str = ""):
+  size, variant = parse_arg(arg)
+  config = defaults.llava15_base("ddpo", size)
+  config.data.dataset = "rlhfv_parquet"
+  config.data.use_ref_cache = True  # reference log-probs from the precompute_ref stage
+  hparams = ddpo.RLHFV_RELEASE_HPARAMS if variant == "rlhfv_release" else ddpo.PAPER_HPARAMS
+  # The loader never emits an empty answer; dropping the in-graph host check keeps the
+  # step in JAX's persistent compilation cache (minutes of compile at 7B/13B).
+  config.ddpo = ml_collections.ConfigDict(
+      dataclasses.replace(hparams, check_empty_responses=False).to_dict())
+  config.checkpoint.every_steps = 100
+  if variant == "precompute_ref":
+    config.stage = "precompute_ref"
+    config.data.use_ref_cache = False
+  elif variant == "eval":
+    config.stage = "eval"
+    config.init.params = "checkpoint"  # init.checkpoint_dir: the DDPO run's workdir
+    config.eval.objective = "ddpo"
+  return config

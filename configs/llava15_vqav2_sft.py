@@ -1,0 +1,31 @@
+r"""VQAv2 SFT of LLaVA-1.5: the stage before DDPO that mitigates the vision-language
+mismatch (paper Sec. 3.3). LLaVA-1.5 fine-tuning hyper-parameters (the paper does not
+list them): lr 2e-5, cosine, 3% warmup, batch 128, 1 epoch, no weight decay; vision
+tower frozen; FSDP over all devices.
+
+  python -m rlhfv_jax.main --config configs/llava15_vqav2_sft.py \
+      --workdir /runs/llava15_7b_vqav2_sft \
+      --config.init.hf_checkpoint=/models/llava-1.5-7b-hf \
+      --config.data.tokenizer=/models/llava-1.5-7b-hf/tokenizer.model \
+      --config.data.source_dir=/data/vqav2 --config.data.data_dir=/data/tfds
+
+The argument after ":" pins a size ("7b" or "13b"); without one the architecture follows
+the checkpoint. The DDPO stage then starts from this run:
+`--config.init.params=checkpoint --config.init.checkpoint_dir=/runs/llava15_7b_vqav2_sft`.
+"""
+
+from rlhfv_jax.model.config import SIZES
+from rlhfv_jax.train import defaults
+
+
+def get_config(size: str = ""):
+  if size not in ("",) + SIZES:
+    raise ValueError(f"configs/llava15_vqav2_sft.py takes a size in {SIZES} or none, got "
+                     f"{size!r}")
+  config = defaults.llava15_base("sft", size)
+  config.data.dataset = "vqav2"
+  config.train.update(global_batch_size=128, num_epochs=1.0)
+  config.optim.update(learning_rate=2e-5, warmup_fraction=0.03)
+  config.eval.objective = "sft"
+  config.checkpoint.every_steps = 500
+  return config

@@ -1,0 +1,82 @@
+"""Writers of the JSONL + image folder layout: the inverse of `readers.read_jsonl`.
+
+Everything the project itself produces as a dataset (the demo's captions, VQA pairs
+and oracle feedback; annotation exports) goes through `write_jsonl`, so what is
+written is exactly what the loader reads back: ``read_jsonl(write_jsonl(records))``
+gives the same records.
+
+Layout (see `readers`): ``<dir>/<split>.jsonl`` with one JSON object a line and image
+paths relative to ``<dir>``. Images are stored once per distinct content under
+``images/<sha256 prefix>.<ext>``: records that share an image (several questions about
+one picture) share the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+from typing import Any, Iterable, Union
+
+from rlhfv_jax.data.records import PreferenceRecord, Record, SFTRecord
+
+IMAGE_DIR = "images"
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"GIF8", ".gif"),
+          (b"BM", ".bmp"))
+
+
+def image_file_name(image: bytes) -> str:
+  """``<first 16 hex digits of sha256>.<ext from the magic bytes>`` (".img" if unknown)."""
+  ext = next((e for magic, e in _MAGIC if image.startswith(magic)), ".img")
+  if ext == ".img" and image[8:12] == b"WEBP":
+    ext = ".webp"
+  return hashlib.sha256(image).hexdigest()[:16] + ext
+
+
+def record_row(record: Record, image_path: str) -> dict[str, Any]:
+  """The JSON object of one record, its image at `image_path` (relative to the dataset)."""
+  row: dict[str, Any] = {"id": record.id, "image": image_path, "question": record.question}
+  if isinstance(record, PreferenceRecord):
+    row.update(chosen=record.chosen, rejected=record.rejected)
+    if record.has_spans:
+      row["segments"] = {"chosen": [list(s) for s in record.chosen_spans],
+                         "rejected": [list(s) for s in record.rejected_spans]}
+  elif isinstance(record, SFTRecord):
+    row["answer"] = record.answer
+  else:
+    raise TypeError(f"write_jsonl: {type(record).__name__} is not a PreferenceRecord or "
+                    "SFTRecord")
+  if record.origin:
+    row["origin"] = dict(record.origin)
+  return row
+
+
+def write_jsonl(directory: Union[str, pathlib.Path], records: Iterable[Record],
+                split: str = "train") -> pathlib.Path:
+  """Writes ``<directory>/<split>.jsonl`` and the records' images (each content once).
+
+  The JSONL file is written to a temporary name and renamed into place, so a reader
+  never sees half a split. Ids must be unique (they key the reference cache).
+
+  Returns:
+    The JSONL file's path.
+  """
+  directory = pathlib.Path(directory)
+  (directory / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
+  path = directory / f"{split}.jsonl"
+  tmp = path.with_name(path.name + ".tmp")
+  seen_ids: set[str] = set()
+  with tmp.open("w", encoding="utf-8") as f:
+    for record in records:
+      if record.id in seen_ids:
+        raise ValueError(f"write_jsonl: duplicate record id {record.id!r} in {path}")
+      seen_ids.add(record.id)
+      image_path = f"{IMAGE_DIR}/{image_file_name(record.image)}"
+      image_file = directory / image_path
+      if not image_file.exists():
+        image_file.write_bytes(record.image)
+      f.write(json.dumps(record_row(record, image_path), sort_keys=True,
+                         ensure_ascii=False) + "\n")
+  os.replace(tmp, path)
+  return path

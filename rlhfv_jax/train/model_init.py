@@ -1,0 +1,133 @@
+"""Where a run's model comes from: its architecture and its starting parameters.
+
+* `resolve_model_config`: with ``init.model_from_checkpoint`` (the recipes' default when
+  no size is pinned) the architecture is read from where the params come from — the
+  llava-hf checkpoint's ``config.json`` (``init.params="hf"``) or the earlier run's
+  resolved ``config.json`` (``init.params="checkpoint"``) — keeping the run's execution
+  settings (dtype, param_dtype, remat). A pinned size that disagrees with the checkpoint
+  stays an error naming the differing parameters (`load_initial_params`).
+* `load_initial_params`: random, a llava-hf directory, or an earlier stage's checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from rlhfv_jax import model as model_lib
+from rlhfv_jax.train import checkpointing
+from rlhfv_jax.train import optimizer as optimizer_lib
+
+CHECKPOINT_DIR = "checkpoints"
+# Model-config fields that say how the run executes, not what the checkpoint holds.
+RUN_SETTINGS = ("dtype", "param_dtype", "remat")
+
+
+def checkpoint_dir(workdir: str | os.PathLike) -> str:
+  """Where a run keeps its checkpoints (and a later stage finds its init)."""
+  return os.path.join(os.fspath(workdir), CHECKPOINT_DIR)
+
+
+def resolve_model_config(config: Any) -> Any:
+  """`config` with `config.model` taken from the checkpoint when the run asks for it.
+
+  Applies when ``init.model_from_checkpoint`` and the params come from an HF checkpoint
+  or an earlier run; otherwise the config is returned unchanged. Modifies `config` in
+  place (a locked ConfigDict too) and logs what it did. Idempotent.
+  """
+  init = config.get("init")
+  if not init or not init.get("model_from_checkpoint"):
+    return config
+  if init.get("params") == "hf" and init.get("hf_checkpoint"):
+    source = os.path.join(init.hf_checkpoint, "config.json")
+    from_checkpoint = model_lib.config_from_hf(init.hf_checkpoint)
+  elif init.get("params") == "checkpoint" and init.get("checkpoint_dir"):
+    source = os.path.join(init.checkpoint_dir, "config.json")
+    if not os.path.isfile(source):
+      raise FileNotFoundError(
+          f"init.model_from_checkpoint: no {source} (the resolved config every run writes "
+          "into its workdir); pin the model size in the config instead")
+    with open(source) as f:
+      from_checkpoint = ml_collections.ConfigDict(json.load(f)["model"])
+    model_lib.validate_config(from_checkpoint)
+  else:
+    return config  # random init, or validation names the missing path
+  for name in RUN_SETTINGS:
+    from_checkpoint[name] = config.model[name]
+  changed = sorted(_differences(config.model.to_dict(), from_checkpoint.to_dict()))
+  with config.unlocked():
+    config.model = from_checkpoint
+  logging.info("model config from %s (init.model_from_checkpoint): %s", source,
+               ", ".join(changed) if changed else "same as the config's")
+  return config
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+  out = []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key), new.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _differences(a, b, f"{prefix}{key}.")
+    elif a != b:
+      out.append(f"{prefix}{key}={b!r} (config had {a!r})")
+  return out
+
+
+def _check_param_shapes(params: Any, expected: Any, source: str) -> None:
+  shapes = lambda tree: {optimizer_lib.path_str(path): tuple(x.shape)
+                         for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+  got, want = shapes(params), shapes(expected)
+  diffs = [f"{name}: {got.get(name)} vs config {shape}" for name, shape in want.items()
+           if got.get(name) != shape]
+  diffs += [f"{name}: not in config.model" for name in sorted(got.keys() - want.keys())]
+  if diffs:
+    raise ValueError(f"{source} does not match config.model; first differences: {diffs[:5]}. "
+                     "Set the config's size to the checkpoint's, or let the architecture "
+                     "follow an HF checkpoint with init.model_from_checkpoint=True")
+
+
+def load_initial_params(config: Any, target_shardings: Any = None) -> Any:
+  """The starting params named by `config.init` (random, a llava-hf dir, or a checkpoint).
+
+  Args:
+    config: the run config.
+    target_shardings: shardings for a checkpoint restore (default: replicated).
+  """
+  init, cfg = config.init, config.model
+  expected = model_lib.param_shapes(cfg)
+  if init.params == "random":
+    return model_lib.init_params(cfg, jax.random.PRNGKey(config.seed))
+  if init.params == "hf":
+    from rlhfv_jax.model import hf_io  # local: safetensors + transformers config
+    _, params = hf_io.load_hf_llava(init.hf_checkpoint, param_dtype=cfg.param_dtype)
+    _check_param_shapes(params, expected, f"HF checkpoint {init.hf_checkpoint}")
+    return params
+  directory = checkpoint_dir(init.checkpoint_dir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"init.checkpoint_dir={init.checkpoint_dir!r}: no {directory} "
+                            "(the workdir of a finished sft/ddpo run)")
+  ckpt = checkpointing.Checkpointer(directory, save_every_steps=1)
+  step = ckpt.latest_step() if init.checkpoint_step < 0 else init.checkpoint_step
+  if step is None or step not in ckpt.all_steps():
+    raise FileNotFoundError(
+        f"init.checkpoint_dir={init.checkpoint_dir!r}: no checkpoint "
+        f"{'at all' if step is None else f'at step {step}'} under {ckpt.directory}")
+  if target_shardings is None:
+    replicated = NamedSharding(Mesh(np.array(jax.devices()), ("devices",)), P())
+    target_shardings = jax.tree.map(lambda _: replicated, expected)
+  logging.info("initial params: %s step %d", ckpt.directory, step)
+  return ckpt.restore_params(step, checkpointing.abstract_with_shardings(expected,
+                                                                        target_shardings))
+
+
+def describe_init(config: Any) -> str:
+  init = config.init
+  return {"random": f"random (seed {config.seed})", "hf": f"hf:{init.hf_checkpoint}",
+          "checkpoint": f"checkpoint:{init.checkpoint_dir}@{init.checkpoint_step}"}[init.params]

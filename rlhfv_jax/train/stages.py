@@ -1,0 +1,77 @@
+"""The stage registry: the one list of what `python -m rlhfv_jax.main` can run.
+
+`config.stage` names an entry. `main` prints the help texts and calls the entry's
+`validate` and `run`; `config_validation` reads which stages train. Entries name their
+functions as "module:function" and are imported only when used, so this module stays a
+leaf that any layer may read (the demo's chain of stages lives above the runner).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+_VALIDATE_CONFIG = "rlhfv_jax.train.config_validation:validate_config"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One runnable stage.
+
+  Attributes:
+    help: what it does and which config sections it needs (shown by `main`).
+    run: "module:function" taking (config, workdir).
+    validate: "module:function" taking (config); raises ValueError listing problems.
+    trains: whether it updates parameters (optimizer settings are checked).
+  """
+
+  help: str
+  run: str
+  validate: str = _VALIDATE_CONFIG
+  trains: bool = False
+
+  def load(self) -> tuple[Callable[[Any], None], Callable[[Any, str], Any]]:
+    """(validate, run), imported now."""
+    return _resolve(self.validate), _resolve(self.run)
+
+
+def _resolve(target: str) -> Callable:
+  module, function = target.split(":")
+  return getattr(importlib.import_module(module), function)
+
+
+STAGES: dict[str, Stage] = {
+    "sft": Stage(
+        "supervised VQA fine-tuning. Needs: data (an SFT dataset: vqav2 / jsonl_sft), "
+        "init.params (random | hf | checkpoint), train, optim.",
+        run="rlhfv_jax.train.runner:train_stage", trains=True),
+    "precompute_ref": Stage(
+        "reference per-token log-probs for every preference example. Needs: data (a "
+        "preference dataset), init (the reference), precompute.",
+        run="rlhfv_jax.train.runner:precompute_ref_stage"),
+    "ddpo": Stage(
+        "dense DPO on fine-grained corrections. Needs: data (a preference dataset: "
+        "rlhfv_parquet / jsonl_preference), init (hf | checkpoint: the instruction-tuned "
+        "model, also the reference), ddpo (gamma, beta, ...), train, optim.",
+        run="rlhfv_jax.train.runner:train_stage", trains=True),
+    "eval": Stage(
+        "the objective's metrics on eval.split. Needs: data, init, eval.",
+        run="rlhfv_jax.train.runner:eval_stage"),
+    "demo": Stage(
+        "the embedded default (configs/demo.py): the whole miniature experiment, data to "
+        "ablation table, on a synthetic world. Needs: nothing.",
+        run="rlhfv_jax.demo.pipeline:run", validate="rlhfv_jax.demo.pipeline:validate"),
+}
+# Stages that `config_validation.validate_config` accepts (the demo validates its own
+# config and each of its stage configs through it).
+RUNNER_STAGES = tuple(name for name, stage in STAGES.items()
+                      if stage.validate == _VALIDATE_CONFIG)
+TRAINING_STAGES = tuple(name for name, stage in STAGES.items() if stage.trains)
+
+
+def get(name: Any) -> Stage:
+  """The stage called `name`, or a ValueError listing the stages."""
+  if name not in STAGES:
+    raise ValueError(f"stage={name!r} is not a stage; expected one of {tuple(STAGES)}")
+  return STAGES[name]
