@@ -38,7 +38,7 @@ def get_config(variant: str = ""):
   if variant == "quick":
     demo = config.demo
     demo.seeds = (0,)
-    demo.world.update(num_train_scenes=4000, num_feedback_scenes=256, num_eval_scenes=96)
+    demo.world.update(num_train_scenes=4000, num_feedback_scenes=384, num_eval_scenes=192)
     demo.sft_web.update(steps=1000)
     demo.sft_vqa.update(steps=10)
     # One generation batch shape for sampling and evaluation: one compilation.
