@@ -155,7 +155,7 @@ def test_overrides_reach_the_config(env):
   config = json.loads(proc.stdout)
   assert config["ddpo"]["gamma"] == 2.5
   assert config["ddpo"]["beta"] == 0.5  # untouched defaults stay
-  assert config["train"]["mesh"] == {"data": 1, "fsdp": 4}
+  assert config["train"]["mesh"] == {"data": 1, "fsdp": 4, "min_fsdp_size": 2 ** 14}
   assert config["train"]["parallelism"] == "fsdp"  # from the :fsdp variant
   assert config["optim"]["frozen"] == ["vision_tower", "multi_modal_projector"]
 

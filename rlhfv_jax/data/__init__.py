@@ -5,7 +5,7 @@
   tfds_builders  TFDS builders -> array_record; `prepare`, `open_split` (tfds.data_source)
   tokenizer      LLaVA-1.5 tokenizer (SentencePiece / HF dir) and the Vicuna v1 ChatTemplate
   images         ImagePreprocessor (transformers CLIP processor), AugmentationPolicy
-  pipeline       tokenize_record, pack_sequence, assemble_batch, Loader (grain), split_for_devices
+  pipeline       tokenize_record, pack_sequence, assemble_batch, Loader (grain)
   ref_cache      compute_reference_cache, ReferenceCache (reference log-probs keyed by id)
   factory        get_data_config (config.data defaults), make_loader, precompute_reference
 

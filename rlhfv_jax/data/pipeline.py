@@ -44,7 +44,6 @@ import threading
 from typing import Any, Callable, Optional, Sequence, Union
 
 import grain
-import jax
 import numpy as np
 
 from rlhfv_jax import segments
@@ -205,16 +204,6 @@ def assemble_batch(examples: Sequence[TokenizedExample], pixel_values: np.ndarra
     return SFTBatch(pixel_values=pixel_values, tokens=sequences["tokens"])
   return PreferenceBatch(pixel_values=pixel_values, chosen=sequences["chosen"],
                          rejected=sequences["rejected"])
-
-
-def split_for_devices(batch: Any, num_devices: int) -> Any:
-  """Reshapes every [B, ...] leaf to [num_devices, B / num_devices, ...] for `jax.pmap`."""
-  def split(x):
-    if x.shape[0] % num_devices:
-      raise ValueError(f"batch of {x.shape[0]} examples does not split over {num_devices} "
-                       "devices; make the per-host batch size a multiple of the device count")
-    return x.reshape(num_devices, x.shape[0] // num_devices, *x.shape[1:])
-  return jax.tree.map(split, batch)
 
 
 _TRUNCATION_IDS_LOGGED = 16  # truncated ids named one by one in the log

@@ -17,7 +17,7 @@ import jax
 from rlhfv_jax import ddpo
 from rlhfv_jax.train import stages
 from rlhfv_jax.train.optimizer import SCHEDULES
-from rlhfv_jax.train.step import resolve_mesh_shape
+from rlhfv_jax.train.sharding import resolve_mesh_shape
 
 PARALLELISMS = ("pmap", "fsdp")
 INIT_SOURCES = ("random", "hf", "checkpoint")

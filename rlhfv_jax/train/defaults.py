@@ -13,7 +13,7 @@ Sections (see `rlhfv_jax.train.config_validation` for what is checked):
   ddpo         the fields of `rlhfv_jax.ddpo.DDPOConfig` (gamma, beta, normalize,
                loss_type, label_smoothing, segment_mode, segment_min_match, ...)
   train        global_batch_size, grad_accum_steps, num_epochs / num_steps,
-               parallelism ("pmap" | "fsdp"), mesh.{data, fsdp}, log_every,
+               parallelism ("pmap" | "fsdp"), mesh.{data, fsdp, min_fsdp_size}, log_every,
                max_consecutive_nonfinite
   optim        AdamW + schedule (`rlhfv_jax.train.optimizer`), frozen sub-trees
   checkpoint   every_steps, max_to_keep, async_save
@@ -49,7 +49,7 @@ def base_config(stage: str = "ddpo", model_size: str = "7b") -> ml_collections.C
   config.ddpo = ml_collections.ConfigDict(ddpo.DDPOConfig().to_dict())
   config.train = ml_collections.ConfigDict(dict(
       global_batch_size=32, grad_accum_steps=1, num_epochs=7.0, num_steps=0,
-      parallelism="pmap", mesh=dict(data=-1, fsdp=1), log_every=10,
+      parallelism="pmap", mesh=dict(data=-1, fsdp=1, min_fsdp_size=2 ** 14), log_every=10,
       max_consecutive_nonfinite=10))
   config.optim = ml_collections.ConfigDict(dict(
       learning_rate=5e-7, schedule="cosine", warmup_fraction=0.1, warmup_steps=0,
@@ -76,5 +76,5 @@ def llava15_base(stage: str, size: str = "") -> ml_collections.ConfigDict:
   config.model.update(dtype="bfloat16", remat=True)
   config.init.update(params="hf", model_from_checkpoint=not size)
   config.train.parallelism = "fsdp"
-  config.train.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1))
+  config.train.mesh.update(data=1, fsdp=-1)
   return config

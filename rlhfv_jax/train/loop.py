@@ -17,7 +17,7 @@ from absl import logging
 
 from rlhfv_jax.train import checkpointing
 from rlhfv_jax.train import metrics as metrics_lib
-from rlhfv_jax.train.step import Parallel
+from rlhfv_jax.train.sharding import Parallel
 
 
 class NonFiniteLossError(RuntimeError):

@@ -17,13 +17,12 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rlhfv_jax import model as model_lib
 from rlhfv_jax.train import checkpointing
 from rlhfv_jax.train import optimizer as optimizer_lib
+from rlhfv_jax.train import sharding
 
 CHECKPOINT_DIR = "checkpoints"
 # Model-config fields that say how the run executes, not what the checkpoint holds.
@@ -120,8 +119,7 @@ def load_initial_params(config: Any, target_shardings: Any = None) -> Any:
         f"init.checkpoint_dir={init.checkpoint_dir!r}: no checkpoint "
         f"{'at all' if step is None else f'at step {step}'} under {ckpt.directory}")
   if target_shardings is None:
-    replicated = NamedSharding(Mesh(np.array(jax.devices()), ("devices",)), P())
-    target_shardings = jax.tree.map(lambda _: replicated, expected)
+    target_shardings = jax.tree.map(lambda _: sharding.replicated(), expected)
   logging.info("initial params: %s step %d", ckpt.directory, step)
   return ckpt.restore_params(step, checkpointing.abstract_with_shardings(expected,
                                                                         target_shardings))

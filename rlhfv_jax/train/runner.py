@@ -21,7 +21,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 from absl import logging
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rlhfv_jax import logps
 from rlhfv_jax import model as model_lib
@@ -33,6 +33,7 @@ from rlhfv_jax.train import model_init
 from rlhfv_jax.train import objectives
 from rlhfv_jax.train import optimizer as optimizer_lib
 from rlhfv_jax.train import stages
+from rlhfv_jax.train import sharding
 from rlhfv_jax.train import step as step_lib
 from rlhfv_jax.train.train_state import TrainState
 
@@ -46,18 +47,6 @@ def write_config(config: Any, workdir: str | os.PathLike) -> None:
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(os.fspath(workdir), "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-# ------------------------------------------------------------------------ devices
-
-def make_parallel(config: Any, make_step: Callable[..., step_lib.StepFn]) -> step_lib.Parallel:
-  """PmapParallel or MeshParallel, per `config.train.parallelism`."""
-  train = config.train
-  if train.parallelism == "pmap":
-    return step_lib.PmapParallel(make_step, grad_accum_steps=train.grad_accum_steps)
-  mesh = step_lib.make_mesh(train.mesh.data, train.mesh.fsdp)
-  return step_lib.MeshParallel(make_step(axis_name=None), mesh,
-                               grad_accum_steps=train.grad_accum_steps)
 
 
 # ------------------------------------------------------------------------ stages
@@ -137,7 +126,7 @@ def train_stage(config: Any, workdir: str) -> Any:
   make_step = functools.partial(
       step_lib.make_train_step, objective.loss_fn, optimizer, schedule,
       trainable=optimizer_lib.trainable_mask(labels), loss_weight_key=objective.loss_weight_key)
-  parallel = make_parallel(config, make_step)
+  parallel = sharding.make_parallel(config.train, make_step)
   make_state = lambda params: TrainState.create(params, optimizer,
                                                 jax.random.PRNGKey(config.seed))
   initial_params = functools.cache(
@@ -171,9 +160,9 @@ def make_reference_token_logps_fn(apply_fn: logps.ApplyFn, params: Any
                                   ) -> Callable[[PreferenceBatch], tuple[Any, Any]]:
   """`batch -> (chosen, rejected)` per-token reference log-probs [B, T], data-parallel over
   this process's devices (each process runs its own shard of the reference pass)."""
-  mesh = Mesh(np.array(jax.local_devices()), ("data",))
-  replicated, by_example = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  params = jax.device_put(params, replicated)
+  mesh = sharding.local_data_mesh()
+  by_example = NamedSharding(mesh, P("data"))
+  params = jax.device_put(params, sharding.replicated(mesh))
 
   both = jax.jit(functools.partial(logps.answer_token_logps, apply_fn))
 
@@ -215,15 +204,14 @@ def eval_stage(config: Any, workdir: str) -> dict[str, float]:
                         source=source, shuffle=False, num_epochs=1, augment=False)
   objective = stage_objective(config, model_lib.make_apply_fn(config.model),
                               config.eval.objective)
-  mesh = step_lib.make_mesh(-1, 1)
-  replicated = NamedSharding(mesh, P())
-  params = model_init.load_initial_params(config)
-  params = jax.device_put(params, replicated)
+  param_shardings, batch_sharding = sharding.pass_layout(
+      config.train, model_lib.param_shapes(config.model))
+  params = jax.device_put(model_init.load_initial_params(config, param_shardings),
+                          param_shardings)
   frozen_inputs = params if objective.needs_frozen_inputs else None
   eval_step = jax.jit(step_lib.make_eval_step(objective.loss_fn,
                                               loss_weight_key=objective.loss_weight_key),
-                      out_shardings=replicated)
-  batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
+                      out_shardings=sharding.replicated(batch_sharding.mesh))
   total_weight, sums, examples = 0.0, {}, 0
   for host_batch in _CheckedIterator(iter(loader), config.eval.objective):
     batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, x),

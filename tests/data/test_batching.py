@@ -9,7 +9,7 @@ from raw_files import GOOD_ROWS, image_bytes
 from rlhfv_jax import segments
 from rlhfv_jax.batch import PreferenceBatch, SFTBatch
 from rlhfv_jax.data.pipeline import (Answer, assemble_batch, choose_bucket, pack_sequence,
-                                     split_for_devices, tokenize_record)
+                                     tokenize_record)
 from rlhfv_jax.data.records import make_preference_record, make_sft_record
 from rlhfv_jax.data.tokenizer import ChatTemplate
 
@@ -131,16 +131,3 @@ def test_reference_logps_land_on_the_scored_positions(tokenizer):
       answer = examples[b].answers[name].ids.tolist()
       assert sequences[f"r{b}", name].tolist() == (
           examples[b].prompt_ids.tolist() + answer + [2])
-
-
-def test_split_for_devices(tokenizer):
-  template = ChatTemplate(tokenizer, 1)
-  examples = [tokenize_record(r, template) for r in _preference_records(4)]
-  batch = assemble_batch(examples, np.zeros((4, 8, 8, 3), np.float32), 96, eos_id=2, pad_id=0)
-  split = split_for_devices(batch, 2)
-  assert split.pixel_values.shape == (2, 2, 8, 8, 3)
-  assert split.chosen.input_ids.shape == (2, 2, 96)
-  np.testing.assert_array_equal(split.rejected.targets[1, 0], batch.rejected.targets[2])
-  assert split.chosen.ref_token_logps is None
-  with pytest.raises(ValueError, match="does not split over 3 devices"):
-    split_for_devices(batch, 3)

@@ -52,6 +52,7 @@ def main() -> None:
   from rlhfv_jax.train import checkpointing, loop, objectives
   from rlhfv_jax.train import metrics as metrics_lib
   from rlhfv_jax.train import optimizer as optimizer_lib
+  from rlhfv_jax.train import sharding
   from rlhfv_jax.train import step as step_lib
   from rlhfv_jax.train.train_state import TrainState
 
@@ -86,9 +87,9 @@ def main() -> None:
   def train(parallelism: str, workdir: str, num_steps: int):
     """Trains (or resumes) up to `num_steps`; returns the final params (host numpy)."""
     if parallelism == "pmap":
-      parallel = step_lib.PmapParallel(make_step)
+      parallel = sharding.PmapParallel(make_step)
     else:
-      parallel = step_lib.MeshParallel(make_step(axis_name=None), step_lib.make_mesh(2, 2))
+      parallel = sharding.MeshParallel(make_step(axis_name=None), sharding.make_mesh(2, 2))
     init_state = lambda: TrainState.create(params, optimizer, jax.random.PRNGKey(0))
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), save_every_steps=2)
     batches = ProcessSlice()
