@@ -109,7 +109,7 @@ def default_config() -> ml_collections.ConfigDict:
       sft_web=dict(steps=1500, batch_size=32, learning_rate=3e-3, frozen=("vision_tower",)),
       sft_vqa=dict(steps=100, batch_size=32, learning_rate=1e-3, frozen=("vision_tower",)),
       sampling=dict(temperature=0.7, top_p=0.95, max_new_tokens=80, batch_size=64),
-      preference=dict(num_epochs=2.0, batch_size=16, learning_rate=3e-5,
+      preference=dict(num_epochs=2.0, batch_size=16, learning_rate=1e-4,
                       frozen=("vision_tower",), explicit_spans=False),
       eval=dict(max_new_tokens=80, batch_size=100),
   ))
