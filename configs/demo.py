@@ -24,9 +24,8 @@ Variants:
 Any field can be overridden, e.g. `--config.demo.seeds=0,1 --config.ddpo.gamma=3`.
 """
 
-import ml_collections
 
-from rlhfv_jax.demo import pipeline
+from rlhfv_jax.demo import config as demo_config
 
 VARIANTS = ("", "quick")
 
@@ -34,7 +33,7 @@ VARIANTS = ("", "quick")
 def get_config(variant: str = ""):
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
-  config = pipeline.default_config()
+  config = demo_config.default_config()
   if variant == "quick":
     demo = config.demo
     demo.seeds = (0,)

@@ -10,7 +10,8 @@ from rlhfv_jax import model as model_lib
 from rlhfv_jax.data import images as images_lib
 from rlhfv_jax.data import tokenizer as tokenizer_lib
 from rlhfv_jax import sampler
-from rlhfv_jax.demo import corpora, pipeline, world
+from rlhfv_jax.demo import corpora, world
+from rlhfv_jax.demo import config as demo_config
 from rlhfv_jax.demo import tokenizer as demo_tokenizer
 
 
@@ -27,7 +28,7 @@ def test_left_pad():
 def setup(tmp_path_factory):
   path = demo_tokenizer.make_tokenizer_file(tmp_path_factory.mktemp("t") / "t.model", "Chat.")
   tok = tokenizer_lib.SentencePieceTokenizer(path)
-  cfg = pipeline.demo_model_config()
+  cfg = demo_config.demo_model_config()
   cfg.text.vocab_size, cfg.image_token_id, cfg.pad_token_id = (
       tok.vocab_size, tok.image_token_id, tok.pad_id)
   template = tokenizer_lib.ChatTemplate(tok, model_lib.num_image_tokens(cfg), system="Chat.")

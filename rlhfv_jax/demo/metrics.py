@@ -113,17 +113,9 @@ def aggregate(scores: Sequence[ResponseScore]) -> dict[str, float]:
   }
 
 
-def evaluate_descriptions(texts: Sequence[str],
-                          scenes: Sequence[world.Scene]) -> dict[str, float]:
-  """CHAIR-style metrics of `texts[i]` describing `scenes[i]`.
-
-  Args:
-    texts: descriptions.
-    scenes: their scenes, same length.
-
-  Returns:
-    See `aggregate`.
-  """
+def score_responses(texts: Sequence[str], scenes: Sequence[world.Scene]
+                    ) -> list[ResponseScore]:
+  """`score_response(texts[i], scenes[i])` for every i (`aggregate` pools them)."""
   if len(texts) != len(scenes):
     raise ValueError(f"{len(texts)} descriptions for {len(scenes)} scenes")
-  return aggregate([score_response(t, s) for t, s in zip(texts, scenes)])
+  return [score_response(t, s) for t, s in zip(texts, scenes)]

@@ -51,8 +51,6 @@ Workdir layout::
 
 from __future__ import annotations
 
-import collections
-import copy
 import dataclasses
 import json
 import pathlib
@@ -61,363 +59,17 @@ from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 
 from rlhfv_jax import model as model_lib
 from rlhfv_jax import sampler
-from rlhfv_jax.data import factory, records, writers
+from rlhfv_jax.data import factory
 from rlhfv_jax.data import tokenizer as tokenizer_lib
-from rlhfv_jax.demo import corpora, labeler, metrics, perception, report, world
+from rlhfv_jax.demo import corpora, datasets, metrics, perception, report, world
 from rlhfv_jax.demo import tokenizer as demo_tokenizer
-from rlhfv_jax.train import checkpointing, config_validation, defaults, model_init, runner
-
-SFT_STAGES = ("sft_web", "sft_vqa")
-ARMS = ("dpo", "ddpo_mean", "ddpo_sum", "ddpo_crop")
-MODELS = SFT_STAGES + ARMS
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The full demo's config (`configs/demo.py` starts from it)."""
-  config = defaults.base_config("sft", "tiny")
-  config.stage = "demo"
-  config.model = demo_model_config()
-  config.data.update(
-      system_message="A chat about an image.",  # short prompts keep sequences short
-      # One length per stage, so each trains with a single compilation: VQA pairs fit
-      # 64 tokens, captions and sampled descriptions (<= 80 new tokens) fit 112.
-      buckets=(64, 112), num_threads=2)
-  config.ddpo.update(gamma=5.0, beta=0.5, normalize=True, segment_mode="paper")
-  config.optim.update(warmup_fraction=0.05, end_lr_fraction=0.1, max_grad_norm=1.0,
-                      weight_decay=0.0)
-  config.train.update(parallelism="pmap", log_every=100)
-  config.checkpoint.update(every_steps=1_000_000, max_to_keep=1, async_save=False)
-  config.precompute.batch_size = 32
-  config.demo = ml_collections.ConfigDict(dict(
-      seeds=(0, 1, 2),
-      base_seed=0,  # the web-pretrained base model is trained once and shared by all seeds
-      world=dict(image_size=48, min_objects=1, max_objects=4, num_train_scenes=6000,
-                 num_feedback_scenes=512, num_eval_scenes=200, eval_seed=1000),
-      corpus=dict(mismatch_rate=0.5, extra_object_weight=3.0, wrong_color_weight=1.0,
-                  vqa_per_scene=2, vqa_stage_caption_share=0.3),
-      vocab_size=demo_tokenizer.DEFAULT_VOCAB_SIZE,
-      # Stage hyper-parameters: the tiny model trains from scratch, so the rates are far
-      # above the paper's 5e-7 (which fine-tunes a 7B model).
-      # The miniature's CLIP (see `perception`): learns to read all cells in ~200 steps.
-      perception=dict(steps=300, batch_size=64, learning_rate=3e-3, num_val_scenes=256),
-      # The pretrained tower stays frozen in every stage, as CLIP does in LLaVA-1.5.
-      sft_web=dict(steps=1500, batch_size=32, learning_rate=3e-3, frozen=("vision_tower",)),
-      sft_vqa=dict(steps=100, batch_size=32, learning_rate=1e-3, frozen=("vision_tower",)),
-      sampling=dict(temperature=0.7, top_p=0.95, max_new_tokens=80, batch_size=64),
-      preference=dict(num_epochs=2.0, batch_size=16, learning_rate=1e-4,
-                      frozen=("vision_tower",), explicit_spans=False),
-      eval=dict(max_new_tokens=80, batch_size=100),
-  ))
-  return config
-
-
-def demo_model_config() -> ml_collections.ConfigDict:
-  """The tiny LLaVA of the demo (~0.25M parameters).
-
-  48px images in 16px patches give one image token per grid cell (9 tokens). The
-  vocabulary fields are placeholders: `stage_config` sets them from the tokenizer.
-  """
-  cfg = model_lib.llava_config("tiny", vocab_size=demo_tokenizer.DEFAULT_VOCAB_SIZE + 1)
-  cfg.vision.update(image_size=48, patch_size=16, hidden_size=64, intermediate_size=128,
-                    num_layers=1, num_heads=4, feature_layer=-1)
-  cfg.text.update(hidden_size=64, intermediate_size=128, num_layers=3, num_heads=4,
-                  num_kv_heads=4, head_dim=16, max_position_embeddings=256)
-  return cfg
-
-
-# ---------------------------------------------------------------------------- configs
-
-@dataclasses.dataclass(frozen=True)
-class ArmSpec:
-  """A preference-training arm of the ablation."""
-
-  label: str
-  ddpo_overrides: Callable[[Any], dict]
-  augmentation: str = "none"
-
-
-ARM_SPECS: dict[str, ArmSpec] = {
-    "dpo": ArmSpec("+ DPO (γ=1)", lambda d: dict(gamma=1.0, normalize=True)),
-    "ddpo_mean": ArmSpec("+ DDPO (γ={gamma:g}, weighted mean)",
-                         lambda d: dict(gamma=d.gamma, normalize=True)),
-    "ddpo_sum": ArmSpec("+ DDPO (γ={gamma:g}, weighted sum)",
-                        lambda d: dict(gamma=d.gamma, normalize=False)),
-    "ddpo_crop": ArmSpec("+ DDPO (γ={gamma:g}) with random crop",
-                         lambda d: dict(gamma=d.gamma, normalize=d.normalize),
-                         augmentation="random_crop_ablation"),
-}
-SFT_LABELS = {"sft_web": "SFT on web captions", "sft_vqa": "+ VQA SFT"}
-
-
-def model_labels(config: Any) -> dict[str, str]:
-  """Row labels of the ablation table."""
-  labels = dict(SFT_LABELS)
-  labels.update({arm: spec.label.format(gamma=config.ddpo.gamma)
-                 for arm, spec in ARM_SPECS.items()})
-  return labels
-
-
-@dataclasses.dataclass(frozen=True)
-class SeedPaths:
-  """Where one seed's data and runs live."""
-
-  root: pathlib.Path
-
-  def data(self, name: str) -> pathlib.Path:
-    return self.root / "data" / name
-
-  @property
-  def feedback_samples(self) -> pathlib.Path:
-    """Every sampled description with the oracle's verdict (outside the dataset dir:
-    each ``*.jsonl`` there is a split)."""
-    return self.root / "feedback_samples.jsonl"
-
-  @property
-  def tfds(self) -> pathlib.Path:
-    return self.root / "tfds"
-
-  def run(self, name: str) -> pathlib.Path:
-    return self.root / name
-
-  def eval(self, name: str) -> pathlib.Path:
-    return self.root / "eval" / f"{name}.jsonl"
-
-
-def base_paths(root: pathlib.Path) -> SeedPaths:
-  """The shared base model's directories (web data, sft_web)."""
-  return SeedPaths(root / "base")
-
-
-def seed_paths(root: pathlib.Path, seed: int) -> SeedPaths:
-  """One seed's directories (VQA data, feedback, sft_vqa, reference, arms)."""
-  return SeedPaths(root / f"seed_{seed}")
-
-
-def stage_config(config: Any, root: pathlib.Path, seed: int, name: str,
-                 tokenizer_path: pathlib.Path,
-                 tokenizer: tokenizer_lib.Tokenizer | TokenIds) -> ml_collections.ConfigDict:
-  """The runner config of one stage ("sft_web", "sft_vqa", "reference" or an arm).
-
-  Args:
-    config: the demo config.
-    root: the demo workdir.
-    seed: the seed (ignored for "sft_web", which uses ``demo.base_seed``).
-    name: the stage.
-    tokenizer_path: the demo tokenizer file.
-    tokenizer: the loaded tokenizer (its ids fix the model's vocabulary fields).
-
-  Returns:
-    A validated-ready config for `rlhfv_jax.train.runner` (stage, init, data, ...).
-  """
-  demo = config.demo
-  kind = {"sft_web": "sft", "sft_vqa": "sft", "reference": "precompute_ref"}.get(name, "ddpo")
-  out = defaults.base_config(kind, "tiny")
-  for section in ("model", "data", "ddpo", "train", "optim", "checkpoint", "precompute",
-                  "eval"):
-    out[section] = copy.deepcopy(config[section])
-  if name == "sft_web":
-    seed = int(demo.base_seed)
-    paths = base_paths(root)
-  else:
-    paths = seed_paths(root, seed)
-  out.seed = seed
-  out.model.text.vocab_size = tokenizer.vocab_size
-  out.model.image_token_id = tokenizer.image_token_id
-  out.model.pad_token_id = tokenizer.pad_id
-  out.model.bos_token_id = tokenizer.bos_id
-  out.model.eos_token_id = tokenizer.eos_id
-  out.data.update(tokenizer=str(tokenizer_path), seed=seed)
-  if name == "sft_web":
-    out.init.update(params="checkpoint", checkpoint_dir=str(paths.run("perception")))
-    settings = demo.sft_web
-  elif name == "sft_vqa":
-    out.init.update(params="checkpoint",
-                    checkpoint_dir=str(base_paths(root).run("sft_web")))
-    settings = demo.sft_vqa
-  else:  # the reference and every arm start from the VQA-tuned model
-    out.init.update(params="checkpoint", checkpoint_dir=str(paths.run("sft_vqa")))
-    settings = demo.preference
-  if kind == "sft":
-    source = "web" if name == "sft_web" else "vqa"
-    # One TFDS data dir per source: both SFT sources are `jsonl_sft` datasets, and a
-    # shared dir would serve the first one built to both stages.
-    out.data.update(dataset="jsonl_sft", source_dir=str(paths.data(source)),
-                    data_dir=str(paths.tfds / source))
-    out.train.update(global_batch_size=settings.batch_size, num_steps=settings.steps)
-  else:
-    out.data.update(dataset="jsonl_preference", source_dir=str(paths.data("feedback")),
-                    data_dir=str(paths.tfds / "feedback"))
-    out.train.update(global_batch_size=settings.batch_size, num_steps=0,
-                     num_epochs=settings.num_epochs)
-  out.optim.update(learning_rate=settings.learning_rate, frozen=tuple(settings.frozen))
-  if name in ARM_SPECS:
-    spec = ARM_SPECS[name]
-    out.ddpo.update(spec.ddpo_overrides(config.ddpo))
-    out.data.augmentation = spec.augmentation
-    # The cache holds log-probs of un-augmented images; a cropped policy input needs
-    # the reference forward on the same crop.
-    out.data.use_ref_cache = spec.augmentation == "none"
-  return out
-
-
-def validate(config: Any) -> None:
-  """Checks the demo section and, through the trainer's own validation, every stage."""
-  demo = config.demo
-  problems = []
-  if not demo.seeds:
-    problems.append("demo.seeds is empty")
-  if len(set(demo.seeds)) != len(demo.seeds):
-    problems.append(f"demo.seeds={tuple(demo.seeds)} repeats a seed")
-  w = demo.world
-  if w.image_size != config.model.vision.image_size:
-    problems.append(f"demo.world.image_size={w.image_size} must equal "
-                    f"model.vision.image_size={config.model.vision.image_size}")
-  for field in ("num_train_scenes", "num_feedback_scenes", "num_eval_scenes"):
-    if w[field] < 1:
-      problems.append(f"demo.world.{field}={w[field]} must be >= 1")
-  if demo.preference.batch_size > w.num_feedback_scenes:
-    problems.append(f"demo.preference.batch_size={demo.preference.batch_size} exceeds "
-                    f"demo.world.num_feedback_scenes={w.num_feedback_scenes}")
-  if problems:
-    raise ValueError("invalid demo config:\n  - " + "\n  - ".join(problems))
-  for name in ("sft_web", "sft_vqa", "reference") + ARMS:
-    stage = stage_config(config, pathlib.Path("/nonexistent"), demo.seeds[0], name,
-                         pathlib.Path("tokenizer.model"), TokenIds.of_model(config.model))
-    stage.data.source_dir = ""  # validation must not build datasets
-    try:
-      config_validation.validate_config(stage)
-    except ValueError as e:
-      raise ValueError(f"demo stage {name!r}: {e}") from e
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenIds:
-  """The tokenizer facts a stage config needs (a loaded tokenizer has them too)."""
-
-  vocab_size: int
-  image_token_id: int
-  pad_id: int
-  bos_id: int
-  eos_id: int
-
-  @classmethod
-  def of_model(cls, model_config: Any) -> "TokenIds":
-    """The ids a model config holds (to validate stage configs before the tokenizer)."""
-    return cls(model_config.text.vocab_size, model_config.image_token_id,
-               model_config.pad_token_id, model_config.bos_token_id,
-               model_config.eos_token_id)
-
-
-# ---------------------------------------------------------------------------- data
-
-def render_all(scenes: Sequence[world.Scene], image_size: int) -> dict[str, bytes]:
-  """PNG bytes per scene id."""
-  return {s.scene_id: world.encode_png(world.render(s, image_size)) for s in scenes}
-
-
-def _sft_records(examples: Sequence[corpora.TextExample], prefix: str,
-                 images: dict[str, bytes]) -> list[records.SFTRecord]:
-  return [records.SFTRecord(id=f"{prefix}-{i:06d}", image=images[e.scene_id],
-                            question=e.prompt, answer=e.response,
-                            origin={"source": e.source, "scene_id": e.scene_id,
-                                    "mismatches": ",".join(e.mismatches)})
-          for i, e in enumerate(examples)]
-
-
-def web_captions(config: Any, train_scenes: Sequence[world.Scene]) -> list[corpora.TextExample]:
-  """The base model's web captions (seeded by ``demo.base_seed``)."""
-  c = config.demo.corpus
-  return corpora.web_captions(train_scenes, int(config.demo.base_seed), c.mismatch_rate,
-                              {"extra_object": c.extra_object_weight,
-                               "wrong_color": c.wrong_color_weight})
-
-
-def write_web_data(config: Any, paths: SeedPaths, train_scenes: Sequence[world.Scene],
-                   images: dict[str, bytes]) -> dict[str, int]:
-  """The web-caption dataset of the base model; returns corpus statistics."""
-  captions = web_captions(config, train_scenes)
-  writers.write_jsonl(paths.data("web"), _sft_records(captions, "web", images))
-  return {"web_captions": len(captions),
-          "web_captions_mismatched": sum(bool(c.mismatches) for c in captions)}
-
-
-def write_vqa_data(config: Any, paths: SeedPaths, train_scenes: Sequence[world.Scene],
-                   images: dict[str, bytes], seed: int) -> dict[str, int]:
-  """A seed's VQA-SFT dataset: VQA pairs about the training scenes plus replayed captions.
-
-  The replay mirrors LLaVA-1.5's SFT mix, which keeps description data next to VQAv2:
-  on short VQA answers alone the model learns to answer every prompt in one word.
-  """
-  demo = config.demo
-  vqa = corpora.vqa_pairs(train_scenes, seed, per_scene=demo.corpus.vqa_per_scene)
-  share = demo.corpus.vqa_stage_caption_share
-  replayed = round(share / (1.0 - share) * len(vqa))
-  web = _sft_records(web_captions(config, train_scenes), "web", images)
-  order = np.random.default_rng(seed).permutation(len(web))[:replayed]
-  writers.write_jsonl(paths.data("vqa"),
-                      _sft_records(vqa, "vqa", images) + [web[i] for i in order])
-  return {"vqa_pairs": len(vqa), "vqa_stage_replayed_captions": int(len(order))}
-
-
-# ---------------------------------------------------------------------------- models
-
-def collect_feedback(config: Any, paths: SeedPaths, params: Any, sample: sampler.Sampler,
-                     scenes: Sequence[world.Scene], seed: int) -> dict[str, Any]:
-  """Samples a description per scene, has the oracle correct it, writes the dataset.
-
-  Returns:
-    Statistics: samples, unfinished (no EOS within the limit: not labeled), clean
-    (nothing to correct), emptied (everything deleted: no pair), corrected (pairs
-    written) and the edit reasons of the pairs.
-  """
-  demo = config.demo
-  images = render_all(scenes, demo.world.image_size)
-  prompts = corpora.description_prompts(len(scenes))
-  s = demo.sampling
-  generated = sample(params, [images[sc.scene_id] for sc in scenes], prompts,
-                     max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
-                     temperature=s.temperature, top_p=s.top_p, rng=jax.random.key(seed))
-  rows, samples = [], []
-  reasons: collections.Counter = collections.Counter()
-  unfinished = clean = emptied = 0
-  for scene, prompt, text, done in zip(scenes, prompts, generated.texts, generated.finished):
-    correction = labeler.correct_description(text, scene) if done and text else None
-    samples.append({"scene_id": scene.scene_id, "prompt": prompt, "response": text,
-                    "finished": done,
-                    "chosen": correction.chosen if correction else None,
-                    "corrections": list(correction.reasons) if correction else []})
-    if not done or not text:
-      unfinished += 1
-    elif correction is None:
-      clean += 1
-    elif not correction.chosen.strip():
-      # Everything it said was invented: the corrected answer is empty, which is no
-      # answer to prefer (the labeler corrects, it does not write new descriptions).
-      emptied += 1
-    else:
-      reasons.update(correction.reasons)
-      rows.append(labeler.feedback_record(
-          correction, record_id=f"fb-{seed}-{scene.scene_id}",
-          image=images[scene.scene_id], question=prompt, scene=scene,
-          explicit_spans=demo.preference.explicit_spans,
-          origin={"policy": "sft_vqa", "temperature": str(s.temperature)}))
-  if len(rows) < demo.preference.batch_size:
-    raise RuntimeError(
-        f"seed {seed}: only {len(rows)} of {len(scenes)} sampled descriptions give a "
-        f"correction ({unfinished} unfinished, {clean} clean, {emptied} corrected to "
-        f"nothing), fewer than one preference "
-        f"batch ({demo.preference.batch_size}); raise demo.world.num_feedback_scenes")
-  writers.write_jsonl(paths.data("feedback"), rows)
-  with paths.feedback_samples.open("w", encoding="utf-8") as f:
-    for sample in samples:
-      f.write(json.dumps(sample, sort_keys=True) + "\n")
-  return {"samples": len(scenes), "unfinished": unfinished, "clean": clean,
-          "emptied": emptied, "corrected": len(rows), "edits": dict(sorted(reasons.items()))}
+from rlhfv_jax.demo.config import (ARMS, MODELS, SeedPaths, base_paths, model_labels,
+                                   seed_paths, stage_config, validate)
+from rlhfv_jax.train import checkpointing, config_validation, model_init, runner
 
 
 def evaluate(config: Any, paths: SeedPaths, name: str, params: Any, sample: sampler.Sampler,
@@ -429,7 +81,7 @@ def evaluate(config: Any, paths: SeedPaths, name: str, params: Any, sample: samp
   samples = sample(params, [eval_images[s.scene_id] for s in eval_scenes], prompts,
                    max_new_tokens=e.max_new_tokens, batch_size=e.batch_size)
   texts, finished = samples.texts, samples.finished
-  scores = [metrics.score_response(t, s) for t, s in zip(texts, eval_scenes)]
+  scores = metrics.score_responses(texts, eval_scenes)
   out = paths.eval(name)
   out.parent.mkdir(parents=True, exist_ok=True)
   with out.open("w", encoding="utf-8") as f:
@@ -539,7 +191,7 @@ def pretrain_perception(ctx: _Context, paths: SeedPaths) -> dict[str, Any]:
                                      w.min_objects, w.max_objects, exclude=ctx.eval_scenes)
     result = perception.pretrain_vision_tower(
         stage.model, preprocessor, ctx.train_scenes, ctx.train_images, val_scenes,
-        render_all(val_scenes, w.image_size), steps=p.steps, batch_size=p.batch_size,
+        datasets.render_all(val_scenes, w.image_size), steps=p.steps, batch_size=p.batch_size,
         learning_rate=p.learning_rate, seed=seed)
     worst = min(result.accuracy.values())
     if worst < 0.95:
@@ -561,7 +213,7 @@ def run_base(ctx: _Context) -> dict[str, Any]:
   paths = base_paths(ctx.root)
   out: dict[str, Any] = {"metrics": {}}
   label = f"base (seed {ctx.config.demo.base_seed})"
-  out["corpus"] = ctx.progress.stage(label, "data", lambda: write_web_data(
+  out["corpus"] = ctx.progress.stage(label, "data", lambda: datasets.write_web_data(
       ctx.config, paths, ctx.train_scenes, ctx.train_images))
   out["perception"] = ctx.progress.stage(label, "perception",
                                          lambda: pretrain_perception(ctx, paths))
@@ -580,11 +232,11 @@ def run_seed(ctx: _Context, seed: int) -> dict[str, Any]:
                                         f"feedback{seed}", w.min_objects, w.max_objects,
                                         exclude=ctx.eval_scenes)
   out: dict[str, Any] = {"metrics": {}}
-  out["corpus"] = ctx.progress.stage(label, "data", lambda: write_vqa_data(
+  out["corpus"] = ctx.progress.stage(label, "data", lambda: datasets.write_vqa_data(
       config, paths, ctx.train_scenes, ctx.train_images, seed))
   sft_params, sample = ctx.progress.stage(label, "sft_vqa", lambda: ctx.train_and_eval(
       seed, paths, "sft_vqa", label, out["metrics"]))
-  out["feedback"] = ctx.progress.stage(label, "feedback", lambda: collect_feedback(
+  out["feedback"] = ctx.progress.stage(label, "feedback", lambda: datasets.collect_feedback(
       config, paths, sft_params, sample, feedback_scenes, seed))
   logging.info("demo: %s feedback: %s", label, json.dumps(out["feedback"]))
   ctx.progress.stage(label, "reference", lambda: runner.run(
@@ -620,8 +272,8 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
                                      "train", w.min_objects, w.max_objects,
                                      exclude=eval_scenes)
   ctx = _Context(config, root, tokenizer_path, train_scenes,
-                 render_all(train_scenes, w.image_size), eval_scenes,
-                 render_all(eval_scenes, w.image_size), progress)
+                 datasets.render_all(train_scenes, w.image_size), eval_scenes,
+                 datasets.render_all(eval_scenes, w.image_size), progress)
   base = run_base(ctx)
   per_seed = {seed: run_seed(ctx, seed) for seed in seeds}
   # The base model is shared: one evaluation, reported with n = 1.

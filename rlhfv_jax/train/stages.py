@@ -61,7 +61,7 @@ STAGES: dict[str, Stage] = {
     "demo": Stage(
         "the embedded default (configs/demo.py): the whole miniature experiment, data to "
         "ablation table, on a synthetic world. Needs: nothing.",
-        run="rlhfv_jax.demo.pipeline:run", validate="rlhfv_jax.demo.pipeline:validate"),
+        run="rlhfv_jax.demo.pipeline:run", validate="rlhfv_jax.demo.config:validate"),
 }
 # Stages that `config_validation.validate_config` accepts (the demo validates its own
 # config and each of its stage configs through it).

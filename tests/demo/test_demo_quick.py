@@ -20,7 +20,8 @@ import sys
 import numpy as np
 from PIL import Image
 
-from rlhfv_jax.demo import metrics, pipeline
+from rlhfv_jax.demo import metrics
+from rlhfv_jax.demo import config as demo_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -48,7 +49,7 @@ def check_quick_demo(workdir: pathlib.Path, log: str) -> None:
   # Progress: one line per finished stage.
   for stage in ("data", "perception", "sft_web"):
     assert f"base (seed 0), stage {stage} done in" in log, stage
-  for stage in ("data", "sft_vqa", "feedback", "reference") + pipeline.ARMS:
+  for stage in ("data", "sft_vqa", "feedback", "reference") + demo_config.ARMS:
     assert f"seed 0, stage {stage} done in" in log, stage
 
   # The report.
@@ -58,13 +59,13 @@ def check_quick_demo(workdir: pathlib.Path, log: str) -> None:
   table = (workdir / "ablation.md").read_text()
   results = json.loads((workdir / "results.json").read_text())
   assert results["seeds"] == [0]
-  for model in pipeline.MODELS:
+  for model in demo_config.MODELS:
     assert f"| {results['models'][model]['label']} |" in table
     (run,) = results["models"][model]["per_seed"]  # the shared base model or seed 0
     assert run == ("base" if model == "sft_web" else "0")
     assert set(metrics.METRIC_NAMES) <= set(results["models"][model]["per_seed"][run])
   rows = list(csv.DictReader((workdir / "ablation.csv").open()))
-  assert [r["arm"] for r in rows] == list(pipeline.MODELS)
+  assert [r["arm"] for r in rows] == list(demo_config.MODELS)
   png = np.asarray(Image.open(workdir / "ablation.png"))
   assert png.ndim == 3 and png.std() > 0
 
@@ -78,7 +79,7 @@ def check_quick_demo(workdir: pathlib.Path, log: str) -> None:
       (seed_dir / "data" / "feedback" / "train.jsonl").read_text().splitlines())
   assert feedback["corrected"] + feedback["clean"] + feedback["unfinished"] + feedback["emptied"] == (
       feedback["samples"])
-  for model in pipeline.MODELS:
+  for model in demo_config.MODELS:
     run_dir = base_dir if model == "sft_web" else seed_dir
     assert (run_dir / model / "metrics.jsonl").is_file(), model
     assert (run_dir / model / "config.json").is_file(), model
@@ -91,7 +92,7 @@ def check_quick_demo(workdir: pathlib.Path, log: str) -> None:
   # development machine: 0.096 -> 0.035 for both normalizations) while keeping at least
   # 80% of its object recall and of its length (recall 0.847 -> 0.909 / 0.888, words
   # 27.9 -> 28.4 / 27.7 there): a model that learnt to say less cannot pass.
-  per_seed = {m: results["models"][m]["per_seed"] for m in pipeline.MODELS}
+  per_seed = {m: results["models"][m]["per_seed"] for m in demo_config.MODELS}
   sft = per_seed["sft_vqa"]["0"]
   assert sft["chair_i"] > 0.0, sft  # there was something to correct
   for arm in ("ddpo_mean", "ddpo_sum"):

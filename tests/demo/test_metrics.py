@@ -33,7 +33,7 @@ def test_response_scores_by_hand():
 
 
 def test_aggregate_by_hand():
-  got = metrics.evaluate_descriptions([FAITHFUL, WRONG, "", INVENTED], [SCENE] * 4)
+  got = metrics.aggregate(metrics.score_responses([FAITHFUL, WRONG, "", INVENTED], [SCENE] * 4))
   want = {
       "chair_s": 2 / 4,                  # WRONG and INVENTED hallucinate
       "chair_i": (1 + 2) / (3 + 2 + 2),  # hallucinated mentions / mentions
@@ -50,11 +50,11 @@ def test_aggregate_by_hand():
 
 
 def test_silence_does_not_look_good():
-  got = metrics.evaluate_descriptions(["", "Nothing to see."], [SCENE] * 2)
+  got = metrics.aggregate(metrics.score_responses(["", "Nothing to see."], [SCENE] * 2))
   assert got["chair_s"] == 0.0 and got["recall"] == 0.0 and got["avg_words"] == 1.5
   assert math.isnan(got["chair_i"]) and math.isnan(got["count_accuracy"])
   assert math.isnan(got["attribute_error_rate"])
-  faithful = metrics.evaluate_descriptions([FAITHFUL], [SCENE])
+  faithful = metrics.aggregate(metrics.score_responses([FAITHFUL], [SCENE]))
   assert faithful["recall"] == 1.0 and faithful["chair_i"] == 0.0
 
 
@@ -65,6 +65,6 @@ def test_repeated_mentions_cover_an_object_once():
 
 def test_errors():
   with pytest.raises(ValueError, match="2 descriptions for 1 scenes"):
-    metrics.evaluate_descriptions(["a", "b"], [SCENE])
+    metrics.score_responses(["a", "b"], [SCENE])
   with pytest.raises(ValueError, match="no responses"):
     metrics.aggregate([])

@@ -7,7 +7,8 @@ import pytest
 
 from rlhfv_jax import model as model_lib
 from rlhfv_jax.data import images as images_lib
-from rlhfv_jax.demo import perception, pipeline, world
+from rlhfv_jax.demo import datasets, perception, world
+from rlhfv_jax.demo import config as demo_config
 
 
 def test_cell_labels_hand_computed():
@@ -21,13 +22,13 @@ def test_cell_labels_hand_computed():
 
 
 def test_pretrained_tower_reads_held_out_cells_and_fits_the_llava():
-  cfg = pipeline.demo_model_config()
+  cfg = demo_config.demo_model_config()
   preprocessor = images_lib.ImagePreprocessor(cfg.vision.image_size)
   val = world.sample_scenes(7, 128, "val")
   train = world.sample_scenes(8, 1000, "train", exclude=val)
   result = perception.pretrain_vision_tower(
-      cfg, preprocessor, train, pipeline.render_all(train, 48), val,
-      pipeline.render_all(val, 48), steps=200, batch_size=64, learning_rate=3e-3, seed=0)
+      cfg, preprocessor, train, datasets.render_all(train, 48), val,
+      datasets.render_all(val, 48), steps=200, batch_size=64, learning_rate=3e-3, seed=0)
   # Chance is ~0.55 (most cells are empty); the demo's 300 steps on 4000 scenes reach 1.0.
   # Here: a fifth of the data and two thirds of the steps, with a wide margin.
   for name, accuracy in result.accuracy.items():
@@ -40,7 +41,7 @@ def test_pretrained_tower_reads_held_out_cells_and_fits_the_llava():
 
 
 def test_needs_one_patch_per_cell():
-  cfg = pipeline.demo_model_config()
+  cfg = demo_config.demo_model_config()
   cfg.vision.patch_size = 8
   with pytest.raises(ValueError, match="one patch per world cell"):
     perception.pretrain_vision_tower(cfg, images_lib.ImagePreprocessor(48), [], {}, [], {},

@@ -9,20 +9,21 @@ import pytest
 
 from rlhfv_jax import sampler
 from rlhfv_jax.data import readers, records
-from rlhfv_jax.demo import corpora, labeler, pipeline, world
+from rlhfv_jax.demo import corpora, datasets, labeler, pipeline, world
+from rlhfv_jax.demo import config as demo_config
 from rlhfv_jax.train import config_validation
 
-TOKENIZER = pipeline.TokenIds.of_model(pipeline.demo_model_config())
+TOKENIZER = demo_config.TokenIds.of_model(demo_config.demo_model_config())
 
 
 def _config():
-  config = pipeline.default_config()
+  config = demo_config.default_config()
   config.demo.seeds = (3,)
   return config
 
 
 def _stage(config, name, root=pathlib.Path("/w")):
-  return pipeline.stage_config(config, root, 3, name, pathlib.Path("/w/tok.model"), TOKENIZER)
+  return demo_config.stage_config(config, root, 3, name, pathlib.Path("/w/tok.model"), TOKENIZER)
 
 
 def test_stage_chain_and_arms():
@@ -64,9 +65,9 @@ def test_stage_chain_and_arms():
 def test_arm_labels_follow_gamma():
   config = _config()
   config.ddpo.gamma = 3.0
-  labels = pipeline.model_labels(config)
+  labels = demo_config.model_labels(config)
   assert labels["ddpo_mean"] == "+ DDPO (γ=3, weighted mean)"
-  assert set(labels) == set(pipeline.MODELS)
+  assert set(labels) == set(demo_config.MODELS)
 
 
 @pytest.mark.parametrize("change, match", [
@@ -83,18 +84,18 @@ def test_validate_rejects(change, match):
   config = _config()
   change(config)
   with pytest.raises(ValueError, match=match):
-    pipeline.validate(config)
+    demo_config.validate(config)
 
 
 def test_default_configs_validate():
-  pipeline.validate(pipeline.default_config())
+  demo_config.validate(demo_config.default_config())
   import importlib.util
   spec = importlib.util.spec_from_file_location(
       "demo_config", pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   for variant in module.VARIANTS:
-    pipeline.validate(module.get_config(variant))
+    demo_config.validate(module.get_config(variant))
   with pytest.raises(ValueError, match="unknown variant"):
     module.get_config("slow")
 
@@ -111,10 +112,10 @@ def test_workdir_belongs_to_one_config(tmp_path):
 def test_sft_data_is_readable_by_the_project_reader(tmp_path):
   config = _config()
   scenes = world.sample_scenes(0, 20, "d")
-  images = pipeline.render_all(scenes, config.demo.world.image_size)
-  base, own = pipeline.SeedPaths(tmp_path / "base"), pipeline.SeedPaths(tmp_path / "s3")
-  web_stats = pipeline.write_web_data(config, base, scenes, images)
-  stats = pipeline.write_vqa_data(config, own, scenes, images, seed=3)
+  images = datasets.render_all(scenes, config.demo.world.image_size)
+  base, own = demo_config.SeedPaths(tmp_path / "base"), demo_config.SeedPaths(tmp_path / "s3")
+  web_stats = datasets.write_web_data(config, base, scenes, images)
+  stats = datasets.write_vqa_data(config, own, scenes, images, seed=3)
   assert web_stats["web_captions"] == 20
   assert stats["vqa_pairs"] == 20 * config.demo.corpus.vqa_per_scene
   errors = records.ErrorLog("raise")
@@ -155,8 +156,8 @@ def test_collect_feedback_writes_only_corrected_finished_samples(tmp_path):
   assert labeler.correct_description(invented, scenes[4]).chosen == ""
   texts = [faithful, wrong, wrong, "", invented]
   sample = CannedSampler(texts, [True, True, False, True, True])
-  paths = pipeline.SeedPaths(tmp_path)
-  stats = pipeline.collect_feedback(config, paths, None, sample, scenes, seed=3)
+  paths = demo_config.SeedPaths(tmp_path)
+  stats = datasets.collect_feedback(config, paths, None, sample, scenes, seed=3)
   assert stats == {"samples": 5, "unfinished": 2, "clean": 1, "emptied": 1, "corrected": 1,
                    "edits": {"count": 1}}
   assert sample.calls[0]["temperature"] == config.demo.sampling.temperature
@@ -169,7 +170,7 @@ def test_collect_feedback_writes_only_corrected_finished_samples(tmp_path):
   assert [s["finished"] for s in samples] == [True, True, False, True, True]
   # Only the corrected scene's image is stored.
   (image_file,) = (paths.data("feedback") / "images").iterdir()
-  assert image_file.read_bytes() == pipeline.render_all(
+  assert image_file.read_bytes() == datasets.render_all(
       scenes[1:2], config.demo.world.image_size)[scenes[1].scene_id]
 
 
@@ -178,7 +179,7 @@ def test_too_little_feedback_is_an_error(tmp_path):
   scenes = world.sample_scenes(0, 2, "f")
   sample = CannedSampler(["There are nine objects."] * 2, [True, True])
   with pytest.raises(RuntimeError, match="fewer than one preference batch"):
-    pipeline.collect_feedback(config, pipeline.SeedPaths(tmp_path), None, sample, scenes, 3)
+    datasets.collect_feedback(config, demo_config.SeedPaths(tmp_path), None, sample, scenes, 3)
 
 
 def test_evaluate_scores_and_logs_every_description(tmp_path):
@@ -186,7 +187,7 @@ def test_evaluate_scores_and_logs_every_description(tmp_path):
   scenes = world.sample_scenes(0, 2, "e")
   texts = [corpora.describe(scenes[0].objects, __import__("numpy").random.default_rng(0)),
            "A blue star."]
-  paths = pipeline.SeedPaths(tmp_path)
+  paths = demo_config.SeedPaths(tmp_path)
   result = pipeline.evaluate(config, paths, "m", None, CannedSampler(texts, [True, False]),
                              scenes, {s.scene_id: b"" for s in scenes})
   assert result["chair_s"] == 0.0 and result["unfinished"] == 0.5
