@@ -234,7 +234,8 @@ def preference_loss(policy_chosen: jax.Array, policy_rejected: jax.Array,
   return loss, metrics
 
 
-def make_ddpo_loss(apply_fn: ApplyFn, config: Any) -> Callable[..., tuple[jax.Array, Metrics]]:
+def make_ddpo_loss(apply_fn: ApplyFn, config: Any, *,
+                   reduce: bool = True) -> Callable[..., tuple[jax.Array, Metrics]]:
   """Builds `ddpo_loss(policy_params, ref_params, batch) -> (loss, metrics)`.
 
   Chosen and rejected answers go through the model in ONE forward pass of 2B sequences
@@ -247,6 +248,8 @@ def make_ddpo_loss(apply_fn: ApplyFn, config: Any) -> Callable[..., tuple[jax.Ar
     apply_fn: the model call, see `ApplyFn`.
     config: a `DDPOConfig`, or a mapping / ConfigDict of its fields (the run config's
       ``ddpo`` section); missing fields take the paper's defaults.
+    reduce: False returns the per-example loss [B] and metrics [B] instead (evaluation
+      masks padded examples with them).
 
   Returns:
     A pure function; `loss` is the batch mean and every metric a batch-mean scalar.
@@ -281,6 +284,8 @@ def make_ddpo_loss(apply_fn: ApplyFn, config: Any) -> Callable[..., tuple[jax.Ar
                                 zip(ref_lps, (batch.chosen, batch.rejected)))
     losses, metrics = preference_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
                                       beta, loss_type, label_smoothing)
+    if not reduce:
+      return losses, dict(metrics, loss=losses)
     loss = jnp.mean(losses)
     metrics = {k: jnp.mean(v) for k, v in metrics.items()}
     metrics["loss"] = loss
@@ -289,24 +294,29 @@ def make_ddpo_loss(apply_fn: ApplyFn, config: Any) -> Callable[..., tuple[jax.Ar
   return ddpo_loss
 
 
-def make_sft_loss(apply_fn: ApplyFn) -> Callable[..., tuple[jax.Array, Metrics]]:
+def make_sft_loss(apply_fn: ApplyFn, *,
+                  reduce: bool = True) -> Callable[..., tuple[jax.Array, Metrics]]:
   """Builds `sft_loss(params, batch: SFTBatch) -> (loss, metrics)`: answer-token NLL.
 
   The loss is the mean negative log-likelihood over all answer tokens of the batch
   (token-weighted, as in LLaVA's SFT). Under pmap each device averages its own shard.
+  With `reduce=False` every value is per example [B] (each example's own token mean and
+  `num_tokens`, so weighting by `num_tokens` gives back the batch's token mean).
   """
 
   def sft_loss(params: Any, batch: SFTBatch) -> tuple[jax.Array, Metrics]:
     tokens = batch.tokens
     logits = logps.sequence_logits(apply_fn, params, tokens, batch.pixel_values)
     mask = tokens.loss_mask.astype(jnp.float32)
-    num_tokens = jnp.maximum(jnp.sum(mask), 1.0)
-    loss = -jnp.sum(token_logps(logits, tokens.targets) * mask) / num_tokens
+    axes = None if reduce else -1  # the whole batch, or each example
+    num_tokens = jnp.sum(mask, axis=axes)
+    denominator = jnp.maximum(num_tokens, 1.0)
+    loss = -jnp.sum(token_logps(logits, tokens.targets) * mask, axis=axes) / denominator
     correct = (jnp.argmax(logits, axis=-1) == tokens.targets).astype(jnp.float32)
     metrics = {
         "loss": loss,
-        "token_accuracy": jnp.sum(correct * mask) / num_tokens,
-        "num_tokens": jnp.sum(mask),
+        "token_accuracy": jnp.sum(correct * mask, axis=axes) / denominator,
+        "num_tokens": num_tokens,
     }
     return loss, metrics
 

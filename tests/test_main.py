@@ -145,6 +145,16 @@ def test_reference_cache_from_a_trained_run_then_eval(uninterrupted_sft, tmp_pat
   assert results["logps/policy_chosen"] == pytest.approx(results["logps/ref_chosen"], abs=1e-5)
   assert results["logps/policy_chosen"] < 0
 
+  # 24 examples in batches of 16: the padded half of the second batch is masked out, so
+  # every example counts exactly once and the means are those of the batches of 4.
+  evaluation.eval.batch_size = 16
+  padded = runner.eval_stage(evaluation, str(tmp_path / "eval16"))
+  assert padded["examples"] == 24
+  for key, value in returned.items():
+    if key == "rewards/accuracy":  # here a strict ">" between two rewards of ~1e-8
+      continue
+    assert padded[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
 
 def test_overrides_reach_the_config(env):
   proc = run_main(env, *main_command(f"{TINY}:fsdp", pathlib.Path("/unused"), "--print_config",

@@ -24,7 +24,7 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from rlhfv_jax import segments
-from rlhfv_jax.data import tfds_builders
+from rlhfv_jax.data import pipeline, tfds_builders
 from rlhfv_jax.data.images import AugmentationPolicy, ImagePreprocessor
 from rlhfv_jax.data.pipeline import Loader
 from rlhfv_jax.data.records import ErrorLog
@@ -201,6 +201,41 @@ def make_loader(config: Any, *, global_batch_size: int, run_dir: Optional[PathLi
       errors=_errors(config, run_dir, "pipeline", process_index, process_count),
       ref_lookup=ref_lookup,
       num_threads=data.num_threads, **_segment_settings(config))
+
+
+def ordered_batches(config: Any, *, global_batch_size: int, source: Any = None,
+                    run_dir: Optional[PathLike] = None, facts: Optional[ModelFacts] = None,
+                    tokenizer: Optional[Tokenizer] = None,
+                    process_index: Optional[int] = None, process_count: Optional[int] = None):
+  """Every example of the split once, in order, un-augmented: `pipeline.ordered_batches`
+  over this process's share, each process running the same number of batches (the
+  evaluation pass; see there for the validity mask of the padded tail).
+
+  Yields:
+    (host batch of `global_batch_size / process_count` examples, its `FixedSizeBatch`).
+  """
+  facts = facts or ModelFacts.from_config(config)
+  check_buckets(config, facts)
+  data = config.data
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if global_batch_size % process_count:
+    raise ValueError(f"batch size {global_batch_size} is not divisible by {process_count} "
+                     "processes")
+  source = source if source is not None else open_source(config, run_dir)
+  host_batch = global_batch_size // process_count
+  per_process = -(-len(source) // process_count)
+  ref_lookup = None
+  if data.use_ref_cache:
+    ref_lookup = ReferenceCache.load(
+        ref_cache_dir(config), preprocessor=make_preprocessor(config, facts, augment=False)).lookup
+  return pipeline.ordered_batches(
+      source, make_template(config, facts, tokenizer),
+      make_preprocessor(config, facts, augment=False),
+      indices=range(process_index, len(source), process_count), batch_size=host_batch,
+      buckets=tuple(data.buckets), num_batches=-(-per_process // host_batch),
+      errors=_errors(config, run_dir, "ordered", process_index, process_count),
+      ref_lookup=ref_lookup, **_segment_settings(config))
 
 
 def precompute_reference(config: Any, token_logps_fn: TokenLogpsFn, *, batch_size: int,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Generic, Iterable, Iterator, TypeVar
+from typing import Generic, Iterable, Iterator, Optional, TypeVar
 
 import numpy as np
 
@@ -43,19 +43,38 @@ class FixedSizeBatch(Generic[T]):
     return list(itertools.islice(rows, self.num_valid))
 
 
-def fixed_size_batches(items: Iterable[T], batch_size: int) -> Iterator[FixedSizeBatch[T]]:
+def fixed_size_batches(items: Iterable[T], batch_size: int, *, num_batches: Optional[int] = None,
+                       filler: Optional[T] = None) -> Iterator[FixedSizeBatch[T]]:
   """Splits `items` (any iterable, consumed lazily) into ordered batches of `batch_size`.
 
   Every batch holds exactly `batch_size` items; the last one is padded with repeats of
-  its own first item, which are marked invalid. An empty input yields nothing.
+  its own first item, which are marked invalid. An empty input yields nothing, unless
+  `num_batches` asks for more.
+
+  Args:
+    items: the items, in order.
+    batch_size: items per batch.
+    num_batches: if given, all-invalid batches (repeats of the first item, else of
+      `filler`) follow until there are this many — several processes running a
+      collective per batch must run the same number of batches; more real batches than
+      this is an error.
+    filler: what an all-invalid batch repeats when `items` was empty.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size={batch_size} must be >= 1")
-  iterator, start = iter(items), 0
+  iterator, start, count, first = iter(items), 0, 0, filler
   while True:
     chunk = list(itertools.islice(iterator, batch_size))
     if not chunk:
-      return
+      break
+    if num_batches is not None and count == num_batches:
+      raise ValueError(f"more than num_batches={num_batches} batches of {batch_size}")
+    first = chunk[0] if count == 0 else first
     valid = np.arange(batch_size) < len(chunk)
     yield FixedSizeBatch(chunk + [chunk[0]] * (batch_size - len(chunk)), valid, start)
-    start += len(chunk)
+    start, count = start + len(chunk), count + 1
+  while num_batches is not None and count < num_batches:
+    if first is None:
+      raise ValueError("no item to fill the remaining batches with: pass filler")
+    yield FixedSizeBatch([first] * batch_size, np.zeros(batch_size, bool), start)
+    count += 1

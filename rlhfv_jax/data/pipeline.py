@@ -41,13 +41,14 @@ import concurrent.futures
 import dataclasses
 import logging
 import threading
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import grain
 import numpy as np
 
 from rlhfv_jax import segments
 from rlhfv_jax.batch import PreferenceBatch, SFTBatch, TokenSequences
+from rlhfv_jax.data.fixed_batches import FixedSizeBatch, fixed_size_batches
 from rlhfv_jax.data.images import ImagePreprocessor, augmentation_rng
 from rlhfv_jax.data.records import ErrorLog, PreferenceRecord, Record, RecordError, SFTRecord
 from rlhfv_jax.data.tokenizer import ChatTemplate
@@ -204,6 +205,52 @@ def assemble_batch(examples: Sequence[TokenizedExample], pixel_values: np.ndarra
     return SFTBatch(pixel_values=pixel_values, tokens=sequences["tokens"])
   return PreferenceBatch(pixel_values=pixel_values, chosen=sequences["chosen"],
                          rejected=sequences["rejected"])
+
+
+def ordered_batches(source: Sequence[Record], template: ChatTemplate,
+                    preprocessor: ImagePreprocessor, *, indices: Sequence[int],
+                    batch_size: int, buckets: Sequence[int], segment_mode: str = "paper",
+                    min_match: int = 3, errors: Optional[ErrorLog] = None,
+                    ref_lookup: Optional[RefLookup] = None,
+                    num_batches: Optional[int] = None
+                    ) -> Iterator[tuple[Batch, FixedSizeBatch[TokenizedExample]]]:
+  """`source[i]` for i in `indices`, in order, as batches of exactly `batch_size`.
+
+  What forward-only passes (the reference log-prob cache, evaluation) iterate instead of
+  the shuffling, repeating `Loader`: nothing is dropped; the padded tail of the last
+  batch is marked invalid (`FixedSizeBatch.valid`, see `fixed_batches`). Images are not
+  augmented. Prompts that do not fit the largest bucket go through `errors`.
+
+  Args:
+    source: random-access records.
+    template, preprocessor: as for the training loader.
+    indices: the records to serve (e.g. this process's share).
+    batch_size: examples per batch.
+    buckets: allowed sequence lengths (each batch takes the smallest that fits).
+    segment_mode, min_match: `segments.correction_masks` settings.
+    errors: error policy (default: raise).
+    ref_lookup: fills `ref_token_logps` from a reference cache.
+    num_batches: run exactly this many batches (all-invalid ones at the end), so that
+      processes with fewer records keep step with the others.
+
+  Yields:
+    (batch, its items with the validity mask).
+  """
+  errors = errors if errors is not None else ErrorLog("raise")
+  buckets = sorted(buckets)
+  tok = template.tokenizer
+  tokenize = lambda i: tokenize_record(source[i], template, segment_mode=segment_mode,
+                                       min_match=min_match, index=i)
+  examples = (e for e in map(tokenize, indices) if prompt_fits(e, buckets[-1], errors))
+  filler = None
+  if num_batches is not None and len(source):
+    filler = tokenize(0)  # for a process whose share is empty
+  for chunk in fixed_size_batches(examples, batch_size, num_batches=num_batches,
+                                  filler=filler):
+    length = choose_bucket(max(e.required_length for e in chunk.items), buckets)
+    pixel_values = np.stack([preprocessor(e.image) for e in chunk.items])
+    yield assemble_batch(chunk.items, pixel_values, length, eos_id=tok.eos_id,
+                         pad_id=tok.pad_id, ref_lookup=ref_lookup), chunk
 
 
 _TRUNCATION_IDS_LOGGED = 16  # truncated ids named one by one in the log

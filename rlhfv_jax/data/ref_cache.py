@@ -50,10 +50,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from rlhfv_jax.batch import PreferenceBatch
-from rlhfv_jax.data.fixed_batches import fixed_size_batches
 from rlhfv_jax.data.images import ImagePreprocessor
-from rlhfv_jax.data.pipeline import (assemble_batch, choose_bucket,
-                                     prompt_fits, tokenize_record)
+from rlhfv_jax.data.pipeline import ordered_batches
 from rlhfv_jax.data.records import ErrorLog
 from rlhfv_jax.data.tokenizer import ChatTemplate
 
@@ -117,20 +115,15 @@ def compute_reference_cache(source: Sequence[Any], template: ChatTemplate,
     The written shard path.
   """
   errors = errors if errors is not None else ErrorLog("raise")
-  tok = template.tokenizer
-  buckets = sorted(buckets)
   stored: dict[str, list[np.ndarray]] = {name: [] for name in ANSWERS}
   fingerprints: dict[str, list[int]] = {name: [] for name in ANSWERS}
   ids: list[str] = []
   indices = list(range(process_index, len(source), process_count))
-  examples = (e for e in (tokenize_record(source[i], template, segment_mode=segment_mode,
-                                          min_match=min_match, index=i) for i in indices)
-              if prompt_fits(e, buckets[-1], errors))
-  for chunk in fixed_size_batches(examples, batch_size):
-    length = choose_bucket(max(e.required_length for e in chunk.items), buckets)
-    pixel_values = np.stack([preprocessor(e.image) for e in chunk.items])
-    batch = assemble_batch(chunk.items, pixel_values, length, eos_id=tok.eos_id,
-                           pad_id=tok.pad_id)
+  for batch, chunk in ordered_batches(source, template, preprocessor, indices=indices,
+                                      batch_size=batch_size, buckets=buckets,
+                                      segment_mode=segment_mode, min_match=min_match,
+                                      errors=errors):
+    length = batch.chosen.input_ids.shape[1]
     outputs = [np.asarray(x, np.float32) for x in token_logps_fn(batch)]
     for name, logps in zip(ANSWERS, outputs):
       if logps.shape != (batch_size, length):

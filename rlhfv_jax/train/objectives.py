@@ -8,7 +8,7 @@ signature so that a stochastic objective needs no change to the step or checkpoi
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from rlhfv_jax import ddpo
 from rlhfv_jax import logps
@@ -21,6 +21,8 @@ class Objective:
 
   Attributes:
     loss_fn: `(params, frozen_inputs, batch, rng) -> (loss, metrics)`.
+    per_example_fn: `(params, frozen_inputs, batch) -> (loss [B], metrics of [B])`, the
+      same loss before the batch mean (evaluation masks padded examples with it).
     loss_weight_key: metric that weights micro-batches/devices in the average (see
       `rlhfv_jax.train.step`), or None for equal weights.
     needs_frozen_inputs: whether `frozen_inputs` must be given (the DDPO reference params
@@ -28,6 +30,7 @@ class Objective:
   """
 
   loss_fn: LossFn
+  per_example_fn: Callable[[Any, Any, Any], tuple[Any, dict[str, Any]]]
   loss_weight_key: Optional[str] = None
   needs_frozen_inputs: bool = False
 
@@ -40,7 +43,9 @@ def ddpo_objective(apply_fn: logps.ApplyFn, ddpo_config: Any, *, cached_referenc
     del rng
     return ddpo_loss(params, ref_params, batch)
 
-  return Objective(loss_fn=loss_fn, needs_frozen_inputs=not cached_reference)
+  per_example = ddpo.make_ddpo_loss(apply_fn, ddpo_config, reduce=False)
+  return Objective(loss_fn=loss_fn, per_example_fn=per_example,
+                   needs_frozen_inputs=not cached_reference)
 
 
 def sft_objective(apply_fn: logps.ApplyFn) -> Objective:
@@ -51,4 +56,7 @@ def sft_objective(apply_fn: logps.ApplyFn) -> Objective:
     del frozen_inputs, rng
     return sft_loss(params, batch)
 
-  return Objective(loss_fn=loss_fn, loss_weight_key="num_tokens")
+  per_example = ddpo.make_sft_loss(apply_fn, reduce=False)
+  return Objective(loss_fn=loss_fn,
+                   per_example_fn=lambda params, frozen_inputs, batch: per_example(params, batch),
+                   loss_weight_key="num_tokens")

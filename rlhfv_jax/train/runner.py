@@ -21,6 +21,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rlhfv_jax import logps
@@ -193,15 +194,14 @@ def precompute_ref_stage(config: Any, workdir: str) -> str:
 
 
 def eval_stage(config: Any, workdir: str) -> dict[str, float]:
-  """The `eval` stage: the objective's metrics over one pass of `config.eval.split`.
+  """The `eval` stage: the objective's metrics over every example of `config.eval.split`.
 
-  Batches have a fixed size, so the last `len(split) % eval.batch_size` examples are not
-  evaluated; how many were is part of the result.
+  Batches have a fixed size; the padded tail of the last one is masked out, so every
+  example counts once (weighted as training weights them), and the result says how many
+  were scored.
   """
   from rlhfv_jax.data import factory
   source = factory.open_source(config, workdir, split=config.eval.split)
-  loader = _make_loader(config, workdir, global_batch_size=config.eval.batch_size,
-                        source=source, shuffle=False, num_epochs=1, augment=False)
   objective = stage_objective(config, model_lib.make_apply_fn(config.model),
                               config.eval.objective)
   param_shardings, batch_sharding = sharding.pass_layout(
@@ -209,21 +209,24 @@ def eval_stage(config: Any, workdir: str) -> dict[str, float]:
   params = jax.device_put(model_init.load_initial_params(config, param_shardings),
                           param_shardings)
   frozen_inputs = params if objective.needs_frozen_inputs else None
-  eval_step = jax.jit(step_lib.make_eval_step(objective.loss_fn,
+  eval_step = jax.jit(step_lib.make_eval_step(objective.per_example_fn,
                                               loss_weight_key=objective.loss_weight_key),
                       out_shardings=sharding.replicated(batch_sharding.mesh))
+  put = lambda x: jax.make_array_from_process_local_data(batch_sharding, np.asarray(x))
   total_weight, sums, examples = 0.0, {}, 0
-  for host_batch in _CheckedIterator(iter(loader), config.eval.objective):
-    batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, x),
-                         host_batch)
-    weight, weighted = eval_step(params, frozen_inputs, batch)
+  for host_batch, chunk in factory.ordered_batches(
+      config, global_batch_size=config.eval.batch_size, source=source, run_dir=workdir):
+    _expect_batch_type(host_batch, config.eval.objective)
+    weight, weighted = eval_step(params, frozen_inputs, jax.tree.map(put, host_batch),
+                                 put(chunk.valid))
     total_weight += float(weight)
     for k, v in weighted.items():
       sums[k] = sums.get(k, 0.0) + float(v)
-    examples += metrics_lib.batch_size_and_tokens(host_batch)[0] * jax.process_count()
+    examples += chunk.num_valid
+  examples = int(np.sum(multihost_utils.process_allgather(np.asarray(examples))))
   if not examples:
-    raise ValueError(f"eval split {config.eval.split!r} has fewer examples ({len(source)}) "
-                     f"than eval.batch_size={config.eval.batch_size}")
+    raise ValueError(f"eval split {config.eval.split!r}: no example could be scored "
+                     f"({len(source)} in the split)")
   results = {k: v / total_weight for k, v in sums.items()}
   if objective.loss_weight_key:
     results[objective.loss_weight_key] = total_weight

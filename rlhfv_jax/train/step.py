@@ -135,18 +135,24 @@ def _loss_weight(metrics: dict[str, jax.Array], loss_weight_key: Optional[str]) 
   return jnp.ones((), jnp.float32)
 
 
-def make_eval_step(loss_fn: LossFn, *, loss_weight_key: Optional[str] = None):
-  """Builds `eval_step(params, frozen_inputs, batch) -> (weight, weighted metric sums)`.
+def make_eval_step(per_example_fn: Callable[[Any, Any, Any], tuple[Any, dict[str, Any]]], *,
+                   loss_weight_key: Optional[str] = None):
+  """Builds `eval_step(params, frozen_inputs, batch, valid) -> (weight, weighted sums)`.
 
-  Sum both over batches and divide to get dataset means weighted exactly as the train
-  step weights devices and micro-batches (see the module docstring). Jit it with the
-  batch sharded over devices; the sums are then global.
+  `per_example_fn` gives the loss and metrics of every example ([B] each, see
+  `objectives.Objective`); `valid` [B] masks padded examples out (`data.fixed_batches`).
+  Sum both outputs over batches and divide to get dataset means weighted exactly as the
+  train step weights examples (by `loss_weight_key`, e.g. answer tokens, else equally).
+  Jit it with the batch sharded over devices; the sums are then global.
   """
-  def eval_step(params, frozen_inputs, batch):
-    loss, metrics = loss_fn(params, frozen_inputs, batch, jax.random.PRNGKey(0))
+  def eval_step(params, frozen_inputs, batch, valid):
+    loss, metrics = per_example_fn(params, frozen_inputs, batch)
     metrics = dict(metrics, loss=loss)
-    weight = _loss_weight(metrics, loss_weight_key)
-    return weight, {k: weight * jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+    weight = valid.astype(jnp.float32)
+    if loss_weight_key:
+      weight = weight * jnp.asarray(metrics[loss_weight_key], jnp.float32)
+    return jnp.sum(weight), {k: jnp.sum(weight * jnp.asarray(v, jnp.float32))
+                             for k, v in metrics.items()}
   return eval_step
 
 

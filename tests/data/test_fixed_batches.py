@@ -22,3 +22,15 @@ def test_exact_multiple_and_empty():
   assert list(fixed_size_batches([], 2)) == []
   with pytest.raises(ValueError, match="batch_size=0"):
     list(fixed_size_batches([1], 0))
+
+
+def test_all_invalid_batches_up_to_num_batches():
+  batches = list(fixed_size_batches("abc", 2, num_batches=3))
+  assert [b.items for b in batches] == [list("ab"), list("cc"), list("aa")]
+  assert [b.num_valid for b in batches] == [2, 1, 0]
+  (only,) = fixed_size_batches([], 2, num_batches=1, filler="z")
+  assert only.items == ["z", "z"] and only.num_valid == 0
+  with pytest.raises(ValueError, match="pass filler"):
+    list(fixed_size_batches([], 2, num_batches=1))
+  with pytest.raises(ValueError, match="more than num_batches=1"):
+    list(fixed_size_batches("abc", 2, num_batches=1))

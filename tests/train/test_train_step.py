@@ -247,3 +247,30 @@ def test_mesh_shape_resolution():
     sharding.resolve_mesh_shape(-1, -1, 8)
   mesh = sharding.make_mesh(-1, 2)
   assert dict(mesh.shape) == {"data": 2, "fsdp": 2}
+
+
+@pytest.mark.parametrize("kind", ["sft", "ddpo"])
+def test_eval_step_masks_padding_and_weights_like_training(kind):
+  """Padded rows (valid=False) change nothing; the sums over examples give the loss of
+  the real rows alone, token-weighted for SFT as the train step weights it."""
+  params, ref = toy_model.init_params(0), toy_model.init_params(1)
+  if kind == "sft":
+    objective = objectives.sft_objective(toy_model.apply_fn)
+    real, garbage = toy_model.sft_batch(0, batch=5), toy_model.sft_batch(1, batch=3)
+  else:
+    objective = objectives.ddpo_objective(toy_model.apply_fn, ddpo.PAPER_HPARAMS,
+                                          cached_reference=False)
+    real, garbage = toy_model.preference_batch(0, batch=5), toy_model.preference_batch(1, batch=3)
+  padded = jax.tree.map(lambda a, b: np.concatenate([a, b]), real, garbage)
+  valid = np.arange(8) < 5
+  eval_step = jax.jit(step_lib.make_eval_step(objective.per_example_fn,
+                                              loss_weight_key=objective.loss_weight_key))
+  weight, sums = eval_step(params, ref, padded, valid)
+  want_loss, want_metrics = objective.loss_fn(params, ref, real, None)
+  np.testing.assert_allclose(sums["loss"] / weight, want_loss, rtol=1e-5)
+  for key in want_metrics:
+    if key != "num_tokens":
+      np.testing.assert_allclose(sums[key] / weight, want_metrics[key], rtol=1e-5, atol=1e-7,
+                                 err_msg=key)
+  want_weight = want_metrics["num_tokens"] if kind == "sft" else 5
+  np.testing.assert_allclose(weight, want_weight)
