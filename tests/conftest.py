@@ -70,3 +70,11 @@ def llama_tokenizer_path() -> pathlib.Path:
       pytest.fail(f"{REQUIRE_LLAMA_TOKENIZER_VAR}=1 and no tokenizer: {_TOKENIZER_HOWTO}")
     pytest.skip(_TOKENIZER_HOWTO)
   return path
+
+
+def pytest_terminal_summary(terminalreporter):
+  """One line at the end of the run when tests were skipped for want of the tokenizer."""
+  skipped = [r for r in terminalreporter.stats.get("skipped", ())
+             if _TOKENIZER_HOWTO in str(r.longrepr)]
+  if skipped:
+    terminalreporter.write_line(f"{len(skipped)} tests skipped: {_TOKENIZER_HOWTO}")
