@@ -4,9 +4,8 @@ Runs `python -m rlhfv_jax.main --config configs/demo.py:quick --workdir DIR` on 
 CPU device with default XLA flags (the suite's test-only flags are removed: the demo is
 a single-device program), then checks every artefact and that DDPO lowered the held-out
 hallucination rate of its own starting point, the VQA-tuned SFT model, without saying
-less. The run takes
-~7.5 min on 2 CPU cores: that is what a base model that can see costs (see the
-`quick` variant in configs/demo.py).
+less, with margins that hold on any machine (see the bounds' comment). The run takes
+~4.5 min on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -87,25 +86,32 @@ def check_quick_demo(workdir: pathlib.Path, log: str) -> None:
     assert len(logged) == results["eval_scenes"]
   assert list((seed_dir / "tfds").rglob("ref_logps-*.npz"))
 
-  # DDPO lowered the hallucination rate against its own SFT starting point (the frozen
-  # reference), on held-out scenes: CHAIR_i down by at least a quarter (measured on the
-  # development machine: 0.096 -> 0.035 for both normalizations) while keeping at least
-  # 80% of its object recall and of its length (recall 0.847 -> 0.909 / 0.888, words
-  # 27.9 -> 28.4 / 27.7 there): a model that learnt to say less cannot pass.
+  # What must hold on any machine. The quick run's trajectory depends on float rounding
+  # (CPU model, kernel blocking), so every bound below is set well inside what base seeds
+  # 0-4 and perturbed numerics (SSE4.2-only kernels; fast-math on one core) all measured
+  # (README, "the quick variant"); none sits at an edge.
   per_seed = {m: results["models"][m]["per_seed"] for m in demo_config.MODELS}
+  # The base model can see: it names the objects that are there (the pretrained tower;
+  # before it, one machine's base never learnt shapes: recall 0.62, CHAIR_i 0.38).
+  web = per_seed["sft_web"]["base"]
+  assert web["recall"] >= 0.9 and web["chair_i"] <= 0.15, web
   sft = per_seed["sft_vqa"]["0"]
   assert sft["chair_i"] > 0.0, sft  # there was something to correct
   for arm in ("ddpo_mean", "ddpo_sum"):
     ddpo = per_seed[arm]["0"]
-    assert ddpo["chair_i"] <= 0.75 * sft["chair_i"], (arm, ddpo, sft)
-    assert ddpo["chair_s"] < sft["chair_s"], (arm, ddpo, sft)
+    # Held out, per arm: fewer responses with a hallucination, without saying less.
+    assert ddpo["chair_s"] <= 0.9 * sft["chair_s"], (arm, ddpo, sft)
     assert ddpo["recall"] >= 0.8 * sft["recall"], (arm, ddpo, sft)
     assert ddpo["avg_words"] >= 0.8 * sft["avg_words"], (arm, ddpo, sft)
-    # ... and on its training pairs it prefers the corrections more than sft_vqa did,
-    # having made the hallucinated answers less likely.
+    # On its training pairs it prefers the corrections, having made the hallucinated
+    # answers less likely than the reference (sft_vqa) finds them.
     final = json.loads((seed_dir / arm / "metrics.jsonl").read_text().splitlines()[-1])
-    assert final["rewards/margin"] > 0 and final["rewards/accuracy"] > 0.5, (arm, final)
+    assert final["rewards/margin"] > 0 and final["rewards/accuracy"] >= 0.75, (arm, final)
     assert final["logps/policy_rejected"] < final["logps/ref_rejected"], (arm, final)
+  # Held out, both normalizations together (less noisy than one arm): CHAIR_i down by
+  # at least 15% of the VQA-SFT start.
+  pooled = (per_seed["ddpo_mean"]["0"]["chair_i"] + per_seed["ddpo_sum"]["0"]["chair_i"]) / 2
+  assert pooled <= 0.85 * sft["chair_i"], (pooled, sft)
   # Every held-out metric is a rate.
   for runs in per_seed.values():
     for value in runs.values():
