@@ -23,8 +23,12 @@ change, which errs on the safe side.)
 then read anywhere through ``tfds.data_source`` (`open_split`), which returns random-access
 `PreferenceRecord`/`SFTRecord`s for the grain pipeline. Images are stored as their original
 encoded bytes (decoded later with PIL), so nothing is re-encoded and no TF image op is
-needed. Shuffling at build time is disabled: index i of a split is the i-th valid record
-of the source, so indices, skipped-id lists and the reference cache are easy to audit.
+needed. Shuffling at build time is disabled: TFDS then stores a split's records sorted by
+id, so indices, skipped-id lists and the reference cache are easy to audit.
+
+Any size builds without TensorFlow and in bounded memory: TFDS's writer would spill past
+1 GB of examples through `tf.io.gfile`; `prepare` builds with `spilling_shuffler`, which
+spills sorted runs with plain file I/O and merges them into the same order.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from rlhfv_jax.data import readers
+from rlhfv_jax.data import readers, spilling_shuffler
 from rlhfv_jax.data.records import ErrorLog, PreferenceRecord, Record, SFTRecord
 
 PathLike = Union[str, pathlib.Path]
@@ -237,11 +241,15 @@ BUILDERS: dict[str, Callable[..., _LocalSourceBuilder]] = {
 
 
 def prepare(name: str, *, source_dir: PathLike, data_dir: PathLike, error_policy: str = "raise",
-            run_dir: Optional[PathLike] = None) -> tfds.core.DatasetBuilder:
+            run_dir: Optional[PathLike] = None,
+            spill_bytes: Optional[int] = None) -> tfds.core.DatasetBuilder:
   """Builds the `name` dataset from `source_dir` into `data_dir`.
 
   If this version is already built there, nothing is rebuilt, but the stored
-  `source_fingerprint` must match the current `source_dir`.
+  `source_fingerprint` must match the current `source_dir`. Any size builds without
+  TensorFlow and in bounded memory: examples past `spill_bytes` (default
+  `spilling_shuffler.DEFAULT_SPILL_BYTES`) of buffered data go to sorted run files
+  (`spilling_shuffler`), where TFDS's own shuffler would need `tf.io.gfile`.
 
   Raises:
     ValueError: unknown `name`, or the dataset in `data_dir` was built from other
@@ -254,7 +262,8 @@ def prepare(name: str, *, source_dir: PathLike, data_dir: PathLike, error_policy
   if builder.is_prepared():
     _check_built_from(builder, source_dir)
   else:
-    builder.download_and_prepare()
+    with spilling_shuffler.use_spilling_shuffler(spill_bytes):
+      builder.download_and_prepare()
   return builder
 
 

@@ -10,7 +10,9 @@ import sys
 import pytest
 
 from raw_files import GOOD_ROWS, image_bytes, rlhfv_row
-from rlhfv_jax.data import readers, tfds_builders
+from tensorflow_datasets.core import shuffle as tfds_shuffle
+
+from rlhfv_jax.data import readers, spilling_shuffler, tfds_builders
 from rlhfv_jax.data.records import ErrorLog, RecordError
 
 
@@ -115,3 +117,43 @@ def test_a_dataset_built_without_a_fingerprint_is_refused(make_jsonl_dir, tmp_pa
   (tmp_path / "tfds" / "jsonl_preference" / "1.0.0" / "metadata.json").unlink()
   with pytest.raises(ValueError, match="built without a source fingerprint"):
     tfds_builders.prepare("jsonl_preference", source_dir=directory, data_dir=tmp_path / "tfds")
+
+
+def test_builds_past_the_memory_limit_without_tensorflow(make_jsonl_dir, tmp_path, monkeypatch):
+  """The spill path, with a limit of a few examples instead of TFDS's 1 GB: sorted runs on
+  disk, memory bounded by the limit, and the very records (in the very order) that an
+  all-in-memory build gives."""
+  lines = [dict(id=f"r{i:02d}", image=image_bytes(i), **GOOD_ROWS[i % len(GOOD_ROWS)])
+           for i in range(30)]
+  directory = make_jsonl_dir(lines[::-1])  # source order differs from id order
+  spilled = []
+  spill = spilling_shuffler.SpillingShuffler._spill
+
+  def counting_spill(self):
+    spilled.append(self._buffer_bytes)
+    spill(self)
+  monkeypatch.setattr(spilling_shuffler.SpillingShuffler, "_spill", counting_spill)
+
+  tfds_builders.prepare("jsonl_preference", source_dir=directory, data_dir=tmp_path / "mem")
+  assert not spilled  # the default limit holds 30 small examples in memory
+  largest = max(len(image_bytes(i)) for i in range(30)) + 2000  # image + texts, serialized
+  limit = 2 * largest  # a few examples
+  tfds_builders.prepare("jsonl_preference", source_dir=directory, data_dir=tmp_path / "disk",
+                        spill_bytes=limit)
+  assert len(spilled) >= 3 and max(spilled) <= limit + largest
+  assert not list((tmp_path / "disk").rglob("spill_*"))  # runs are deleted once merged
+  in_memory = tfds_builders.open_split("jsonl_preference", tmp_path / "mem", "train")
+  on_disk = tfds_builders.open_split("jsonl_preference", tmp_path / "disk", "train")
+  assert len(on_disk) == len(in_memory) == 30
+  assert [on_disk[i] for i in range(30)] == [in_memory[i] for i in range(30)]
+  assert "tensorflow" not in sys.modules
+
+
+def test_spilling_shuffler_refuses_duplicate_keys_across_runs(tmp_path):
+  with spilling_shuffler.use_spilling_shuffler(spill_bytes=0) as cls:
+    shuffler = cls(tmp_path, hash_salt="train", disable_shuffling=True)
+    for key in ("b", "a", "b"):
+      shuffler.add(key, key.encode())
+    assert shuffler.num_runs == 3 and shuffler.max_buffer_bytes == 1
+    with pytest.raises(tfds_shuffle.DuplicatedKeysError):
+      list(shuffler)
