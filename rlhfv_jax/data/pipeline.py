@@ -37,10 +37,12 @@ depend on the process layout either. The iterator is a grain `DatasetIterator`:
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import dataclasses
 import logging
 import threading
+import weakref
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import grain
@@ -317,6 +319,7 @@ class Loader:
     self._truncated: set[str] = set()
     self._dropped: dict[str, None] = {}  # ordered set: a second iterator adds nothing
     self._lock = threading.Lock()
+    self._iterators: "weakref.WeakSet[LoaderIterator]" = weakref.WeakSet()
 
   @property
   def truncated_ids(self) -> frozenset[str]:
@@ -405,5 +408,62 @@ class Loader:
     return grain.experimental.ThreadPrefetchIterDataset(
         batches, prefetch_buffer_size=self.prefetch_batches)
 
-  def __iter__(self) -> grain.DatasetIterator:
-    return iter(self.dataset())
+  def __iter__(self) -> "LoaderIterator":
+    iterator = LoaderIterator(iter(self.dataset()))
+    self._iterators.add(iterator)
+    _OPEN_ITERATORS.add(iterator)
+    return iterator
+
+  def close(self) -> None:
+    """Stops the background prefetching of every iterator made so far and the decode pool.
+
+    Also done for any iterator still open at interpreter exit (`_close_open_iterators`):
+    left to garbage collection after its modules are torn down, grain's prefetch thread
+    fails noisily."""
+    for iterator in list(self._iterators):
+      iterator.close()
+    self._iterators.clear()
+    self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class LoaderIterator:
+  """A `Loader`'s grain iterator (next, get_state, set_state) that can be closed for good.
+
+  `close` stops grain's prefetch thread and drops the grain iterator, so its finalizer
+  runs now, not at interpreter teardown after the modules it needs are gone.
+  """
+
+  def __init__(self, iterator: grain.DatasetIterator):
+    self._iterator: Optional[grain.DatasetIterator] = iterator
+
+  def __iter__(self) -> "LoaderIterator":
+    return self
+
+  def _open(self) -> grain.DatasetIterator:
+    if self._iterator is None:
+      raise RuntimeError("the Loader iterator was closed")
+    return self._iterator
+
+  def __next__(self) -> Any:
+    return next(self._open())
+
+  def get_state(self) -> Any:
+    return self._open().get_state()
+
+  def set_state(self, state: Any) -> None:
+    self._open().set_state(state)
+
+  def close(self) -> None:
+    if self._iterator is not None:
+      self._iterator.close()
+      self._iterator = None
+
+
+# Iterators of every Loader, closed at exit while the modules they need still exist.
+_OPEN_ITERATORS: "weakref.WeakSet[LoaderIterator]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_iterators() -> None:
+  for iterator in list(_OPEN_ITERATORS):
+    iterator.close()

@@ -154,6 +154,7 @@ def train_stage(config: Any, workdir: str) -> Any:
   finally:
     writer.close()
     ckpt.close()
+    loader.close()
   return parallel.host_params(state)
 
 

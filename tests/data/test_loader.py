@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import pathlib
+import subprocess
 import logging
 import sys
 import types
@@ -225,3 +227,34 @@ def test_truncation_log_is_bounded_but_every_id_is_kept(template, preprocessor, 
   assert len(named) == pipeline._TRUNCATION_IDS_LOGGED
   # After that, one count line each time the total passes a power of two (32 ... 256).
   assert [m.split()[0] for m in messages if "so far; all ids" in m] == ["32", "64", "128", "256"]
+
+
+def test_closed_iterators_stop_and_a_process_exits_clean(template, preprocessor,
+                                                         llama_tokenizer_path):
+  loader = make_loader(records(8), template, preprocessor)
+  iterator = iter(loader)
+  next(iterator)
+  loader.close()
+  with pytest.raises(RuntimeError, match="closed"):
+    next(iterator)
+  # At interpreter exit an iterator still open is closed before module teardown (grain's
+  # prefetch thread used to fail there with "'NoneType' object has no attribute 'Empty'").
+  script = f"""
+import sys
+sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})
+from raw_files import image_bytes
+from rlhfv_jax.data import images, pipeline, records
+from rlhfv_jax.data.tokenizer import ChatTemplate, SentencePieceTokenizer
+recs = [records.PreferenceRecord(f"r{{i}}", image_bytes(i), "Q?", "A red cup.", "A blue cup.")
+        for i in range(16)]
+template = ChatTemplate(SentencePieceTokenizer({str(llama_tokenizer_path)!r}), 1)
+loader = pipeline.Loader(recs, template, images.ImagePreprocessor(16), global_batch_size=4,
+                         buckets=(96,), num_epochs=None)
+iterator = iter(loader)
+next(iterator), next(iterator)
+print("iterated")
+"""
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        timeout=300, cwd=pathlib.Path(__file__).parents[2])
+  assert proc.returncode == 0 and "iterated" in proc.stdout, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr[-2000:]
