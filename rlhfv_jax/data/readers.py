@@ -12,6 +12,12 @@ RLHF-V parquet (`read_rlhfv_parquet`, the public ``openbmb/RLHF-V-Dataset`` layo
   ``image_path`` (kept as origin metadata). An image with null bytes is read from
   ``image.path`` relative to the parquet file's directory.
 
+RLAIF-V parquet (`read_rlaifv_parquet`, the ``openbmb/RLAIF-V-Dataset`` layout): the
+  same files and columns, but ``question``, ``chosen`` and ``rejected`` are top-level
+  string columns (no ``text`` JSON). Its pairs are two independently sampled answers
+  ranked by an AI labeler, not one answer and its correction: see the builder's
+  corrected-share report (`tfds_builders`).
+
 JSONL + image folder (`read_jsonl`): ``<dir>/<split>.jsonl``, one JSON object a line:
   preference: ``{"id", "image", "question", "chosen", "rejected"[, "segments"][, "origin"]}``
   sft:        ``{"id", "image", "question", "answer"[, "origin"]}``
@@ -80,7 +86,13 @@ def _read_bytes(path: pathlib.Path, record_id: Optional[str], location: str) -> 
 
 # ----------------------------------------------------------------------------- RLHF-V
 
-def _rlhfv_raw_rows(directory: pathlib.Path) -> Iterator[tuple[str, Any]]:
+RowToRaw = Callable[[Mapping[str, Any], pathlib.Path, str], dict[str, Any]]
+
+
+def _parquet_raw_rows(directory: pathlib.Path, row_to_raw: RowToRaw
+                      ) -> Iterator[tuple[str, Any]]:
+  """(location, raw fields or the RecordError) of every row of every parquet file,
+  streamed in batches (memory does not grow with the dataset)."""
   files = sorted(directory.rglob("*.parquet"))
   if not files:
     raise FileNotFoundError(f"no *.parquet files under {str(directory)!r}")
@@ -91,17 +103,33 @@ def _rlhfv_raw_rows(directory: pathlib.Path) -> Iterator[tuple[str, Any]]:
         location = f"{path.name} row {row_number}"
         row_number += 1
         try:
-          yield location, _rlhfv_row_to_raw(row, path.parent, location)
+          yield location, row_to_raw(row, path.parent, location)
         except RecordError as e:
           yield location, e
+
+
+def _row_id(row: Mapping[str, Any], location: str) -> str:
+  if row.get("idx") is None:
+    raise RecordError(None, "missing key 'idx'", location)
+  return str(row["idx"])
+
+
+def _row_image(row: Mapping[str, Any], parquet_dir: pathlib.Path, record_id: str,
+               location: str) -> Optional[bytes]:
+  """The row's image bytes: inline, else the file at ``image.path`` next to the parquet."""
+  image = row.get("image")
+  if not isinstance(image, Mapping):
+    raise RecordError(record_id, "missing image", location)
+  image_bytes = image.get("bytes")
+  if image_bytes is None and image.get("path"):
+    image_bytes = _read_bytes(parquet_dir / image["path"], record_id, location)
+  return image_bytes
 
 
 def _rlhfv_row_to_raw(row: Mapping[str, Any], parquet_dir: pathlib.Path,
                       location: str) -> dict[str, Any]:
   """Maps one RLHF-V parquet row to the raw fields `make_preference_record` takes."""
-  if row.get("idx") is None:
-    raise RecordError(None, "missing key 'idx'", location)
-  record_id = str(row["idx"])
+  record_id = _row_id(row, location)
   text = as_utf8(record_id, "text", row.get("text"), location)
   try:
     fields = json.loads(text)
@@ -110,24 +138,40 @@ def _rlhfv_row_to_raw(row: Mapping[str, Any], parquet_dir: pathlib.Path,
   if not isinstance(fields, dict):
     raise RecordError(record_id, f"field 'text' must hold a JSON object, got "
                       f"{type(fields).__name__}", location)
-  image = row.get("image")
-  if not isinstance(image, Mapping):
-    raise RecordError(record_id, "missing image", location)
-  image_bytes = image.get("bytes")
-  if image_bytes is None and image.get("path"):
-    image_bytes = _read_bytes(parquet_dir / image["path"], record_id, location)
+  return _preference_raw(fields, row, parquet_dir, record_id, location)
+
+
+def _preference_raw(fields: Mapping[str, Any], row: Mapping[str, Any],
+                    parquet_dir: pathlib.Path, record_id: str, location: str
+                    ) -> dict[str, Any]:
+  """The raw fields of a preference record: texts (and segments) from `fields`, image and
+  provenance from the parquet `row`."""
   raw = {k: fields.get(k) for k in ("question", "chosen", "rejected")}
   if "segments" in fields:
     raw["segments"] = fields["segments"]
-  raw.update(id=record_id, image=image_bytes,
+  raw.update(id=record_id, image=_row_image(row, parquet_dir, record_id, location),
              origin={k: row.get(k) for k in RLHFV_ORIGIN_COLUMNS})
   return raw
+
+
+def _rlaifv_row_to_raw(row: Mapping[str, Any], parquet_dir: pathlib.Path,
+                       location: str) -> dict[str, Any]:
+  """Maps one RLAIF-V parquet row (top-level question / chosen / rejected columns)."""
+  return _preference_raw(row, row, parquet_dir, _row_id(row, location), location)
 
 
 def read_rlhfv_parquet(directory: str | pathlib.Path, errors: ErrorLog
                        ) -> Iterator[PreferenceRecord]:
   """Yields the validated records of an RLHF-V parquet directory (see module docstring)."""
-  return validated(_rlhfv_raw_rows(pathlib.Path(directory)), make_preference_record, errors)
+  return validated(_parquet_raw_rows(pathlib.Path(directory), _rlhfv_row_to_raw),
+                   make_preference_record, errors)
+
+
+def read_rlaifv_parquet(directory: str | pathlib.Path, errors: ErrorLog
+                        ) -> Iterator[PreferenceRecord]:
+  """Yields the validated records of an RLAIF-V parquet directory (see module docstring)."""
+  return validated(_parquet_raw_rows(pathlib.Path(directory), _rlaifv_row_to_raw),
+                   make_preference_record, errors)
 
 
 # ----------------------------------------------------------------------------- JSONL

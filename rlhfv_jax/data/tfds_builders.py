@@ -3,6 +3,7 @@
 Builders (TFDS name -> reader, see `readers` for the source layouts):
 
   ``rlhfv_parquet``     RLHF-V parquet rows                -> preference records, split "train"
+  ``rlaifv_parquet``    RLAIF-V parquet rows               -> preference records, split "train"
   ``jsonl_preference``  ``<split>.jsonl`` + image folder   -> preference records, one split per file
   ``jsonl_sft``         ``<split>.jsonl`` + image folder   -> SFT records, one split per file
   ``vqav2``             official VQAv2 JSON + COCO images  -> SFT records, splits train / val
@@ -36,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import os
 import pathlib
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
@@ -44,6 +46,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from rlhfv_jax import segments
 from rlhfv_jax.data import readers, spilling_shuffler
 from rlhfv_jax.data.records import ErrorLog, PreferenceRecord, Record, SFTRecord
 
@@ -100,6 +103,17 @@ def example_to_record(example: Mapping[str, Any]) -> Record:
                           has_spans=bool(example["has_spans"]),
                           chosen_spans=_spans_tuple(example["chosen_spans"]),
                           rejected_spans=_spans_tuple(example["rejected_spans"]), **common)
+
+
+def corrected_words(record: PreferenceRecord) -> tuple[int, int]:
+  """(words in corrected segments, words) over both answers of a pair: the token diff of
+  `segments.correction_masks` ("paper" rule) applied to whitespace-separated words, a
+  tokenizer-free measure of how much of a pair is correction."""
+  vocabulary: dict[str, int] = {}
+  rejected, chosen = ([vocabulary.setdefault(w, len(vocabulary)) for w in text.split()]
+                      for text in (record.rejected, record.chosen))
+  rejected_mask, chosen_mask = segments.correction_masks(rejected, chosen)
+  return int(rejected_mask.sum() + chosen_mask.sum()), len(rejected) + len(chosen)
 
 
 def source_fingerprint(source_dir: PathLike, exclude: Sequence[PathLike] = ()
@@ -184,20 +198,44 @@ class _LocalSourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
   def _generate_examples(self, split: str):
     errors = ErrorLog(self._error_policy, self._run_dir, name=f"{self.name}_{split}")
+    corrected = words = 0
     for record in self._read(self._source_dir, split, errors):
+      if isinstance(record, PreferenceRecord):
+        c, n = corrected_words(record)
+        corrected, words = corrected + c, words + n
       yield record.id, record_to_example(record)
+    if words:
+      # What DDPO's γ will weight: a small share for correction data (RLHF-V), most of
+      # every answer for independently sampled pairs (RLAIF-V). Stored in metadata.json.
+      share = corrected / words
+      self.info.metadata[f"corrected_word_share/{split}"] = round(share, 4)
+      logging.info("%s/%s: %.1f%% of answer words lie in corrected segments (word-level "
+                   "diff, segment_mode 'paper')", self.name, split, 100 * share)
 
 
-class RlhfvParquet(_LocalSourceBuilder):
-  """RLHF-V fine-grained correction data from the public parquet release."""
+class _ParquetPreferenceBuilder(_LocalSourceBuilder, skip_registration=True):
+  """A directory of parquet files -> one "train" split of preference records."""
 
   FEATURES = PREFERENCE_FEATURES
+  READER: Callable[..., Iterator[Record]]
 
   def _split_names(self, source_dir):
     return ["train"]
 
   def _read(self, source_dir, split, errors):
-    return readers.read_rlhfv_parquet(source_dir, errors)
+    return type(self).READER(source_dir, errors)
+
+
+class RlhfvParquet(_ParquetPreferenceBuilder):
+  """RLHF-V fine-grained correction data from the public parquet release."""
+
+  READER = readers.read_rlhfv_parquet
+
+
+class RlaifvParquet(_ParquetPreferenceBuilder):
+  """RLAIF-V preference pairs from the public parquet release (AI-ranked samples)."""
+
+  READER = readers.read_rlaifv_parquet
 
 
 class _JsonlBuilder(_LocalSourceBuilder, skip_registration=True):
@@ -237,7 +275,7 @@ class Vqav2(_LocalSourceBuilder):
 
 
 BUILDERS: dict[str, Callable[..., _LocalSourceBuilder]] = {
-    b.name: b for b in (RlhfvParquet, JsonlPreference, JsonlSft, Vqav2)}
+    b.name: b for b in (RlhfvParquet, RlaifvParquet, JsonlPreference, JsonlSft, Vqav2)}
 
 
 def prepare(name: str, *, source_dir: PathLike, data_dir: PathLike, error_policy: str = "raise",

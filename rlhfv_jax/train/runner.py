@@ -62,7 +62,7 @@ def _expect_batch_type(batch: Any, stage: str) -> None:
   if not isinstance(batch, want):
     raise TypeError(
         f"stage {stage!r} needs {want.__name__}es but config.data.dataset yields "
-        f"{type(batch).__name__}es: use a preference dataset (rlhfv_parquet, "
+        f"{type(batch).__name__}es: use a preference dataset (rlhfv_parquet, rlaifv_parquet, "
         "jsonl_preference) for ddpo and an SFT one (vqav2, jsonl_sft) for sft")
 
 

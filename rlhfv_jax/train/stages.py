@@ -52,8 +52,8 @@ STAGES: dict[str, Stage] = {
         run="rlhfv_jax.train.runner:precompute_ref_stage"),
     "ddpo": Stage(
         "dense DPO on fine-grained corrections. Needs: data (a preference dataset: "
-        "rlhfv_parquet / jsonl_preference), init (hf | checkpoint: the instruction-tuned "
-        "model, also the reference), ddpo (gamma, beta, ...), train, optim.",
+        "rlhfv_parquet / rlaifv_parquet / jsonl_preference), init (hf | checkpoint: the "
+        "instruction-tuned model, also the reference), ddpo (gamma, beta, ...), train, optim.",
         run="rlhfv_jax.train.runner:train_stage", trains=True),
     "eval": Stage(
         "the objective's metrics on eval.split. Needs: data, init, eval.",

@@ -47,3 +47,20 @@ def rlhfv_row(idx, fields, image=None, fmt="JPEG"):
   return {"idx": idx, "text": json.dumps(fields),
           "image": {"bytes": image if image is not None else image_bytes(idx, fmt=fmt),
                     "path": f"{idx}.jpg"}}
+
+
+def rlaifv_table(rows: list[dict]) -> pa.Table:
+  """The openbmb/RLAIF-V-Dataset parquet layout: top-level question/chosen/rejected."""
+  image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+  return pa.table({
+      "ds_name": pa.array(["RLAIF-V"] * len(rows)),
+      "image": pa.array([{"bytes": image_bytes(r["idx"]), "path": None} for r in rows],
+                        image_type),
+      "question": pa.array([r["question"] for r in rows]),
+      "chosen": pa.array([r["chosen"] for r in rows]),
+      "rejected": pa.array([r["rejected"] for r in rows]),
+      "origin_dataset": pa.array(["OK-VQA"] * len(rows)),
+      "origin_split": pa.array(["train"] * len(rows)),
+      "idx": pa.array([r["idx"] for r in rows], pa.int64()),
+      "image_path": pa.array([f"{r['idx']}.jpg" for r in rows]),
+  })

@@ -7,9 +7,10 @@ import os
 import shutil
 import sys
 
+import pyarrow.parquet as pq
 import pytest
 
-from raw_files import GOOD_ROWS, image_bytes, rlhfv_row
+from raw_files import GOOD_ROWS, image_bytes, rlaifv_table, rlhfv_row
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 from rlhfv_jax.data import readers, spilling_shuffler, tfds_builders
@@ -157,3 +158,35 @@ def test_spilling_shuffler_refuses_duplicate_keys_across_runs(tmp_path):
     assert shuffler.num_runs == 3 and shuffler.max_buffer_bytes == 1
     with pytest.raises(tfds_shuffle.DuplicatedKeysError):
       list(shuffler)
+
+
+def test_rlaifv_parquet_and_the_corrected_share_report(good_rlhfv_dir, tmp_path):
+  rlaifv_dir = tmp_path / "rlaifv"
+  rlaifv_dir.mkdir()
+  rows = [dict(idx=7, question="Describe the image.",
+               chosen="Two people walk along a beach at sunset.",
+               rejected="A man is riding a horse near the sea."),
+          dict(idx=8, question="What is this?", chosen="It is a red kite in the sky.",
+               rejected="It is a red kite flying over the park.")]
+  pq.write_table(rlaifv_table(rows), rlaifv_dir / "RLAIF-V-Dataset_000.parquet")
+  builder = tfds_builders.prepare("rlaifv_parquet", source_dir=rlaifv_dir,
+                                  data_dir=tmp_path / "tfds")
+  split = tfds_builders.open_split("rlaifv_parquet", tmp_path / "tfds", "train")
+  assert [split[i].id for i in range(2)] == ["7", "8"]
+  assert (split[1].chosen, split[1].rejected) == (rows[1]["chosen"], rows[1]["rejected"])
+  assert split[0].image == image_bytes(7) and split[0].origin["ds_name"] == "RLAIF-V"
+  # Word-level diff, hand-counted. Pair 7 (8 + 9 words) shares no 3-word run: all 17
+  # corrected. Pair 8 (8 + 9 words) keeps "It is a red kite": "in the sky." and "flying
+  # over the park." are corrected, 3 + 4 words. -> 24 / 34.
+  metadata = dict(builder.info.metadata.items())
+  assert metadata["corrected_word_share/train"] == round(24 / 34, 4)
+  # RLHF-V's corrections touch a few words: "red cup"/"blue mug" (4 of 18), "cat and a
+  # lamp."/"lamp." (5 of 23: a 1-word match is below min_match), "yellow."/"green."
+  # (2 of 8) -> 11 / 49.
+  rlhfv = tfds_builders.prepare("rlhfv_parquet", source_dir=good_rlhfv_dir,
+                                data_dir=tmp_path / "tfds_rlhfv")
+  assert dict(rlhfv.info.metadata.items())["corrected_word_share/train"] == round(11 / 49, 4)
+  # ... and the share survives reopening the built dataset.
+  reopened = tfds_builders.prepare("rlhfv_parquet", source_dir=good_rlhfv_dir,
+                                   data_dir=tmp_path / "tfds_rlhfv")
+  assert dict(reopened.info.metadata.items())["corrected_word_share/train"] == round(11 / 49, 4)
