@@ -33,8 +33,8 @@ from rlhfv_jax.train import metrics as metrics_lib
 from rlhfv_jax.train import model_init
 from rlhfv_jax.train import objectives
 from rlhfv_jax.train import optimizer as optimizer_lib
-from rlhfv_jax.train import stages
 from rlhfv_jax.train import sharding
+from rlhfv_jax.train import stages
 from rlhfv_jax.train import step as step_lib
 from rlhfv_jax.train.train_state import TrainState
 
