@@ -142,7 +142,8 @@ def open_source(config: Any, run_dir: Optional[PathLike] = None,
                             error_policy=data.error_policy, run_dir=run_dir)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"data prepared: {data.dataset}")
-  return tfds_builders.open_split(data.dataset, data.data_dir, split or data.split)
+  return tfds_builders.open_split(data.dataset, data.data_dir, split or data.split,
+                                  image_root=data.source_dir or None)
 
 
 def _errors(config: Any, run_dir: Optional[PathLike], name: str, process_index: int,

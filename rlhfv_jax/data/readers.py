@@ -55,6 +55,9 @@ RawItem = tuple[str, Mapping[str, Any]]  # (location, raw fields)
 
 VQA_SHORT_ANSWER_PROMPT = "\nAnswer the question using a single word or phrase."
 RLHFV_ORIGIN_COLUMNS = ("idx", "origin_dataset", "origin_split", "ds_name", "image_path")
+# Origin key of a record whose image is a file under the source directory (VQAv2: the
+# COCO image), relative to it; builders may store this reference instead of the bytes.
+IMAGE_FILE = "image_file"
 
 
 def validated(raw_items: Iterable[RawItem], make_record: Callable[..., RecordT],
@@ -244,6 +247,7 @@ def _vqav2_raw_questions(directory: pathlib.Path, split: str, question_suffix: s
   questions = _load_json_list(questions_path, "questions")
   annotations = {a.get("question_id"): a
                  for a in _load_json_list(annotations_path, "annotations")}
+  cached_path, cached = None, b""
   for number, question in enumerate(questions):
     location = f"{questions_path.name} question #{number}"
     try:
@@ -262,13 +266,16 @@ def _vqav2_raw_questions(directory: pathlib.Path, split: str, question_suffix: s
       if annotation.get("multiple_choice_answer") is None:
         raise RecordError(record_id, "annotation has no 'multiple_choice_answer'", location)
       image_path = image_dir / f"COCO_{split}2014_{int(image_id):012d}.jpg"
-      image = _read_bytes(image_path, record_id, location)
+      if image_path != cached_path:  # questions of one image come together: read it once
+        cached_path, cached = image_path, _read_bytes(image_path, record_id, location)
+      image = cached
       yield location, {
           "id": record_id, "image": image,
           "question": (None if question.get("question") is None
                        else question["question"] + question_suffix),
           "answer": annotation.get("multiple_choice_answer"),
           "origin": {"dataset": "vqav2", "split": split, "image_id": image_id,
+                     IMAGE_FILE: image_path.relative_to(directory).as_posix(),
                      "question_id": record_id,
                      "answer_type": annotation.get("answer_type"),
                      "question_type": annotation.get("question_type")}}

@@ -9,6 +9,7 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
+import tensorflow_datasets as tfds
 
 from raw_files import GOOD_ROWS, image_bytes, rlaifv_table, rlhfv_row
 from tensorflow_datasets.core import shuffle as tfds_shuffle
@@ -60,11 +61,37 @@ def test_vqav2_builder_skip_policy_lists_skipped_ids(make_vqav2_dir, tmp_path):
   run_dir = tmp_path / "run"
   tfds_builders.prepare("vqav2", source_dir=directory, data_dir=tmp_path / "tfds",
                         error_policy="skip", run_dir=run_dir)
-  source = tfds_builders.open_split("vqav2", tmp_path / "tfds", "val")
+  source = tfds_builders.open_split("vqav2", tmp_path / "tfds", "val", image_root=directory)
   assert [source[i].answer for i in range(len(source))] == ["dog", "man"]
   (line,) = (run_dir / "skipped_vqav2_val.jsonl").read_text().splitlines()
   assert json.loads(line)["id"] == "2001"
   assert "tensorflow" not in sys.modules
+
+
+def test_vqav2_stores_each_image_once_in_the_coco_folder(make_vqav2_dir, tmp_path):
+  """Questions keep a reference to their COCO image, read back when loaded; the built
+  dataset holds no image bytes."""
+  items = [(1, f"Question {q}?", "yes") for q in range(6)] + [(2, "Color?", "red")]
+  directory = make_vqav2_dir(items)
+  data_dir = tmp_path / "tfds"
+  tfds_builders.prepare("vqav2", source_dir=directory, data_dir=data_dir)
+  coco = directory / "val2014"
+  stored = tfds.data_source("vqav2", data_dir=str(data_dir), split="val", download=False)
+  assert [bytes(stored[i]["image"]) for i in range(len(stored))] == [b""] * 7
+  source = tfds_builders.open_split("vqav2", data_dir, "val", image_root=directory)
+  records = [source[i] for i in range(len(source))]
+  assert len(records) == 7
+  for record in records:
+    image_file = coco / f"COCO_val2014_{int(record.origin['image_id']):012d}.jpg"
+    assert record.image == image_file.read_bytes()
+    assert record.origin["image_file"] == f"val2014/{image_file.name}"
+  # Without the COCO folder the records cannot be completed: a clear error, not b"".
+  bare = tfds_builders.open_split("vqav2", data_dir, "val")
+  with pytest.raises(ValueError, match="stores a reference to its image.*image_root"):
+    bare[0]
+  (coco / "COCO_val2014_000000000002.jpg").unlink()
+  with pytest.raises(FileNotFoundError, match="cannot read its image .*000000000002.jpg"):
+    [source[i] for i in range(len(source))]
 
 
 def test_builder_fails_fast_on_a_bad_record(make_rlhfv_dir, tmp_path):
