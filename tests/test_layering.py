@@ -26,6 +26,7 @@ LAYERS = {
     "rlhfv_jax.train.multihost": 0,
     "rlhfv_jax.train.metrics": 0,
     "rlhfv_jax.train": 0,  # the package's __init__
+    "rlhfv_jax.evals": 0,  # benchmark scorers: pure Python on answers
     # records -> batches
     "rlhfv_jax.data": 1,
     # batches -> log-probs -> loss

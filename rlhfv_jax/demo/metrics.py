@@ -23,10 +23,10 @@ undefined, not perfect.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional, Sequence
 
 from rlhfv_jax.demo import oracle, world
+from rlhfv_jax.evals import chair
 
 METRIC_NAMES: tuple[str, ...] = ("chair_s", "chair_i", "recall", "attribute_error_rate",
                                  "count_accuracy", "avg_words")
@@ -84,12 +84,10 @@ def score_response(text: str, scene: world.Scene) -> ResponseScore:
       words=len(oracle.words_in(text)))
 
 
-def _ratio(numerator: float, denominator: float) -> float:
-  return numerator / denominator if denominator else math.nan
-
-
 def aggregate(scores: Sequence[ResponseScore]) -> dict[str, float]:
   """Pools response scores into the metrics of `METRIC_NAMES` (plus `responses`).
+
+  The CHAIR part is `evals.chair` (the Object HalBench scorer's counting core).
 
   Args:
     scores: one per response (at least one).
@@ -99,17 +97,18 @@ def aggregate(scores: Sequence[ResponseScore]) -> dict[str, float]:
   """
   if not scores:
     raise ValueError("no responses to score")
-  mentions = sum(s.mentions for s in scores)
+  pooled = chair.chair_metrics([chair.MentionCounts(s.mentions, s.hallucinated, s.covered,
+                                                    s.objects, s.words) for s in scores])
   present = sum(s.mentions - s.hallucinated for s in scores)
   claims = [s.count_correct for s in scores if s.count_correct is not None]
   return {
-      "chair_s": sum(s.hallucinated > 0 for s in scores) / len(scores),
-      "chair_i": _ratio(sum(s.hallucinated for s in scores), mentions),
-      "recall": _ratio(sum(s.covered for s in scores), sum(s.objects for s in scores)),
-      "attribute_error_rate": _ratio(sum(s.attribute_errors for s in scores), present),
-      "count_accuracy": _ratio(sum(claims), len(claims)),
-      "avg_words": sum(s.words for s in scores) / len(scores),
-      "responses": float(len(scores)),
+      "chair_s": pooled["chair_s"],
+      "chair_i": pooled["chair_i"],
+      "recall": pooled["recall"],
+      "attribute_error_rate": chair.ratio(sum(s.attribute_errors for s in scores), present),
+      "count_accuracy": chair.ratio(sum(claims), len(claims)),
+      "avg_words": pooled["avg_words"],
+      "responses": pooled["num_responses"],
   }
 
 

@@ -1,0 +1,5 @@
+"""Hallucination benchmarks' scorers, pure Python, usable on a list of answers without any
+model: `pope` (POPE), `objhal` (Object HalBench, rule-based CHAIR), `amber` (AMBER
+discriminative). Each reproduces its official scorer's rules; the module docstrings say
+where it may differ and why.
+"""
