@@ -148,7 +148,9 @@ class ImagePreprocessor:
     self.image_size = image_size
     self.resize_mode = resize_mode
     self.policy = policy
-    self._fill = tuple(int(round(255 * m)) for m in self._processor.image_mean)
+    # LLaVA-1.5's expand2square fill, `tuple(int(x * 255) for x in image_mean)`: truncated,
+    # (122, 116, 104) for CLIP's mean, the pixels its checkpoints were trained on.
+    self._fill = tuple(int(m * 255) for m in self._processor.image_mean)
 
   @property
   def settings(self) -> dict[str, Any]:
@@ -157,6 +159,7 @@ class ImagePreprocessor:
     processor = self._processor
     resample = processor.resample
     return dict(image_size=self.image_size, resize_mode=self.resize_mode,
+                pad_fill=list(self._fill),
                 image_mean=[float(m) for m in processor.image_mean],
                 image_std=[float(s) for s in processor.image_std],
                 resample=int(resample) if resample is not None else None,

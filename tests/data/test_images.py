@@ -40,8 +40,8 @@ def data_config(**kwargs):
 
 def test_pad_mode_is_llava_expand2square_then_resize_and_normalize(wide_image):
   out = ImagePreprocessor(SIZE, resize_mode="pad")(encoded(wide_image))
-  fill = tuple(int(round(255 * m)) for m in CLIP_MEAN)
-  square = Image.new("RGB", (32, 32), fill)
+  # LLaVA-1.5's rule, tuple(int(x * 255) for x in image_mean): truncated, not rounded.
+  square = Image.new("RGB", (32, 32), (122, 116, 104))
   square.paste(Image.fromarray(wide_image), (0, 4))
   assert out.shape == (SIZE, SIZE, 3) and out.dtype == np.float32
   np.testing.assert_allclose(out, reference(square), atol=1e-5)
@@ -121,7 +121,7 @@ def test_processor_settings_load_from_a_local_hf_directory(tmp_path, wide_image)
   CLIPImageProcessorPil(image_mean=mean, image_std=std, size={"shortest_edge": 336},
                         crop_size={"height": 336, "width": 336}).save_pretrained(tmp_path)
   out = ImagePreprocessor(SIZE, processor_dir=str(tmp_path))(encoded(wide_image))
-  square = Image.new("RGB", (32, 32), (128, 128, 128))  # padded with the loaded mean
+  square = Image.new("RGB", (32, 32), (127, 127, 127))  # int(0.5 * 255): the loaded mean
   square.paste(Image.fromarray(wide_image), (0, 4))
   resized = np.asarray(square.resize((SIZE, SIZE), Image.Resampling.BICUBIC), np.float32) / 255
   np.testing.assert_allclose(out, (resized - 0.5) / 0.25, atol=1e-5)
