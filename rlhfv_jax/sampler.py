@@ -86,7 +86,8 @@ class Sampler:
 
   def __call__(self, params: Any, images: Sequence[bytes], prompts: Sequence[str], *,
                max_new_tokens: int, batch_size: int, temperature: float = 0.0,
-               top_p: float = 1.0, rng: Optional[jax.Array] = None) -> Samples:
+               top_p: float = 1.0, rng: Optional[jax.Array] = None,
+               prompt_multiple: int = 1) -> Samples:
     """Generates one answer per (image, prompt).
 
     Args:
@@ -99,6 +100,9 @@ class Sampler:
       top_p: nucleus mass when sampling.
       rng: PRNG key, required when sampling; the batch starting at row s uses
         `fold_in(rng, s)`, so an answer does not depend on the batches before it.
+      prompt_multiple: left-pad prompts to a multiple of this length, so calls with
+        prompts of different lengths share compilations (padding does not change
+        greedy answers).
     """
     if len(images) != len(prompts):
       raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
@@ -106,7 +110,8 @@ class Sampler:
       raise ValueError("sampling (temperature > 0) needs an rng")
     tok = self.template.tokenizer
     prompt_rows = [self.template.encode_prompt(p) for p in prompts]
-    prompt_length = max(len(r) for r in prompt_rows)  # one length for all: one compilation
+    longest = max(len(r) for r in prompt_rows)  # one length for all: one compilation
+    prompt_length = -(-longest // prompt_multiple) * prompt_multiple
     texts, finished = [], []
     for batch in fixed_size_batches(range(len(images)), batch_size):
       ids, mask = left_pad([prompt_rows[i] for i in batch.items], tok.pad_id, prompt_length)

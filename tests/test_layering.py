@@ -44,6 +44,7 @@ LAYERS = {
     "rlhfv_jax.sampler": 5,
     # stages
     "rlhfv_jax.train.runner": 6,
+    "rlhfv_jax.train.hallucination_eval": 6,
     "rlhfv_jax.demo": 7,
     # main
     "rlhfv_jax.main": 8,

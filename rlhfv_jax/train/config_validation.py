@@ -130,6 +130,25 @@ def _problems_pass_batches(config: Any, stage: str, num_devices: int,
   return out
 
 
+def _problems_hallucination(h: Any) -> list[str]:
+  """The hallucination_eval stage's section: known benchmarks, each with its files."""
+  benchmarks = ("pope", "objhal", "amber")
+  unknown = [b for b in h.benchmarks if b not in benchmarks]
+  if unknown:
+    return [f"hallucination.benchmarks={tuple(h.benchmarks)}: unknown {unknown}; expected "
+            f"some of {benchmarks}"]
+  needs = {"pope": ("pope_dir", "coco_images"), "objhal": ("coco_images", "coco_annotations"),
+           "amber": ("amber_dir",)}
+  out = [f"hallucination.{field} is empty: benchmark {b!r} reads its local files from it "
+         "(nothing is downloaded)" for b in h.benchmarks for field in needs[b]
+         if not h.get(field)]
+  if h.batch_size < 1:
+    out.append(f"hallucination.batch_size={h.batch_size} must be >= 1")
+  if h.error_policy not in ("raise", "skip"):
+    out.append(f"hallucination.error_policy={h.error_policy!r}; expected 'raise' or 'skip'")
+  return sorted(set(out), key=out.index)
+
+
 def _problems_checkpoint(cfg: Any) -> list[str]:
   out = []
   if cfg.get("every_steps", 1) <= 0:
@@ -141,7 +160,8 @@ def _problems_checkpoint(cfg: Any) -> list[str]:
 
 def _problems_data_sources(data: Any, stage: str) -> list[str]:
   out = []
-  if not data.get("data_dir"):
+  reads_dataset = stage not in stages.STAGES or stages.STAGES[stage].reads_dataset
+  if reads_dataset and not data.get("data_dir"):
     out.append(f"data.data_dir is empty: stage {stage!r} reads its examples from a TFDS data "
                "directory (array_record). Set data.data_dir, and data.source_dir to build it "
                "from raw files on first use (see rlhfv_jax/data/tfds_builders.py).")
@@ -200,6 +220,8 @@ def validate_config(config: Any, *, num_devices: Optional[int] = None,
     problems.append(f"eval.objective={config.eval.objective!r}; expected one of "
                     f"{EVAL_OBJECTIVES}")
   problems += _problems_pass_batches(config, stage, num_devices, num_processes)
+  if stage == "hallucination_eval":
+    problems += _problems_hallucination(config.hallucination)
   problems += _problems_data_and_model(config)
   if problems:
     raise ValueError(f"invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}):\n"

@@ -19,6 +19,7 @@ Sections (see `rlhfv_jax.train.config_validation` for what is checked):
   checkpoint   every_steps, max_to_keep, async_save
   precompute   batch_size (per process) of the reference log-prob pass
   eval         split, batch_size, objective ("ddpo" | "sft")
+  hallucination  the hallucination_eval stage (`rlhfv_jax/train/hallucination_eval.py`)
 
 Defaults are the paper's DDPO settings (Yu et al. 2024, Sec. 4.1 / App.): beta 0.5,
 gamma 5, lr 5e-7, batch 32, 7 epochs, 10% warmup, no image cropping; the vision tower
@@ -59,6 +60,14 @@ def base_config(stage: str = "ddpo", model_size: str = "7b") -> ml_collections.C
                                                      async_save=True))
   config.precompute = ml_collections.ConfigDict(dict(batch_size=8))
   config.eval = ml_collections.ConfigDict(dict(split="train", batch_size=8, objective="ddpo"))
+  config.hallucination = ml_collections.ConfigDict(dict(
+      benchmarks=("pope", "objhal", "amber"), error_policy="raise", batch_size=8,
+      # Short for yes/no answers, long enough for a full description.
+      max_new_tokens=dict(pope=16, amber=16, objhal=512), prompt_multiple=32,
+      short_answer_suffix="\nAnswer the question using a single word or phrase.",
+      pope_dir="", pope_splits=("random", "popular", "adversarial"), coco_images="",
+      coco_annotations="", objhal_questions="", objhal_num_images=300, seed=0,
+      amber_dir="", amber_images=""))
   return config
 
 

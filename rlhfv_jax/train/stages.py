@@ -30,6 +30,7 @@ class Stage:
   run: str
   validate: str = _VALIDATE_CONFIG
   trains: bool = False
+  reads_dataset: bool = True  # a TFDS split (config.data.data_dir)
 
   def load(self) -> tuple[Callable[[Any], None], Callable[[Any, str], Any]]:
     """(validate, run), imported now."""
@@ -58,6 +59,10 @@ STAGES: dict[str, Stage] = {
     "eval": Stage(
         "the objective's metrics on eval.split. Needs: data, init, eval.",
         run="rlhfv_jax.train.runner:eval_stage"),
+    "hallucination_eval": Stage(
+        "POPE, Object HalBench (CHAIR, rule) and AMBER from local benchmark files. Needs: "
+        "init, data.tokenizer, hallucination (benchmarks and their files).",
+        run="rlhfv_jax.train.hallucination_eval:run", reads_dataset=False),
     "demo": Stage(
         "the embedded default (configs/demo.py): the whole miniature experiment, data to "
         "ablation table, on a synthetic world. Needs: nothing.",

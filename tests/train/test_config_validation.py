@@ -14,6 +14,8 @@ def valid_config(stage: str = "ddpo"):
   config = defaults.base_config(stage, "tiny")
   config.data.update(data_dir="/data/tfds", tokenizer="/models/tokenizer.model")
   config.init.params = "random"
+  config.hallucination.update(pope_dir="/pope", coco_images="/coco/val2014",
+                              coco_annotations="/coco/annotations", amber_dir="/amber")
   return config
 
 
@@ -154,3 +156,19 @@ def test_paper_and_release_hyperparameters():
   for bad in ("7b,fast", "7b,eval,extra", "70b"):
     with pytest.raises(ValueError, match="expected '\\[size\\]\\[,variant\\]'"):
       config_files.load("llava15_ddpo.py", bad)
+
+
+def test_hallucination_eval_config_validates_once_its_files_are_given():
+  for size in ("", "7b"):
+    config = config_files.load("llava15_hallucination_eval.py", size)
+    message = problems_of(config, num_devices=8)
+    for field in ("init.hf_checkpoint", "data.tokenizer", "hallucination.pope_dir",
+                  "hallucination.coco_images", "hallucination.coco_annotations",
+                  "hallucination.amber_dir"):
+      assert field in message, field
+    assert "data.data_dir" not in message  # it reads no TFDS split
+    config.init.hf_checkpoint = "/models/llava"
+    config.data.tokenizer = "/t"
+    config.hallucination.update(pope_dir="/p", coco_images="/c", coco_annotations="/a",
+                                amber_dir="/amber")
+    config_validation.validate_config(config, num_devices=8, num_processes=1)

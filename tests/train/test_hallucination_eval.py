@@ -1,0 +1,151 @@
+"""The hallucination_eval stage end to end on a tiny random LLaVA and tiny benchmark files
+in the real formats: answers, scores, resume, padding, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from rlhfv_jax import model as model_lib
+from rlhfv_jax import sampler as sampler_lib
+from rlhfv_jax.train import config_validation, defaults
+from rlhfv_jax.train import hallucination_eval as halluc
+
+
+def _jpeg(seed: int) -> bytes:
+  pixels = np.random.default_rng(seed).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, "JPEG")
+  return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+  root = tmp_path_factory.mktemp("bench")
+  coco = root / "val2014"
+  coco.mkdir()
+  for i in (1, 2, 3):
+    (coco / f"COCO_val2014_{i:012d}.jpg").write_bytes(_jpeg(i))
+  pope_dir = root / "pope"
+  pope_dir.mkdir()
+  for split, ids in (("random", (1, 2, 3, 1)), ("popular", (2, 3))):
+    lines = [json.dumps({"question_id": n, "image": f"COCO_val2014_{i:012d}.jpg",
+                         "text": "Is there a dog in the image?",
+                         "label": "yes" if n % 2 else "no"}) for n, i in enumerate(ids)]
+    (pope_dir / f"coco_pope_{split}.json").write_text("\n".join(lines) + "\n")
+  annotations = root / "annotations"
+  annotations.mkdir()
+  (annotations / "instances_val2014.json").write_text(json.dumps({
+      "categories": [{"id": 18, "name": "dog"}], "images": [{"id": i} for i in (1, 2, 3)],
+      "annotations": [{"image_id": 1, "category_id": 18}]}))
+  (annotations / "captions_val2014.json").write_text(json.dumps({"annotations": [
+      {"image_id": i, "caption": "A cat on a couch."} for i in (1, 2, 3)]}))
+  amber = root / "amber"
+  (amber / "data" / "query").mkdir(parents=True)
+  (amber / "image").mkdir()
+  (amber / "image" / "AMBER_1.jpg").write_bytes(_jpeg(9))
+  (amber / "data" / "query" / "query_discriminative.json").write_text(json.dumps(
+      [{"id": 1005 + k, "image": "AMBER_1.jpg", "query": f"Is there a {w} in this image?"}
+       for k, w in enumerate(("dog", "cat", "tree"))]))
+  (amber / "data" / "annotations.json").write_text(json.dumps(
+      [{"id": 1005 + k, "type": t, "truth": v} for k, (t, v) in enumerate((
+          ("discriminative-existence", "no"), ("discriminative-attribute-state", "yes"),
+          ("discriminative-relation", "no")))]))
+  return dict(pope_dir=str(pope_dir), coco_images=str(coco),
+              coco_annotations=str(annotations), amber_dir=str(amber))
+
+
+def tiny_config(files, tokenizer):
+  config = defaults.base_config("hallucination_eval", "tiny")
+  config.data.update(tokenizer=str(tokenizer), system_message="A chat.")
+  config.hallucination.update(files, batch_size=2, objhal_num_images=2,
+                              pope_splits=("random", "popular"),
+                              max_new_tokens=dict(pope=3, amber=3, objhal=6))
+  return config
+
+
+def _lines(path):
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_answers_scores_and_resume(files, llama_tokenizer_path, tmp_path):
+  config = tiny_config(files, llama_tokenizer_path)
+  config_validation.validate_config(config)
+  results = halluc.run(config, str(tmp_path / "run"))
+  run = tmp_path / "run"
+  pope_answers = _lines(run / "pope_answers.jsonl")
+  assert sorted(a["id"] for a in pope_answers) == sorted(
+      [f"random/{n}" for n in range(4)] + [f"popular/{n}" for n in range(2)])
+  assert all(a["parsed"] in ("yes", "no") for a in pope_answers)
+  for bench, total in (("pope", 6), ("objhal", 2), ("amber", 3)):
+    result = results["benchmarks"][bench]
+    assert (result["scored"], result["total"], result["skipped"]) == (total, total, 0)
+  pope_result = results["benchmarks"]["pope"]
+  # The stage's score is the scorer's on the written answers.
+  randoms = [a for a in pope_answers if a["split"] == "random"]
+  from rlhfv_jax.evals import pope
+  assert pope_result["splits"]["random"] == pope.score([a["answer"] for a in randoms],
+                                                       [a["label"] for a in randoms])
+  assert set(results["benchmarks"]["objhal"]) >= {"response_hall", "chair_i", "chair_s",
+                                                  "recall", "avg_words"}
+  saved = json.loads((run / halluc.RESULTS_JSON).read_text())
+  assert saved["settings"]["decoding"] == "greedy"
+  table = (run / halluc.RESULTS_MD).read_text()
+  assert "LLaVA-1.5-7B (published)" in table and "| this run |" in table
+
+  # Killed mid-write: two answers kept, the third cut mid-line. The re-run answers the rest
+  # once each, and (greedy) the same as the uninterrupted run.
+  resumed = tmp_path / "resumed"
+  resumed.mkdir()
+  text = (run / "amber_answers.jsonl").read_text()
+  first_two = "".join(text.splitlines(keepends=True)[:2])
+  (resumed / "amber_answers.jsonl").write_text(first_two + text.splitlines()[2][:10])
+  config.hallucination.benchmarks = ("amber",)
+  again = halluc.run(config, str(resumed))
+  rows = _lines(resumed / "amber_answers.jsonl")
+  assert [r["id"] for r in rows] == [r["id"] for r in _lines(run / "amber_answers.jsonl")]
+  assert rows == _lines(run / "amber_answers.jsonl")
+  assert again["benchmarks"]["amber"] == results["benchmarks"]["amber"]
+
+
+def test_padding_does_not_change_greedy_answers(files, llama_tokenizer_path):
+  config = tiny_config(files, llama_tokenizer_path)
+  sample = sampler_lib.Sampler.from_config(config)
+  params = model_lib.init_params(config.model, jax.random.key(0))
+  images = [_jpeg(i) for i in range(3)]
+  prompts = ["Is there a dog?", "Describe the image in great detail, please.", "Why?"]
+  base = sample(params, images, prompts, max_new_tokens=4, batch_size=3).texts
+  for multiple in (8, 64):
+    assert sample(params, images, prompts, max_new_tokens=4, batch_size=3,
+                  prompt_multiple=multiple).texts == base
+  # One at a time (each row padded on its own) gives the same answers too.
+  assert [sample(params, [i], [p], max_new_tokens=4, batch_size=1).texts[0]
+          for i, p in zip(images, prompts)] == base
+
+
+def test_bad_input_is_named_or_skipped(files, llama_tokenizer_path, tmp_path):
+  config = tiny_config(files, llama_tokenizer_path)
+  config.hallucination.update(benchmarks=("pope", "sqa"), pope_dir="")
+  with pytest.raises(ValueError, match="unknown \\['sqa'\\]"):
+    config_validation.validate_config(config)
+  config.hallucination.benchmarks = ("pope",)
+  with pytest.raises(ValueError, match="hallucination.pope_dir is empty"):
+    config_validation.validate_config(config)
+  # A POPE question whose image is missing: an error naming it, or a listed skip.
+  pope_dir = tmp_path / "pope"
+  pope_dir.mkdir()
+  question = {"question_id": 7, "image": "COCO_val2014_000000000099.jpg", "text": "Dog?",
+              "label": "no"}
+  (pope_dir / "coco_pope_random.json").write_text(json.dumps(question) + "\n")
+  config.hallucination.update(pope_dir=str(pope_dir), pope_splits=("random",))
+  with pytest.raises(Exception, match="random/7.*cannot read image .*000000000099.jpg"):
+    halluc.run(config, str(tmp_path / "raise"))
+  config.hallucination.error_policy = "skip"
+  result = halluc.run(config, str(tmp_path / "skip"))["benchmarks"]["pope"]
+  assert (result["scored"], result["total"], result["skipped"]) == (0, 1, 1)
+  assert "random/7" in (tmp_path / "skip" / "skipped_pope.jsonl").read_text()
