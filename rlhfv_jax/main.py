@@ -81,7 +81,10 @@ def main(argv: list[str]) -> int:
   try:
     validate, run = stages.get(config.get("stage")).load()
     from rlhfv_jax.train import model_init  # after multihost set-up: imports jax
-    model_init.resolve_model_config(config)
+    try:
+      model_init.resolve_model_config(config)
+    except (OSError, NotImplementedError) as e:  # the checkpoint named by init.*
+      raise ValueError(f"init.model_from_checkpoint: cannot read the model config ({e})") from e
     validate(config)
   except ValueError as e:
     print(f"{e}\n\n{overview()}", file=sys.stderr)

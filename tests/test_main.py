@@ -180,6 +180,16 @@ def test_invalid_config_is_refused_naming_the_fields(env):
   assert "stages (config.stage):" in proc.stderr
 
 
+def test_a_checkpoint_without_a_model_config_is_refused_cleanly(env, tmp_path):
+  """The recipes follow the checkpoint's architecture: a path without config.json is a
+  one-line error, not a traceback."""
+  proc = run_main(env, *main_command("configs/llava15_ddpo.py", tmp_path, "--print_config",
+                                     f"--config.init.hf_checkpoint={tmp_path / 'none'}"),
+                  check=False)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "init.model_from_checkpoint: cannot read the model config" in proc.stderr
+
+
 def test_without_a_config_it_lists_stages_and_configs(env):
   proc = run_main(env, sys.executable, "-m", "rlhfv_jax.main", check=False)
   assert proc.returncode == 1
