@@ -70,11 +70,17 @@ class Samples:
 
 @dataclasses.dataclass
 class Sampler:
-  """Generates answers with one model config, chat template and image preprocessing."""
+  """Generates answers with one model config, chat template and image preprocessing.
+
+  With `batch_sharding` (e.g. over this process's devices, `NamedSharding(mesh,
+  P("data"))`), each batch is split over those devices and the jitted generation runs on
+  all of them; the params must be placed on the same mesh.
+  """
 
   model_config: ml_collections.ConfigDict
   template: ChatTemplate
   preprocessor: ImagePreprocessor
+  batch_sharding: Optional[jax.sharding.NamedSharding] = None
 
   @classmethod
   def from_config(cls, config: Any) -> "Sampler":
@@ -108,6 +114,9 @@ class Sampler:
       raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
     if temperature > 0 and rng is None:
       raise ValueError("sampling (temperature > 0) needs an rng")
+    if self.batch_sharding is not None and batch_size % self.batch_sharding.mesh.size:
+      raise ValueError(f"batch_size={batch_size} must be a multiple of the "
+                       f"{self.batch_sharding.mesh.size} devices the batch is split over")
     tok = self.template.tokenizer
     prompt_rows = [self.template.encode_prompt(p) for p in prompts]
     longest = max(len(r) for r in prompt_rows)  # one length for all: one compilation
@@ -116,6 +125,8 @@ class Sampler:
     for batch in fixed_size_batches(range(len(images)), batch_size):
       ids, mask = left_pad([prompt_rows[i] for i in batch.items], tok.pad_id, prompt_length)
       pixels = np.stack([self.preprocessor(images[i]) for i in batch.items])
+      if self.batch_sharding is not None:
+        ids, mask, pixels = jax.device_put((ids, mask, pixels), self.batch_sharding)
       out = generate_lib.generate(
           params, self.model_config, ids, mask, pixels, max_new_tokens=max_new_tokens,
           eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, temperature=temperature,

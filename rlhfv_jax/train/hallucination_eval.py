@@ -10,8 +10,8 @@ prompt, answer, the parsed label where one exists), then scores them with
 `rlhfv_jax.evals` into ``hallucination_results.json`` and ``hallucination_results.md``
 (beside the published numbers). A killed run resumes: answered ids are read back and
 skipped, so no item is lost or answered twice. Each process answers its own share of the
-items (``<bench>_answers.process<k>-of-<n>.jsonl``), its batches spread over its local
-devices; process 0 scores all shares. Nothing is downloaded: the benchmark files are local.
+items (``<bench>_answers.process<k>-of-<n>.jsonl``), its batches split over its local
+devices (params replicated on them); process 0 scores all shares. Nothing is downloaded: the benchmark files are local.
 
 Inputs (``config.hallucination``):
   pope_dir        `coco_pope_{random,popular,adversarial}.json` (splits: ``pope_splits``)
@@ -43,11 +43,13 @@ import jax
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rlhfv_jax import sampler as sampler_lib
 from rlhfv_jax.data.records import ErrorLog, RecordError
 from rlhfv_jax.evals import amber, objhal, pope
 from rlhfv_jax.train import model_init
+from rlhfv_jax.train import sharding
 
 BENCHMARKS = ("pope", "objhal", "amber")
 RESULTS_JSON = "hallucination_results.json"
@@ -283,8 +285,14 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   h, root = config.hallucination, pathlib.Path(workdir)
   root.mkdir(parents=True, exist_ok=True)
   pid, count = jax.process_index(), jax.process_count()
-  params = model_init.load_initial_params(config)
-  sample = sampler_lib.Sampler.from_config(config)
+  # Each process answers its share; its batches are split over its local devices.
+  mesh = sharding.local_data_mesh()
+  if h.batch_size % mesh.size:
+    raise ValueError(f"hallucination.batch_size={h.batch_size} must be a multiple of the "
+                     f"{mesh.size} local devices")
+  params = jax.device_put(model_init.load_initial_params(config), sharding.replicated(mesh))
+  sample = dataclasses.replace(sampler_lib.Sampler.from_config(config),
+                               batch_sharding=NamedSharding(mesh, P("data")))
   settings = {"temperature": 0.0, "decoding": "greedy", "batch_size": h.batch_size,
               "prompt_multiple": h.prompt_multiple, "image_preprocessing":
               sample.preprocessor.settings, "init": model_init.describe_init(config)}

@@ -63,7 +63,7 @@ def files(tmp_path_factory):
 def tiny_config(files, tokenizer):
   config = defaults.base_config("hallucination_eval", "tiny")
   config.data.update(tokenizer=str(tokenizer), system_message="A chat.")
-  config.hallucination.update(files, batch_size=2, objhal_num_images=2,
+  config.hallucination.update(files, batch_size=4, objhal_num_images=2,
                               pope_splits=("random", "popular"),
                               max_new_tokens=dict(pope=3, amber=3, objhal=6))
   return config
@@ -149,3 +149,21 @@ def test_bad_input_is_named_or_skipped(files, llama_tokenizer_path, tmp_path):
   result = halluc.run(config, str(tmp_path / "skip"))["benchmarks"]["pope"]
   assert (result["scored"], result["total"], result["skipped"]) == (0, 1, 1)
   assert "random/7" in (tmp_path / "skip" / "skipped_pope.jsonl").read_text()
+
+
+def test_answers_split_over_4_devices_equal_one_device(files, llama_tokenizer_path):
+  config = tiny_config(files, llama_tokenizer_path)
+  params = model_lib.init_params(config.model, jax.random.key(1))
+  images = [_jpeg(i) for i in range(6)]
+  prompts = ["Is there a dog?", "Describe the image.", "Why?", "What color?", "Count.", "Hi"]
+  one = sampler_lib.Sampler.from_config(config)
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:4]), ("data",))
+  four = sampler_lib.Sampler(one.model_config, one.template, one.preprocessor,
+                             batch_sharding=jax.sharding.NamedSharding(
+                                 mesh, jax.sharding.PartitionSpec("data")))
+  on_four = jax.device_put(params, jax.sharding.NamedSharding(mesh,
+                                                              jax.sharding.PartitionSpec()))
+  want = one(params, images, prompts, max_new_tokens=5, batch_size=4).texts
+  assert four(on_four, images, prompts, max_new_tokens=5, batch_size=4).texts == want
+  with pytest.raises(ValueError, match="multiple of the 4 devices"):
+    four(on_four, images, prompts, max_new_tokens=5, batch_size=2)
