@@ -235,10 +235,24 @@ def answer_items(benchmark: str, items: list[Item], sample: sampler_lib.Sampler,
 
 # ------------------------------------------------------------------------------- scores
 
-def score(benchmark: str, answers: list[dict], h: Any) -> dict[str, Any]:
-  texts = [a["answer"] for a in answers]
+def score(benchmark: str, answers: list[dict], h: Any, errors: ErrorLog) -> dict[str, Any]:
+  """The benchmark's metrics of `answers` (`rlhfv_jax.evals`); an Object HalBench image
+  the COCO annotations do not cover goes through `errors` (named, or skipped and listed)."""
+  if benchmark == "objhal":
+    coco = objhal.CocoObjects(h.coco_annotations)
+    covered = []
+    for a in answers:
+      if a["image_id"] in coco.ground_truth:
+        covered.append(a)
+      else:
+        errors.handle(RecordError(a["id"], f"image {a['image_id']} is not in the COCO "
+                                  f"annotations under {h.coco_annotations}"))
+    result = coco.score([a["image_id"] for a in covered], [a["answer"] for a in covered])
+    return dict(result, scored=len(covered))
   if benchmark == "pope":
-    out = {"splits": {}}
+    out = {"splits": {}, "scored": len(answers),
+           "files": {s: pope.file_sha256(pathlib.Path(h.pope_dir) / f"coco_pope_{s}.json")
+                     for s in h.pope_splits}}
     for split in h.pope_splits:
       rows = [a for a in answers if a["split"] == split]
       if rows:
@@ -247,10 +261,9 @@ def score(benchmark: str, answers: list[dict], h: Any) -> dict[str, Any]:
     f1s = [s["f1"] for s in out["splits"].values()]
     out["f1"] = float(np.mean(f1s)) if f1s else float("nan")
     return out
-  if benchmark == "objhal":
-    coco = objhal.CocoObjects(h.coco_annotations)
-    return coco.score([a["image_id"] for a in answers], texts)
-  return amber.score(texts, [a["label"] for a in answers], [a["dimension"] for a in answers])
+  result = amber.score([a["answer"] for a in answers], [a["label"] for a in answers],
+                       [a["dimension"] for a in answers])
+  return dict(result, scored=len(answers))
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -310,8 +323,8 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     for k in range(count):
       answers.update(read_answers(answers_path(root, benchmark, k, count)))
     ordered = [answers[i.id] for i in items if i.id in answers]
-    result = score(benchmark, ordered, h)
-    result.update(scored=len(ordered), total=len(items), skipped=len(errors.skipped_ids),
+    result = score(benchmark, ordered, h, errors)
+    result.update(total=len(items), skipped=len(errors.skipped_ids),
                   max_new_tokens=h.max_new_tokens[benchmark])
     results["benchmarks"][benchmark] = result
     logging.info("%s: %s", benchmark, json.dumps(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import pathlib
 
 import jax
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 
 from rlhfv_jax import model as model_lib
 from rlhfv_jax import sampler as sampler_lib
+from rlhfv_jax.evals import pope
 from rlhfv_jax.train import config_validation, defaults
 from rlhfv_jax.train import hallucination_eval as halluc
 
@@ -88,13 +90,14 @@ def test_answers_scores_and_resume(files, llama_tokenizer_path, tmp_path):
   pope_result = results["benchmarks"]["pope"]
   # The stage's score is the scorer's on the written answers.
   randoms = [a for a in pope_answers if a["split"] == "random"]
-  from rlhfv_jax.evals import pope
   assert pope_result["splits"]["random"] == pope.score([a["answer"] for a in randoms],
                                                        [a["label"] for a in randoms])
   assert set(results["benchmarks"]["objhal"]) >= {"response_hall", "chair_i", "chair_s",
                                                   "recall", "avg_words"}
   saved = json.loads((run / halluc.RESULTS_JSON).read_text())
   assert saved["settings"]["decoding"] == "greedy"
+  assert saved["benchmarks"]["pope"]["files"]["random"] == pope.file_sha256(
+      pathlib.Path(files["pope_dir"]) / "coco_pope_random.json")
   table = (run / halluc.RESULTS_MD).read_text()
   assert "LLaVA-1.5-7B (published)" in table and "| this run |" in table
 
@@ -167,3 +170,20 @@ def test_answers_split_over_4_devices_equal_one_device(files, llama_tokenizer_pa
   assert four(on_four, images, prompts, max_new_tokens=5, batch_size=4).texts == want
   with pytest.raises(ValueError, match="multiple of the 4 devices"):
     four(on_four, images, prompts, max_new_tokens=5, batch_size=2)
+
+
+def test_objhal_images_the_annotations_do_not_cover(files, llama_tokenizer_path, tmp_path):
+  annotations = tmp_path / "annotations"
+  annotations.mkdir()
+  (annotations / "instances_val2014.json").write_text(json.dumps({
+      "categories": [{"id": 18, "name": "dog"}], "images": [{"id": 1}],
+      "annotations": [{"image_id": 1, "category_id": 18}]}))
+  (annotations / "captions_val2014.json").write_text(json.dumps({"annotations": []}))
+  config = tiny_config(files, llama_tokenizer_path)
+  config.hallucination.update(benchmarks=("objhal",), coco_annotations=str(annotations),
+                              objhal_num_images=3)
+  with pytest.raises(Exception, match="image [23] is not in the COCO annotations"):
+    halluc.run(config, str(tmp_path / "raise"))
+  config.hallucination.error_policy = "skip"
+  result = halluc.run(config, str(tmp_path / "skip"))["benchmarks"]["objhal"]
+  assert (result["scored"], result["total"], result["skipped"]) == (1, 3, 2)
