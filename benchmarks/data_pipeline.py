@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import argparse
 import io
-import pathlib
 import time
 
 import numpy as np
 from PIL import Image
 
+from benchmarks import common
 from rlhfv_jax.data.images import ImagePreprocessor
 from rlhfv_jax.data.pipeline import Loader, assemble_batch, choose_bucket, tokenize_record
 from rlhfv_jax.data.records import make_preference_record
 from rlhfv_jax.data.tokenizer import ChatTemplate, SentencePieceTokenizer
 
-TOKENIZER = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / \
-    "llama2-tokenizer.model"
 BUCKETS = (768, 1024)
 
 
@@ -60,7 +58,7 @@ def main():
   parser.add_argument("--threads", type=int, default=4)
   args = parser.parse_args()
   records = make_records(args.examples)
-  template = ChatTemplate(SentencePieceTokenizer(TOKENIZER), num_image_tokens=576)
+  template = ChatTemplate(SentencePieceTokenizer(common.llama_tokenizer_path()), num_image_tokens=576)
   preprocessor = ImagePreprocessor(336)
   num_batches = args.examples // args.batch
 

@@ -23,7 +23,6 @@ import argparse
 import io
 import json
 import multiprocessing
-import os
 import pathlib
 import resource
 import tempfile
@@ -34,20 +33,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from benchmarks import common
+
 BUCKETS = (768, 1024, 2048)
 ANSWER = ("The image shows a busy street with a red double-decker bus stopping next to a "
           "crowd of people waiting at the bus stop. A man in a dark coat holds an umbrella, "
           "and a woman beside him carries a shopping bag. Behind them there is a row of shops "
           "with large windows and colourful signs. ")
-
-
-def tokenizer_path() -> pathlib.Path:
-  path = os.environ.get("RLHFV_LLAMA_TOKENIZER") or REPO / ".." / "shared" / "data" / \
-      "llama2-tokenizer.model"
-  if not pathlib.Path(path).is_file():
-    raise SystemExit("needs the Llama-2 tokenizer: set RLHFV_LLAMA_TOKENIZER")
-  return pathlib.Path(path)
 
 
 def photo(rng: np.random.Generator) -> bytes:
@@ -106,7 +98,8 @@ def loader_rate(data_dir: pathlib.Path, examples: int, batch: int, threads: int)
   from rlhfv_jax.data.pipeline import Loader
   from rlhfv_jax.data.tokenizer import ChatTemplate, SentencePieceTokenizer
   source = tfds_builders.open_split("rlhfv_parquet", data_dir, "train")
-  template = ChatTemplate(SentencePieceTokenizer(tokenizer_path()), num_image_tokens=576)
+  template = ChatTemplate(SentencePieceTokenizer(common.llama_tokenizer_path()),
+                          num_image_tokens=576)
   loader = Loader(source, template, ImagePreprocessor(336), global_batch_size=batch,
                   buckets=BUCKETS, num_epochs=None, num_threads=threads)
   iterator = iter(loader)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import pathlib
 import tempfile
 import time
 
@@ -24,23 +22,15 @@ import jax
 import numpy as np
 from PIL import Image
 
+from benchmarks import common
 from rlhfv_jax import model as model_lib
 from rlhfv_jax import sampler as sampler_lib
 from rlhfv_jax.data.images import ImagePreprocessor
 from rlhfv_jax.data.tokenizer import ChatTemplate, SentencePieceTokenizer
 from rlhfv_jax.model import hf_io
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 QUESTIONS = ("Is there a dog in the image?", "Is there a red car in the image?",
              "Is there a person in the image?", "Is there a chair in the image?")
-
-
-def tokenizer_path() -> pathlib.Path:
-  path = os.environ.get("RLHFV_LLAMA_TOKENIZER") or REPO / ".." / "shared" / "data" / \
-      "llama2-tokenizer.model"
-  if not pathlib.Path(path).is_file():
-    raise SystemExit("needs the Llama-2 tokenizer: set RLHFV_LLAMA_TOKENIZER")
-  return pathlib.Path(path)
 
 
 def small_config():
@@ -72,7 +62,7 @@ def main():
 
   cfg = small_config()
   params = model_lib.init_params(cfg, jax.random.key(0))
-  template = ChatTemplate(SentencePieceTokenizer(tokenizer_path()),
+  template = ChatTemplate(SentencePieceTokenizer(common.llama_tokenizer_path()),
                           model_lib.num_image_tokens(cfg), system="A chat about an image.")
   sample = sampler_lib.Sampler(cfg, template, ImagePreprocessor(cfg.vision.image_size))
   pics = images(args.items)

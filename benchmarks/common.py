@@ -1,0 +1,19 @@
+"""What several benchmarks share."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def llama_tokenizer_path() -> pathlib.Path:
+  """The Llama-2 tokenizer: RLHFV_LLAMA_TOKENIZER, else ../shared/data beside the repo (as
+  for the tests); exits with how to provide it otherwise."""
+  path = pathlib.Path(os.environ.get("RLHFV_LLAMA_TOKENIZER") or
+                      REPO / ".." / "shared" / "data" / "llama2-tokenizer.model")
+  if not path.is_file():
+    raise SystemExit("needs the Llama-2 tokenizer: set RLHFV_LLAMA_TOKENIZER=/path/to/"
+                     "tokenizer.model")
+  return path
