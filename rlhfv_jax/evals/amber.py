@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from rlhfv_jax.evals import binary
 
@@ -89,10 +89,12 @@ def score(responses: Sequence[str], truths: Sequence[str],
   return result
 
 
-def read_discriminative(query_file: str | pathlib.Path, annotations_file: str | pathlib.Path
+def read_discriminative(query_file: str | pathlib.Path, annotations_file: str | pathlib.Path,
+                        on_error: Optional[Callable[[ValueError], None]] = None
                         ) -> list[dict[str, Any]]:
   """The discriminative items: `{"id", "image", "query", "truth", "dimension"}` each, from
-  the AMBER repository's two files; an item without its annotation is a ValueError."""
+  the AMBER repository's two files. An item without its annotation is a ValueError,
+  raised, or passed to `on_error` and the item left out."""
   queries = json.loads(pathlib.Path(query_file).read_text())
   annotations = json.loads(pathlib.Path(annotations_file).read_text())
   by_id = {int(a["id"]): a for a in annotations}
@@ -100,8 +102,12 @@ def read_discriminative(query_file: str | pathlib.Path, annotations_file: str | 
   for query in queries:
     annotation = by_id.get(int(query["id"]))
     if annotation is None or "truth" not in annotation:
-      raise ValueError(f"{annotations_file}: no discriminative annotation (with 'truth') for "
-                       f"query id {query['id']} of {query_file}")
+      error = ValueError(f"{annotations_file}: no discriminative annotation (with 'truth') "
+                         f"for query id {query['id']} of {query_file}")
+      if on_error is None:
+        raise error
+      on_error(error)
+      continue
     items.append(dict(id=int(query["id"]), image=query["image"], query=query["query"],
                       truth=annotation["truth"], dimension=dimension_of(annotation["type"])))
   return items

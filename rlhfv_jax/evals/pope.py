@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from rlhfv_jax.evals import binary
 
@@ -48,22 +48,32 @@ def score(answers: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
   return dict(binary.metrics(counts), yes_ratio=yes_ratio, **counts)
 
 
-def read_questions(path: str | pathlib.Path) -> Iterator[dict]:
-  """The questions of a POPE file (JSON lines), each checked for its keys; a bad line is
-  a ValueError naming the file and line."""
+def read_questions(path: str | pathlib.Path,
+                   on_error: Optional[Callable[[ValueError], None]] = None) -> Iterator[dict]:
+  """The questions of a POPE file (JSON lines), each checked for its keys.
+
+  A bad line is a ValueError naming the file and line, raised, or passed to `on_error`
+  (which may raise it or record it) and the line skipped."""
   path = pathlib.Path(path)
   with path.open("r", encoding="utf-8") as f:
     for number, line in enumerate(f, start=1):
       if not line.strip():
         continue
       try:
-        item = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path} line {number}: not valid JSON ({e})") from e
-      missing = [k for k in ("question_id", "image", "text", "label") if k not in item]
-      if missing or item.get("label") not in ("yes", "no"):
-        raise ValueError(f"{path} line {number}: needs question_id, image, text and a "
-                         f"label 'yes'/'no'; missing {missing}, label {item.get('label')!r}")
+        try:
+          item = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path} line {number}: not valid JSON ({e})") from e
+        missing = [k for k in ("question_id", "image", "text", "label") if k not in item]
+        if missing or item.get("label") not in ("yes", "no"):
+          raise ValueError(f"{path} line {number}: needs question_id, image, text and a "
+                           f"label 'yes'/'no'; missing {missing}, label "
+                           f"{item.get('label')!r}")
+      except ValueError as e:
+        if on_error is None:
+          raise
+        on_error(e)
+        continue
       yield item
 
 

@@ -93,11 +93,16 @@ class Item:
 
 # ------------------------------------------------------------------------------- items
 
-def pope_items(h: Any) -> list[Item]:
+def _through(errors: ErrorLog) -> Callable[[ValueError], None]:
+  """A bad input line/entry: raised, or skipped and listed, per the error policy."""
+  return lambda e: errors.handle(RecordError(None, str(e)))
+
+
+def pope_items(h: Any, errors: ErrorLog) -> list[Item]:
   root, images = pathlib.Path(h.pope_dir), pathlib.Path(h.coco_images)
   items = []
   for split in h.pope_splits:
-    for q in pope.read_questions(root / f"coco_pope_{split}.json"):
+    for q in pope.read_questions(root / f"coco_pope_{split}.json", _through(errors)):
       items.append(Item(f"{split}/{q['question_id']}", images / q["image"],
                         q["text"] + h.short_answer_suffix, q["label"],
                         {"split": split, "image_file": q["image"]}))
@@ -114,23 +119,28 @@ def _objhal_image(value: str, images: pathlib.Path, where: str) -> pathlib.Path 
     raise ValueError(f"{where}: 'image' is neither a file under {images} nor base64") from e
 
 
-def objhal_items(h: Any) -> list[Item]:
+def _objhal_question(line: str, where: str, images: pathlib.Path) -> Item:
+  try:
+    q = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{where}: not valid JSON ({e})") from e
+  missing = [k for k in ("image_id", "question", "image") if k not in q]
+  if missing:
+    raise ValueError(f"{where}: missing {missing}")
+  return Item(str(q["image_id"]), _objhal_image(q["image"], images, where), q["question"],
+              None, {"image_id": int(q["image_id"])})
+
+
+def objhal_items(h: Any, errors: ErrorLog) -> list[Item]:
   images = pathlib.Path(h.coco_images)
   if h.objhal_questions:
     path, items = pathlib.Path(h.objhal_questions), []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
-      if not line.strip():
-        continue
-      where = f"{path} line {number}"
-      try:
-        q = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e})") from e
-      missing = [k for k in ("image_id", "question", "image") if k not in q]
-      if missing:
-        raise ValueError(f"{where}: missing {missing}")
-      items.append(Item(str(q["image_id"]), _objhal_image(q["image"], images, where),
-                        q["question"], None, {"image_id": int(q["image_id"])}))
+      if line.strip():
+        try:
+          items.append(_objhal_question(line, f"{path} line {number}", images))
+        except ValueError as e:
+          _through(errors)(e)
     return items
   # The reproducible default: `objhal_num_images` COCO images drawn with `seed`.
   files = sorted(p.name for p in images.glob("COCO_val2014_*.jpg"))
@@ -146,16 +156,16 @@ def objhal_items(h: Any) -> list[Item]:
           for n, i in enumerate(chosen)]
 
 
-def amber_items(h: Any) -> list[Item]:
+def amber_items(h: Any, errors: ErrorLog) -> list[Item]:
   root = pathlib.Path(h.amber_dir)
   images = pathlib.Path(h.amber_images) if h.amber_images else root / "image"
   entries = amber.read_discriminative(root / "data" / "query" / "query_discriminative.json",
-                                      root / "data" / "annotations.json")
+                                      root / "data" / "annotations.json", _through(errors))
   return [Item(str(e["id"]), images / e["image"], e["query"] + h.short_answer_suffix,
                e["truth"], {"dimension": e["dimension"]}) for e in entries]
 
 
-ITEM_LOADERS: dict[str, Callable[[Any], list[Item]]] = {
+ITEM_LOADERS: dict[str, Callable[[Any, ErrorLog], list[Item]]] = {
     "pope": pope_items, "objhal": objhal_items, "amber": amber_items}
 
 
@@ -311,8 +321,9 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
               sample.preprocessor.settings, "init": model_init.describe_init(config)}
   results: dict[str, Any] = {"settings": settings, "benchmarks": {}}
   for benchmark in h.benchmarks:
-    items = ITEM_LOADERS[benchmark](h)
     errors = ErrorLog(h.error_policy, root, name=benchmark)
+    items = ITEM_LOADERS[benchmark](h, errors)
+    unreadable = errors.num_skipped  # input lines/entries that made no item
     path = answers_path(root, benchmark, pid, count)
     answer_items(benchmark, items[pid::count], sample, params, path,
                  batch_size=h.batch_size, max_new_tokens=h.max_new_tokens[benchmark],
@@ -324,7 +335,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
       answers.update(read_answers(answers_path(root, benchmark, k, count)))
     ordered = [answers[i.id] for i in items if i.id in answers]
     result = score(benchmark, ordered, h, errors)
-    result.update(total=len(items), skipped=len(errors.skipped_ids),
+    result.update(total=len(items) + unreadable, skipped=errors.num_skipped,
                   max_new_tokens=h.max_new_tokens[benchmark])
     results["benchmarks"][benchmark] = result
     logging.info("%s: %s", benchmark, json.dumps(

@@ -152,6 +152,15 @@ def test_bad_input_is_named_or_skipped(files, llama_tokenizer_path, tmp_path):
   result = halluc.run(config, str(tmp_path / "skip"))["benchmarks"]["pope"]
   assert (result["scored"], result["total"], result["skipped"]) == (0, 1, 1)
   assert "random/7" in (tmp_path / "skip" / "skipped_pope.jsonl").read_text()
+  # An unreadable line of the question file: named, or skipped and counted in the total.
+  with (pope_dir / "coco_pope_random.json").open("a") as f:
+    f.write("{not json\n")
+  config.hallucination.error_policy = "raise"
+  with pytest.raises(Exception, match="coco_pope_random.json line 2: not valid JSON"):
+    halluc.run(config, str(tmp_path / "raise2"))
+  config.hallucination.error_policy = "skip"
+  result = halluc.run(config, str(tmp_path / "skip2"))["benchmarks"]["pope"]
+  assert (result["scored"], result["total"], result["skipped"]) == (0, 2, 2)
 
 
 def test_answers_split_over_4_devices_equal_one_device(files, llama_tokenizer_path):
