@@ -196,3 +196,51 @@ def test_objhal_images_the_annotations_do_not_cover(files, llama_tokenizer_path,
   config.hallucination.error_policy = "skip"
   result = halluc.run(config, str(tmp_path / "skip"))["benchmarks"]["objhal"]
   assert (result["scored"], result["total"], result["skipped"]) == (1, 3, 2)
+
+
+def test_sigkill_then_rerun_answers_each_item_once(files, llama_tokenizer_path, tmp_path,
+                                                   user_env):
+  """The README's command killed after its first batch, then run again: every item is
+  answered exactly once, and the answers are those of an uninterrupted run."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  config_file = tmp_path / "halluc_tiny.py"
+  config_file.write_text(f"""
+from rlhfv_jax.train import defaults
+def get_config():
+  config = defaults.base_config("hallucination_eval", "tiny")
+  config.data.update(tokenizer={str(llama_tokenizer_path)!r}, system_message="A chat.")
+  config.hallucination.update({files!r}, benchmarks=("pope",), batch_size=1,
+                              pope_splits=("random", "popular"),
+                              max_new_tokens=dict(pope=32, amber=3, objhal=6))
+  return config
+""")
+  command = [sys.executable, "-m", "rlhfv_jax.main", f"--config={config_file}"]
+  straight = tmp_path / "straight"
+  subprocess.run(command + [f"--workdir={straight}"], env=user_env, check=True,
+                 capture_output=True, timeout=600, cwd=pathlib.Path(__file__).parents[2])
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(command + [f"--workdir={killed}"], env=user_env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          cwd=pathlib.Path(__file__).parents[2])
+  answers = killed / "pope_answers.jsonl"
+  deadline = time.monotonic() + 300
+  while time.monotonic() < deadline and proc.poll() is None:
+    if answers.exists() and answers.read_text().count("\n") >= 2:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  partial = answers.read_text().count("\n")
+  assert 2 <= partial < 6, partial  # killed mid-benchmark
+  subprocess.run(command + [f"--workdir={killed}"], env=user_env, check=True,
+                 capture_output=True, timeout=600, cwd=pathlib.Path(__file__).parents[2])
+  rows = _lines(answers)
+  assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in _lines(
+      straight / "pope_answers.jsonl"))  # each once
+  by_id = {r["id"]: r for r in _lines(straight / "pope_answers.jsonl")}
+  assert all(r == by_id[r["id"]] for r in rows)
+  assert (json.loads((killed / halluc.RESULTS_JSON).read_text())["benchmarks"] ==
+          json.loads((straight / halluc.RESULTS_JSON).read_text())["benchmarks"])
