@@ -26,6 +26,4 @@ def get_config(size: str = ""):
   if size not in ("",) + SIZES:
     raise ValueError(f"configs/llava15_hallucination_eval.py takes a size in {SIZES} or "
                      f"none, got {size!r}")
-  config = defaults.llava15_base("hallucination_eval", size)
-  config.train.parallelism = "pmap"  # answers are generated per process, not trained
-  return config
+  return defaults.llava15_base("hallucination_eval", size)

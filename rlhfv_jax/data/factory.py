@@ -158,6 +158,15 @@ def ref_cache_dir(config: Any) -> pathlib.Path:
       data.data_dir, data.dataset, data.split, data.ref_cache_tag)
 
 
+def _ref_lookup(config: Any, facts: ModelFacts):
+  """The reference cache's lookup with ``data.use_ref_cache``, else None. The reference
+  saw un-augmented images of the same preprocessing (the cache refuses others)."""
+  if not config.data.use_ref_cache:
+    return None
+  return ReferenceCache.load(
+      ref_cache_dir(config), preprocessor=make_preprocessor(config, facts, augment=False)).lookup
+
+
 def _segment_settings(config: Any) -> dict[str, Any]:
   """The corrected-segment rule (`config.ddpo.segment_mode` / `segment_min_match`)."""
   ddpo = config.get("ddpo") or {}
@@ -188,10 +197,6 @@ def make_loader(config: Any, *, global_batch_size: int, run_dir: Optional[PathLi
   data = config.data
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  ref_lookup = None
-  if data.use_ref_cache:  # the reference saw un-augmented images of the same preprocessing
-    ref_lookup = ReferenceCache.load(
-        ref_cache_dir(config), preprocessor=make_preprocessor(config, facts, augment=False)).lookup
   return Loader(
       source if source is not None else open_source(config, run_dir),
       make_template(config, facts, tokenizer), make_preprocessor(config, facts, augment),
@@ -200,7 +205,7 @@ def make_loader(config: Any, *, global_batch_size: int, run_dir: Optional[PathLi
       shuffle=data.shuffle if shuffle is None else shuffle,
       process_index=process_index, process_count=process_count,
       errors=_errors(config, run_dir, "pipeline", process_index, process_count),
-      ref_lookup=ref_lookup,
+      ref_lookup=_ref_lookup(config, facts),
       num_threads=data.num_threads, **_segment_settings(config))
 
 
@@ -226,17 +231,13 @@ def ordered_batches(config: Any, *, global_batch_size: int, source: Any = None,
   source = source if source is not None else open_source(config, run_dir)
   host_batch = global_batch_size // process_count
   per_process = -(-len(source) // process_count)
-  ref_lookup = None
-  if data.use_ref_cache:
-    ref_lookup = ReferenceCache.load(
-        ref_cache_dir(config), preprocessor=make_preprocessor(config, facts, augment=False)).lookup
   return pipeline.ordered_batches(
       source, make_template(config, facts, tokenizer),
       make_preprocessor(config, facts, augment=False),
       indices=range(process_index, len(source), process_count), batch_size=host_batch,
       buckets=tuple(data.buckets), num_batches=-(-per_process // host_batch),
       errors=_errors(config, run_dir, "ordered", process_index, process_count),
-      ref_lookup=ref_lookup, **_segment_settings(config))
+      ref_lookup=_ref_lookup(config, facts), **_segment_settings(config))
 
 
 def precompute_reference(config: Any, token_logps_fn: TokenLogpsFn, *, batch_size: int,

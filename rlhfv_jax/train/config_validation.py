@@ -15,6 +15,7 @@ from typing import Any, Optional
 import jax
 
 from rlhfv_jax import ddpo
+from rlhfv_jax import evals
 from rlhfv_jax.train import stages
 from rlhfv_jax.train.optimizer import SCHEDULES
 from rlhfv_jax.train.sharding import resolve_mesh_shape
@@ -132,11 +133,10 @@ def _problems_pass_batches(config: Any, stage: str, num_devices: int,
 
 def _problems_hallucination(h: Any) -> list[str]:
   """The hallucination_eval stage's section: known benchmarks, each with its files."""
-  benchmarks = ("pope", "objhal", "amber")
-  unknown = [b for b in h.benchmarks if b not in benchmarks]
+  unknown = [b for b in h.benchmarks if b not in evals.BENCHMARKS]
   if unknown:
     return [f"hallucination.benchmarks={tuple(h.benchmarks)}: unknown {unknown}; expected "
-            f"some of {benchmarks}"]
+            f"some of {evals.BENCHMARKS}"]
   needs = {"pope": ("pope_dir", "coco_images"), "objhal": ("coco_images", "coco_annotations"),
            "amber": ("amber_dir",)}
   out = [f"hallucination.{field} is empty: benchmark {b!r} reads its local files from it "

@@ -11,7 +11,8 @@ prompt, answer, the parsed label where one exists), then scores them with
 (beside the published numbers). A killed run resumes: answered ids are read back and
 skipped, so no item is lost or answered twice. Each process answers its own share of the
 items (``<bench>_answers.process<k>-of-<n>.jsonl``), its batches split over its local
-devices (params replicated on them); process 0 scores all shares. Nothing is downloaded: the benchmark files are local.
+devices (params replicated on them); process 0 scores all shares. Nothing is downloaded:
+the benchmark files are local. (``train.*`` is not used: nothing is trained.)
 
 Inputs (``config.hallucination``):
   pope_dir        `coco_pope_{random,popular,adversarial}.json` (splits: ``pope_splits``)
@@ -46,12 +47,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rlhfv_jax import sampler as sampler_lib
-from rlhfv_jax.data.records import ErrorLog, RecordError
+from rlhfv_jax.data.records import ErrorLog, RecordError, read_skipped
 from rlhfv_jax.evals import amber, objhal, pope
 from rlhfv_jax.train import model_init
 from rlhfv_jax.train import sharding
 
-BENCHMARKS = ("pope", "objhal", "amber")
 RESULTS_JSON = "hallucination_results.json"
 RESULTS_MD = "hallucination_results.md"
 # Published numbers to put a run beside (see each scorer's docstring for the source).
@@ -335,7 +335,9 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
       answers.update(read_answers(answers_path(root, benchmark, k, count)))
     ordered = [answers[i.id] for i in items if i.id in answers]
     result = score(benchmark, ordered, h, errors)
-    result.update(total=len(items) + unreadable, skipped=errors.num_skipped,
+    # Every process's skips (each process lists its own; the same skip once).
+    skipped = len(read_skipped(root, benchmark)) if h.error_policy == "skip" else 0
+    result.update(total=len(items) + unreadable, skipped=skipped,
                   max_new_tokens=h.max_new_tokens[benchmark])
     results["benchmarks"][benchmark] = result
     logging.info("%s: %s", benchmark, json.dumps(
