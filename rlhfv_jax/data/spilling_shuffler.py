@@ -35,7 +35,6 @@ class SpillingShuffler:
   """Drop-in for `tfds.core.shuffle.Shuffler` (same constructor, properties, iteration)."""
 
   spill_bytes: int = DEFAULT_SPILL_BYTES
-  created: list["SpillingShuffler"]  # per `use_spilling_shuffler` block: its instances
 
   def __init__(self, dirpath: Any, hash_salt: str | bytes, disable_shuffling: bool = False,
                ignore_duplicates: bool = False):
@@ -51,7 +50,6 @@ class SpillingShuffler:
     self._num_examples = 0
     self._read_only = False
     self.max_buffer_bytes = 0  # the most ever held in memory (for tests and logs)
-    type(self).created.append(self)
 
   @property
   def size(self) -> int:
@@ -128,9 +126,8 @@ class SpillingShuffler:
 def use_spilling_shuffler(spill_bytes: Optional[int] = None):
   """Within the block, TFDS writers shuffle with `SpillingShuffler` (no TensorFlow).
 
-  Yields the class in use; its `created` lists the shufflers made in the block."""
+  Yields the class in use."""
   cls = type("SpillingShuffler", (SpillingShuffler,), {
-      "spill_bytes": spill_bytes if spill_bytes is not None else DEFAULT_SPILL_BYTES,
-      "created": []})
+      "spill_bytes": spill_bytes if spill_bytes is not None else DEFAULT_SPILL_BYTES})
   with mock.patch.object(tfds_writer.shuffle, "Shuffler", cls):
     yield cls

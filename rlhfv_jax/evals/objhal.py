@@ -151,10 +151,8 @@ class Vocabulary:
 
   def __init__(self, synonym_lines: Sequence[str] = COCO_SYNONYMS):
     self.to_class: dict[str, str] = {}
-    self.classes: list[str] = []
     for line in synonym_lines:
       words = [w.strip() for w in line.split(",") if w.strip()]
-      self.classes.append(words[0])
       for word in words:
         self.to_class.setdefault(word, words[0])
     multi = [w for w in self.to_class if " " in w] + list(_EXTRA_DOUBLE_WORDS)
