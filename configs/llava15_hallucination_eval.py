@@ -16,6 +16,11 @@ A trained run instead of the HF checkpoint: `--config.init.params=checkpoint
 ("7b" / "13b"); without one the architecture follows the checkpoint. Writes
 <bench>_answers.jsonl, hallucination_results.json and hallucination_results.md; a killed
 run resumes where it stopped.
+
+Params are replicated on each process's devices, each batch split over them: a 7B/13B
+model in bf16 fits one accelerator, and FSDP would all-gather the weights at every
+generated token. A model that does not fit one device: `--config.train.parallelism=fsdp`
+shards the params over each process's devices (`train.mesh`, e.g. `fsdp=-1`).
 """
 
 from rlhfv_jax.model.config import SIZES
@@ -26,4 +31,6 @@ def get_config(size: str = ""):
   if size not in ("",) + SIZES:
     raise ValueError(f"configs/llava15_hallucination_eval.py takes a size in {SIZES} or "
                      f"none, got {size!r}")
-  return defaults.llava15_base("hallucination_eval", size)
+  config = defaults.llava15_base("hallucination_eval", size)
+  config.train.parallelism = "pmap"  # replicated params (see the docstring)
+  return config

@@ -37,6 +37,18 @@ from rlhfv_jax.model import llava
 GenerateFn = Callable[..., jax.Array]
 
 
+def first_argmax(logits: jax.Array) -> jax.Array:
+  """`jnp.argmax(logits, -1)` (first maximum; first NaN if any) as two plain reductions.
+
+  XLA's CPU argmax (one reduction over (value, index) pairs) took 1.6 ms for a
+  [16, 32k] batch, a third of a decode step; a max and a min over indices take 0.4 ms.
+  """
+  best = jnp.max(logits, axis=-1, keepdims=True)
+  is_best = (logits == best) | jnp.isnan(logits)
+  index = jnp.arange(logits.shape[-1], dtype=jnp.int32)
+  return jnp.min(jnp.where(is_best, index, logits.shape[-1]), axis=-1)
+
+
 def sample_tokens(logits: jax.Array, rng: jax.Array, temperature: jax.Array,
                   top_p: jax.Array) -> jax.Array:
   """Picks one token per row from logits [N, V].
@@ -46,7 +58,7 @@ def sample_tokens(logits: jax.Array, rng: jax.Array, temperature: jax.Array,
   first reaches `top_p` (always at least the top token).
   """
   def greedy(_):
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return first_argmax(logits)
 
   def sample(_):
     scaled = logits / jnp.maximum(temperature, 1e-6)

@@ -2,9 +2,14 @@
 
 The decoder consumes input *embeddings* (so the MLLM can splice image features in)
 and returns final hidden states. Layers are one `nn.scan`; an optional KV cache is a
-dict of arrays stacked on the same leading layer axis and threaded through the scan.
+dict of arrays stacked on the same leading layer axis and carried through the scan:
+each layer writes its new keys/values into its own slice of the whole cache, so the
+cache is updated in place (returning it as the scan's stacked output instead made
+XLA copy the whole cache every decode step: 3.2 ms per step at 32 cache slots, 36 ms
+at 600 on the benchmark model).
 
-KV-cache convention: `cache = {"k": [L, N, S, K, hd], "v": [L, N, S, K, hd]}`. The T
+KV-cache convention: `cache = {"k": [L, N, K, S, hd], "v": [L, N, K, S, hd]}` (heads
+before slots, so the attention reads a layer's keys without transposing them). The T
 new tokens are written at slots `cache_index .. cache_index + T - 1`; `key_valid`
 [N, S] then says which cache slots hold real tokens, and causality is in slot order.
 """
@@ -33,6 +38,21 @@ def _rms_norm(cfg: ml_collections.FrozenConfigDict, name: str) -> layers.RMSNorm
                         param_dtype=jnp.dtype(cfg.param_dtype), name=name)
 
 
+def _attend_to_cache(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Softmax attention of q [N, T, H, hd] over one layer's cache k, v [N, K, S, hd].
+
+  The same computation as `jax.nn.dot_product_attention` (query head h reads key head
+  h // (H / K), as HF's `repeat_kv`), written for the cache's head-major layout.
+  """
+  n, t, h, d = q.shape
+  q = q.reshape(n, t, k.shape[1], h // k.shape[1], d)
+  logits = jnp.einsum("ntkgd,nksd->nkgts", q, k.astype(q.dtype)) * (d ** -0.5)
+  logits = jnp.where(mask[:, :, None], logits.astype(jnp.float32),
+                     jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+  return jnp.einsum("nkgts,nksd->ntkgd", probs, v.astype(q.dtype)).reshape(n, t, h, d)
+
+
 class LlamaAttention(nn.Module):
   """Grouped-query causal self-attention with rotary positions and an optional cache."""
 
@@ -40,7 +60,7 @@ class LlamaAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
-               layer_cache: Optional[KVCache], cache_index: jax.Array
+               cache: Optional[KVCache], layer: jax.Array, cache_index: jax.Array
                ) -> tuple[jax.Array, Optional[KVCache]]:
     t = self.cfg.text
     q = _dense(self.cfg, t.num_heads * t.head_dim, "q_proj")(x)
@@ -51,12 +71,17 @@ class LlamaAttention(nn.Module):
     v = v.reshape(x.shape[:2] + (t.num_kv_heads, t.head_dim))
     q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
     new_cache = None
-    if layer_cache is not None:
-      start = (0, cache_index, 0, 0)
-      k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), start)
-      v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), start)
-      new_cache = {"k": k, "v": v}
-    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+    if cache is not None:
+      start = (layer, 0, 0, cache_index, 0)
+      new_cache = {name: jax.lax.dynamic_update_slice(
+          cache[name], new.swapaxes(1, 2)[None].astype(cache[name].dtype), start)
+                   for name, new in (("k", k), ("v", v))}
+    if cache is None or mask.shape[-1] == x.shape[1]:  # the new tokens are all the keys
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    else:
+      out = _attend_to_cache(
+          q, *(jax.lax.dynamic_index_in_dim(new_cache[name], layer, keepdims=False)
+               for name in ("k", "v")), mask)
     out = out.reshape(x.shape[:2] + (t.num_heads * t.head_dim,))
     return _dense(self.cfg, t.hidden_size, "o_proj")(out), new_cache
 
@@ -75,19 +100,20 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-  """Pre-norm decoder block; the scan carry is the hidden state."""
+  """Pre-norm decoder block; the scan carry is (hidden state, whole KV cache or None)."""
 
   cfg: ml_collections.FrozenConfigDict
 
   @nn.compact
-  def __call__(self, h: jax.Array, layer_cache: Optional[KVCache], cos: jax.Array,
-               sin: jax.Array, mask: jax.Array, cache_index: jax.Array
-               ) -> tuple[jax.Array, Optional[KVCache]]:
-    attn, new_cache = LlamaAttention(self.cfg, name="self_attn")(
-        _rms_norm(self.cfg, "input_layernorm")(h), cos, sin, mask, layer_cache, cache_index)
+  def __call__(self, carry: tuple[jax.Array, Optional[KVCache]], layer: jax.Array,
+               cos: jax.Array, sin: jax.Array, mask: jax.Array, cache_index: jax.Array
+               ) -> tuple[tuple[jax.Array, Optional[KVCache]], None]:
+    h, cache = carry
+    attn, cache = LlamaAttention(self.cfg, name="self_attn")(
+        _rms_norm(self.cfg, "input_layernorm")(h), cos, sin, mask, cache, layer, cache_index)
     h = h + attn
     h = h + LlamaMLP(self.cfg, name="mlp")(_rms_norm(self.cfg, "post_attention_layernorm")(h))
-    return h, new_cache
+    return (h, cache), None
 
 
 class LlamaModel(nn.Module):
@@ -117,7 +143,9 @@ class LlamaModel(nn.Module):
     Args:
       inputs_embeds: [N, T, D] input embeddings.
       positions: [N, T] int RoPE positions.
-      mask: [N, 1, T, S] bool attention mask (S = T without cache, cache length with).
+      mask: [N, 1, T, S] bool attention mask. S = T: the T new tokens are the only keys
+        (no cache, or an empty cache being filled from slot 0, e.g. a prompt: its
+        attention then never reads the cache's empty slots); else S = cache length.
       cache: optional KV cache (see module docstring).
       cache_index: slot at which the T new keys/values are written into `cache`.
 
@@ -126,8 +154,8 @@ class LlamaModel(nn.Module):
     """
     t = self.cfg.text
     cos, sin = layers.rope_cos_sin(positions, t.head_dim, t.rope_theta)
-    h, new_cache = self.layers(inputs_embeds, cache, cos, sin, mask,
-                               jnp.asarray(cache_index, jnp.int32))
+    (h, new_cache), _ = self.layers((inputs_embeds, cache), jnp.arange(t.num_layers),
+                                    cos, sin, mask, jnp.asarray(cache_index, jnp.int32))
     return self.norm(h), new_cache
 
 
@@ -135,5 +163,5 @@ def init_kv_cache(cfg: ml_collections.ConfigDict, batch_size: int,
                   max_length: int) -> KVCache:
   """A zero KV cache for `batch_size` rows of `max_length` slots (compute dtype)."""
   t = cfg.text
-  shape = (t.num_layers, batch_size, max_length, t.num_kv_heads, t.head_dim)
+  shape = (t.num_layers, batch_size, t.num_kv_heads, max_length, t.head_dim)
   return {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)}

@@ -113,7 +113,8 @@ class Llava(nn.Module):
         (sequence packing; padding must still be False in `attention_mask`).
       kv_cache: optional cache from `llama.init_kv_cache`; the T tokens are written at
         slots `cache_index ...` and attend to all valid earlier slots.
-      cache_index: write slot of the first of the T tokens.
+      cache_index: write slot of the first of the T tokens. A Python int 0 means the
+        cache is empty: the tokens attend only to each other, not to its empty slots.
       logits_index: optional [N] int; if given, logits are computed only at time
         index `logits_index[j]` of row j (shape [N, 1, V]), e.g. a prompt's last token.
 
@@ -142,6 +143,9 @@ class Llava(nn.Module):
         raise ValueError("KV-cache decoding needs explicit positions and no segment_ids.")
       query_slots = cache_index + jnp.arange(num_new)
       key_segments = None
+      if isinstance(cache_index, int) and cache_index == 0:
+        # Filling an empty cache: the new tokens are the only keys (see LlamaModel).
+        attention_mask = attention_mask[:, :num_new]
     mask = layers.causal_attention_mask(query_slots, attention_mask, segment_ids, key_segments)
     hidden, new_cache = self.language_model(embeds, positions, mask, kv_cache, cache_index)
     if logits_index is not None:

@@ -11,8 +11,11 @@ prompt, answer, the parsed label where one exists), then scores them with
 (beside the published numbers). A killed run resumes: answered ids are read back and
 skipped, so no item is lost or answered twice. Each process answers its own share of the
 items (``<bench>_answers.process<k>-of-<n>.jsonl``), its batches split over its local
-devices (params replicated on them); process 0 scores all shares. Nothing is downloaded:
-the benchmark files are local. (``train.*`` is not used: nothing is trained.)
+devices, the params replicated on them or, with ``train.parallelism="fsdp"``, sharded
+over them as training shards them (``train.mesh``, applied to the process's devices: a
+model too large for one device); process 0 scores all shares. Nothing is downloaded: the
+benchmark files are local. (Of ``train.*`` only the parallelism and mesh are read:
+nothing is trained.)
 
 Inputs (``config.hallucination``):
   pope_dir        `coco_pope_{random,popular,adversarial}.json` (splits: ``pope_splits``)
@@ -44,7 +47,6 @@ import jax
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rlhfv_jax import sampler as sampler_lib
 from rlhfv_jax.data.records import ErrorLog, RecordError, read_skipped
@@ -308,14 +310,17 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   h, root = config.hallucination, pathlib.Path(workdir)
   root.mkdir(parents=True, exist_ok=True)
   pid, count = jax.process_index(), jax.process_count()
-  # Each process answers its share; its batches are split over its local devices.
-  mesh = sharding.local_data_mesh()
-  if h.batch_size % mesh.size:
+  # Each process answers its share; its batches are split over its local devices, the
+  # params replicated on them or, with train.parallelism="fsdp", FSDP-sharded.
+  params = model_init.load_initial_params(config)
+  param_shardings, batch_sharding = sharding.pass_layout(config.train, params,
+                                                         jax.local_devices())
+  if h.batch_size % batch_sharding.mesh.size:
     raise ValueError(f"hallucination.batch_size={h.batch_size} must be a multiple of the "
-                     f"{mesh.size} local devices")
-  params = jax.device_put(model_init.load_initial_params(config), sharding.replicated(mesh))
+                     f"{batch_sharding.mesh.size} local devices")
+  params = jax.device_put(params, param_shardings)
   sample = dataclasses.replace(sampler_lib.Sampler.from_config(config),
-                               batch_sharding=NamedSharding(mesh, P("data")))
+                               batch_sharding=batch_sharding)
   settings = {"temperature": 0.0, "decoding": "greedy", "batch_size": h.batch_size,
               "prompt_multiple": h.prompt_multiple, "image_preprocessing":
               sample.preprocessor.settings, "init": model_init.describe_init(config)}

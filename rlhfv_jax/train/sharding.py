@@ -78,17 +78,22 @@ def make_parallel(train_config: Any, make_step: Callable[..., StepFn]) -> "Paral
                                                           DEFAULT_MIN_FSDP_SIZE))
 
 
-def pass_layout(train_config: Any, abstract_params: Any) -> tuple[Any, NamedSharding]:
-  """(param shardings, batch sharding) of a forward-only pass over all devices, params
-  placed as training places them: FSDP-sharded on the run's mesh with
-  `train.parallelism="fsdp"` (a 13B model fits nowhere else), else replicated; the
-  batch split over every device."""
+def pass_layout(train_config: Any, abstract_params: Any,
+                devices: Optional[list[jax.Device]] = None) -> tuple[Any, NamedSharding]:
+  """(param shardings, batch sharding) of a forward-only pass over `devices` (default:
+  every global device), params placed as training places them: FSDP-sharded on the
+  run's mesh shape with `train.parallelism="fsdp"` (a 13B model fits nowhere else), else
+  replicated; the batch split over every device of the mesh.
+
+  With `devices=jax.local_devices()` each process gets its own mesh of the same shape
+  rules (e.g. `mesh.fsdp=-1` shards over all its local devices), for passes in which
+  each process works on its own share (generation in the benchmark stage)."""
   if train_config.parallelism == "fsdp":
-    mesh = make_mesh(train_config.mesh.data, train_config.mesh.fsdp)
+    mesh = make_mesh(train_config.mesh.data, train_config.mesh.fsdp, devices)
     params = fsdp_shardings(mesh, abstract_params,
                             train_config.mesh.get("min_fsdp_size", DEFAULT_MIN_FSDP_SIZE))
   else:
-    mesh = make_mesh(-1, 1)
+    mesh = make_mesh(-1, 1, devices)
     params = jax.tree.map(lambda _: replicated(mesh), abstract_params)
   return params, NamedSharding(mesh, P(MeshParallel.BATCH_AXES))
 

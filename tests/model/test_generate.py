@@ -118,3 +118,41 @@ def test_sample_tokens_follows_the_nucleus_distribution():
   np.testing.assert_allclose(cold / cold.sum(), expected / expected.sum(), atol=0.015)
   greedy = draw(logits[:3], jax.random.key(3), 0.0, 1.0)
   np.testing.assert_array_equal(np.asarray(greedy), [0, 0, 0])
+
+
+def test_cached_decoding_gives_the_full_forward_logits(reference):
+  """Prompt into an empty cache, then the rest one token at a time (the in-place cache
+  and its head-major attention) reproduces the uncached forward's logits everywhere."""
+  _, cfg, params, _, _, pixels = reference
+  n = model_lib.num_image_tokens(cfg)
+  # Left-padded rows whose last 3 tokens are text (decoded one at a time below).
+  ids, mask = ref.make_prompts(3, n + 8, n, lengths=[n + 8, n + 6, n + 7], left_pad=True, seed=5)
+  model = model_lib.Llava(cfg)
+  variables = {"params": params}
+  full = model.apply(variables, ids, mask, pixels)
+  prompt_len, num_rows = ids.shape[1] - 3, ids.shape[0]
+  features = model.apply(variables, pixels, method=model_lib.Llava.encode_images)
+  positions = np.cumsum(mask, axis=1) - 1
+  cache = model_lib.llama.init_kv_cache(cfg, num_rows, ids.shape[1] + 2)
+  key_valid = np.concatenate([mask, np.ones((num_rows, 2), bool)], axis=1)
+  logits, cache = model.apply(
+      variables, ids[:, :prompt_len], key_valid, features, positions=positions[:, :prompt_len],
+      kv_cache=cache, cache_index=0, method=model_lib.Llava.decode)
+  steps = [logits]
+  for slot in range(prompt_len, ids.shape[1]):
+    logits, cache = model.apply(
+        variables, ids[:, slot:slot + 1], key_valid, None,
+        positions=positions[:, slot:slot + 1], kv_cache=cache, cache_index=jnp.int32(slot),
+        method=model_lib.Llava.decode)
+    steps.append(logits)
+  np.testing.assert_allclose(np.concatenate(steps, axis=1)[mask], np.asarray(full)[mask],
+                             rtol=2e-5, atol=2e-5)
+
+
+def test_first_argmax_is_argmax_with_ties_and_nan():
+  logits = jnp.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [0.0, jnp.nan, 5.0, jnp.nan],
+                      [-jnp.inf, -1.0, -jnp.inf, -1.0]])
+  np.testing.assert_array_equal(np.asarray(generate_lib.first_argmax(logits)), [1, 0, 1, 1])
+  random = jax.random.normal(jax.random.key(0), (64, 1000))
+  np.testing.assert_array_equal(np.asarray(generate_lib.first_argmax(random)),
+                                np.asarray(jnp.argmax(random, axis=-1)))

@@ -15,7 +15,7 @@ from PIL import Image
 from rlhfv_jax import model as model_lib
 from rlhfv_jax import sampler as sampler_lib
 from rlhfv_jax.evals import pope
-from rlhfv_jax.train import config_validation, defaults
+from rlhfv_jax.train import config_validation, defaults, sharding
 from rlhfv_jax.train import hallucination_eval as halluc
 
 
@@ -244,3 +244,22 @@ def get_config():
   assert all(r == by_id[r["id"]] for r in rows)
   assert (json.loads((killed / halluc.RESULTS_JSON).read_text())["benchmarks"] ==
           json.loads((straight / halluc.RESULTS_JSON).read_text())["benchmarks"])
+
+
+def test_fsdp_sharded_generation_equals_one_device(files, llama_tokenizer_path, tmp_path):
+  """train.parallelism="fsdp": the stage shards the params over the process's 4 devices
+  (a model too large for one) and answers as a single device does."""
+  config = tiny_config(files, llama_tokenizer_path)
+  config.hallucination.benchmarks = ("pope",)
+  replicated = halluc.run(config, str(tmp_path / "replicated"))
+  config.train.parallelism = "fsdp"
+  config.train.mesh.update(data=1, fsdp=-1, min_fsdp_size=0)
+  params = model_lib.init_params(config.model, jax.random.key(0))
+  shardings, batch = sharding.pass_layout(config.train, params, jax.local_devices())
+  assert batch.mesh.shape == {"data": 1, "fsdp": 4}
+  placed = jax.device_put(params, shardings)
+  assert sum(not x.is_fully_replicated for x in jax.tree.leaves(placed)) > 10
+  sharded = halluc.run(config, str(tmp_path / "fsdp"))
+  assert (_lines(tmp_path / "fsdp" / "pope_answers.jsonl")
+          == _lines(tmp_path / "replicated" / "pope_answers.jsonl"))
+  assert sharded["benchmarks"] == replicated["benchmarks"]
