@@ -11,12 +11,14 @@ It runs every stage in seconds on a laptop CPU. The data paths are left empty on
 Variants: `ddpo` (default), `fsdp` (DDPO on a 2 x 2 data x FSDP mesh; needs 4 devices,
 e.g. XLA_FLAGS=--xla_force_host_platform_device_count=4), `sft` (on `jsonl_sft` data),
 `precompute_ref` (reference cache; then `--config.data.use_ref_cache=True` in `ddpo`),
-`eval` (`--config.init.checkpoint_dir=<a ddpo workdir>`).
+`eval` (`--config.init.checkpoint_dir=<a ddpo workdir>`), `sample` (answers into an
+annotation store; `--config.sample.images=<a folder of images>`), `export_hf` (a run's
+checkpoint as a llava-hf directory; `--config.init.checkpoint_dir=<a ddpo workdir>`).
 """
 
 from rlhfv_jax.train import defaults
 
-VARIANTS = ("ddpo", "fsdp", "sft", "precompute_ref", "eval")
+VARIANTS = ("ddpo", "fsdp", "sft", "precompute_ref", "eval", "sample", "export_hf")
 
 
 def get_config(variant: str = "ddpo"):
@@ -47,5 +49,11 @@ def get_config(variant: str = "ddpo"):
     config.stage = "precompute_ref"
   elif variant == "eval":
     config.stage = "eval"
+    config.init.params = "checkpoint"
+  elif variant == "sample":
+    config.stage = "sample"
+    config.sample.update(num_samples=2, max_new_tokens=8, batch_size=4, prompt_multiple=8)
+  elif variant == "export_hf":
+    config.stage = "export_hf"
     config.init.params = "checkpoint"
   return config

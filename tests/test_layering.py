@@ -29,6 +29,8 @@ LAYERS = {
     "rlhfv_jax.evals": 0,  # benchmark scorers: pure Python on answers
     # records -> batches
     "rlhfv_jax.data": 1,
+    # collecting corrections (store, web app, export): records in, records out
+    "rlhfv_jax.annotate": 1,
     # batches -> log-probs -> loss
     "rlhfv_jax.logps": 2,
     "rlhfv_jax.ddpo": 3,
@@ -42,9 +44,12 @@ LAYERS = {
     "rlhfv_jax.train.config_validation": 5,
     "rlhfv_jax.train.defaults": 5,
     "rlhfv_jax.sampler": 5,
+    "rlhfv_jax.train.answering": 5,
     # stages
     "rlhfv_jax.train.runner": 6,
     "rlhfv_jax.train.hallucination_eval": 6,
+    "rlhfv_jax.train.sampling": 6,
+    "rlhfv_jax.train.export_hf": 6,
     "rlhfv_jax.demo": 7,
     # main
     "rlhfv_jax.main": 8,

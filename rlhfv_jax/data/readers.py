@@ -202,6 +202,27 @@ def _jsonl_raw_lines(path: pathlib.Path) -> Iterator[tuple[str, Any]]:
         yield location, e
 
 
+def json_objects(path: str | pathlib.Path) -> Iterator[tuple[str, dict[str, Any]]]:
+  """(``"<path> line <n>"``, object) of each non-blank line of a JSON lines file (for
+  small side files: question lists, answers to import).
+
+  Raises:
+    ValueError: naming the line, when it is not valid JSON or not a JSON object.
+  """
+  path = pathlib.Path(path)
+  for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    if not line.strip():
+      continue
+    where = f"{path} line {number}"
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{where}: not valid JSON ({e})") from e
+    if not isinstance(row, dict):
+      raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    yield where, row
+
+
 def read_jsonl(directory: str | pathlib.Path, split: str, kind: str, errors: ErrorLog
                ) -> Iterator[PreferenceRecord] | Iterator[SFTRecord]:
   """Yields validated records of ``<directory>/<split>.jsonl``.

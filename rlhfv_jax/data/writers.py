@@ -1,4 +1,5 @@
-"""Writers of the JSONL + image folder layout: the inverse of `readers.read_jsonl`.
+"""Writers of the JSONL + image folder layout and of the RLHF-V parquet layout: the
+inverses of `readers.read_jsonl` and `readers.read_rlhfv_parquet`.
 
 Everything the project itself produces as a dataset (the demo's captions, VQA pairs
 and oracle feedback; annotation exports) goes through `write_jsonl`, so what is
@@ -19,6 +20,10 @@ import os
 import pathlib
 from typing import Any, Iterable, Union
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rlhfv_jax.data.readers import RLHFV_ORIGIN_COLUMNS
 from rlhfv_jax.data.records import PreferenceRecord, Record, SFTRecord
 
 IMAGE_DIR = "images"
@@ -78,5 +83,46 @@ def write_jsonl(directory: Union[str, pathlib.Path], records: Iterable[Record],
         image_file.write_bytes(record.image)
       f.write(json.dumps(record_row(record, image_path), sort_keys=True,
                          ensure_ascii=False) + "\n")
+  os.replace(tmp, path)
+  return path
+
+
+RLHFV_PARQUET_SCHEMA = pa.schema(
+    [("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+     ("text", pa.string())] + [(name, pa.string()) for name in RLHFV_ORIGIN_COLUMNS])
+
+
+def write_rlhfv_parquet(directory: Union[str, pathlib.Path],
+                        records: Iterable[PreferenceRecord],
+                        name: str = "train-00000-of-00001.parquet") -> pathlib.Path:
+  """Writes preference records as one parquet file in the RLHF-V dataset's layout.
+
+  ``image`` = {bytes, path}, ``text`` = JSON of question, chosen, rejected (and the
+  character spans as ``segments`` where the record has them), ``idx`` = the record id,
+  and the other origin columns from the record's origin (empty when it has none).
+  Written to a temporary name and renamed into place.
+
+  Returns:
+    The parquet file's path.
+  """
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  rows: dict[str, list[Any]] = {name: [] for name in RLHFV_PARQUET_SCHEMA.names}
+  seen_ids: set[str] = set()
+  for record in records:
+    if record.id in seen_ids:
+      raise ValueError(f"write_rlhfv_parquet: duplicate record id {record.id!r}")
+    seen_ids.add(record.id)
+    text = {"question": record.question, "chosen": record.chosen, "rejected": record.rejected}
+    if record.has_spans:
+      text["segments"] = {"chosen": [list(s) for s in record.chosen_spans],
+                          "rejected": [list(s) for s in record.rejected_spans]}
+    rows["image"].append({"bytes": record.image, "path": None})
+    rows["text"].append(json.dumps(text, ensure_ascii=False))
+    for column in RLHFV_ORIGIN_COLUMNS:
+      rows[column].append(record.id if column == "idx" else record.origin.get(column, ""))
+  path = directory / name
+  tmp = path.with_name(path.name + ".tmp")
+  pq.write_table(pa.table(rows, schema=RLHFV_PARQUET_SCHEMA), tmp)
   os.replace(tmp, path)
   return path

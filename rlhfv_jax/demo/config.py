@@ -120,6 +120,21 @@ class SeedPaths:
     return self.root / "feedback_samples.jsonl"
 
   @property
+  def annotations(self) -> pathlib.Path:
+    """The annotation store the sampled descriptions and the oracle's verdicts go to."""
+    return self.root / "annotations.sqlite"
+
+  @property
+  def feedback_images(self) -> pathlib.Path:
+    """The image root of the annotation store."""
+    return self.root / "feedback_images"
+
+  @property
+  def feedback_export(self) -> pathlib.Path:
+    """The store's export (`rlhfv_jax.annotate.export`); DDPO reads its preference/."""
+    return self.root / "feedback_export"
+
+  @property
   def tfds(self) -> pathlib.Path:
     return self.root / "tfds"
 
@@ -192,7 +207,7 @@ def stage_config(config: Any, root: pathlib.Path, seed: int, name: str,
                     data_dir=str(paths.tfds / source))
     out.train.update(global_batch_size=settings.batch_size, num_steps=settings.steps)
   else:
-    out.data.update(dataset="jsonl_preference", source_dir=str(paths.data("feedback")),
+    out.data.update(dataset="jsonl_preference", source_dir=str(paths.feedback_export / "preference"),
                     data_dir=str(paths.tfds / "feedback"))
     out.train.update(global_batch_size=settings.batch_size, num_steps=0,
                      num_epochs=settings.num_epochs)

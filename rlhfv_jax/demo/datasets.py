@@ -13,6 +13,8 @@ import jax
 import numpy as np
 
 from rlhfv_jax import sampler
+from rlhfv_jax.annotate import export as export_lib
+from rlhfv_jax.annotate import store as store_lib
 from rlhfv_jax.data import records, writers
 from rlhfv_jax.demo import corpora, labeler, world
 from rlhfv_jax.demo.config import SeedPaths
@@ -66,9 +68,43 @@ def write_vqa_data(config: Any, paths: SeedPaths, train_scenes: Sequence[world.S
   return {"vqa_pairs": len(vqa), "vqa_stage_replayed_captions": int(len(order))}
 
 
+ORACLE = "oracle"  # the oracle's annotator name in the store
+
+
+def _oracle_annotates(store: store_lib.AnnotationStore,
+                      scenes: dict[str, world.Scene]) -> tuple[int, int, list[str]]:
+  """The oracle takes items from the store like any annotator and submits its verdicts.
+
+  Returns:
+    (clean, emptied, edit reasons of the corrections).
+  """
+  clean = emptied = 0
+  reasons: list[str] = []
+  while (lease := store.next_item(ORACLE)) is not None:
+    item = lease.item
+    correction = labeler.correct_description(item.answer, scenes[item.id])
+    if correction is None:
+      verdict, corrected = "no_hallucination", None
+      clean += 1
+    elif not correction.chosen.strip():
+      # Everything it said was invented: the corrected answer is empty, which is no
+      # answer to prefer (the labeler corrects, it does not write new descriptions).
+      verdict, corrected = "unclear", None
+      emptied += 1
+    else:
+      verdict, corrected = "corrected", correction.chosen
+      reasons += correction.reasons
+    store.submit(ORACLE, item.id, verdict, corrected, lease_token=lease.token,
+                 submission_id=f"{ORACLE}:{item.id}")
+  return clean, emptied, reasons
+
+
 def collect_feedback(config: Any, paths: SeedPaths, params: Any, sample: sampler.Sampler,
                      scenes: Sequence[world.Scene], seed: int) -> dict[str, Any]:
-  """Samples a description per scene, has the oracle correct it, writes the dataset.
+  """Samples a description per scene and runs the feedback loop a lab runs
+  (`rlhfv_jax.annotate`): the descriptions go into an annotation store, the oracle
+  labeler annotates them there like any annotator, and the store's export is the DDPO
+  dataset (``paths.feedback_export``).
 
   Returns:
     Statistics: samples, unfinished (no EOS within the limit: not labeled), clean
@@ -82,41 +118,42 @@ def collect_feedback(config: Any, paths: SeedPaths, params: Any, sample: sampler
   generated = sample(params, [images[sc.scene_id] for sc in scenes], prompts,
                      max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
                      temperature=s.temperature, top_p=s.top_p, rng=jax.random.key(seed))
-  rows, samples = [], []
-  reasons: collections.Counter = collections.Counter()
-  unfinished = clean = emptied = 0
+  paths.feedback_images.mkdir(parents=True, exist_ok=True)
+  store = store_lib.AnnotationStore(paths.annotations)
+  store.image_root = paths.feedback_images
+  items, by_item = [], {}
   for scene, prompt, text, done in zip(scenes, prompts, generated.texts, generated.finished):
-    correction = labeler.correct_description(text, scene) if done and text else None
-    samples.append({"scene_id": scene.scene_id, "prompt": prompt, "response": text,
-                    "finished": done,
-                    "chosen": correction.chosen if correction else None,
-                    "corrections": list(correction.reasons) if correction else []})
-    if not done or not text:
-      unfinished += 1
-    elif correction is None:
-      clean += 1
-    elif not correction.chosen.strip():
-      # Everything it said was invented: the corrected answer is empty, which is no
-      # answer to prefer (the labeler corrects, it does not write new descriptions).
-      emptied += 1
-    else:
-      reasons.update(correction.reasons)
-      rows.append(labeler.feedback_record(
-          correction, record_id=f"fb-{seed}-{scene.scene_id}",
-          image=images[scene.scene_id], question=prompt, scene=scene,
-          explicit_spans=demo.preference.explicit_spans,
-          origin={"policy": "sft_vqa", "temperature": str(s.temperature)}))
-  if len(rows) < demo.preference.batch_size:
+    if done and text:
+      image = f"{scene.scene_id}.png"
+      (paths.feedback_images / image).write_bytes(images[scene.scene_id])
+      item_id = f"fb-{seed}-{scene.scene_id}"
+      items.append(store_lib.Item(item_id, image, prompt, text, {
+          "policy": "sft_vqa", "temperature": s.temperature, "top_p": s.top_p}))
+      by_item[item_id] = scene
+  store.add_items(items)
+  clean, emptied, reasons = _oracle_annotates(store, by_item)
+  report = export_lib.export(store, paths.feedback_images, paths.feedback_export,
+                             with_spans=demo.preference.explicit_spans)
+  unfinished = len(scenes) - len(items)
+  if report["pairs"] < demo.preference.batch_size:
     raise RuntimeError(
-        f"seed {seed}: only {len(rows)} of {len(scenes)} sampled descriptions give a "
+        f"seed {seed}: only {report['pairs']} of {len(scenes)} sampled descriptions give a "
         f"correction ({unfinished} unfinished, {clean} clean, {emptied} corrected to "
         f"nothing), fewer than one preference "
         f"batch ({demo.preference.batch_size}); raise demo.world.num_feedback_scenes")
-  writers.write_jsonl(paths.data("feedback"), rows)
+  verdicts = {a.item_id: a for a in store.annotations()}
+  samples = []
+  for scene, prompt, text, done in zip(scenes, prompts, generated.texts, generated.finished):
+    annotation = verdicts.get(f"fb-{seed}-{scene.scene_id}")
+    corrected = annotation is not None and annotation.verdict == "corrected"
+    samples.append({"scene_id": scene.scene_id, "prompt": prompt, "response": text,
+                    "finished": done, "chosen": annotation.corrected if corrected else None,
+                    "verdict": annotation.verdict if annotation else None})
   with paths.feedback_samples.open("w", encoding="utf-8") as f:
     for sample in samples:
       f.write(json.dumps(sample, sort_keys=True) + "\n")
   return {"samples": len(scenes), "unfinished": unfinished, "clean": clean,
-          "emptied": emptied, "corrected": len(rows), "edits": dict(sorted(reasons.items()))}
+          "emptied": emptied, "corrected": report["pairs"],
+          "edits": dict(sorted(collections.Counter(reasons).items()))}
 
 

@@ -23,7 +23,6 @@ import dataclasses
 import re
 from typing import Optional
 
-from rlhfv_jax.data import records
 from rlhfv_jax.demo import corpora, oracle, world
 
 _PREPOSITION = re.compile(r"\b(at|on|in) the\s+$", re.IGNORECASE)
@@ -78,30 +77,6 @@ class Correction:
         spans.append((start, start + len(e.replacement)))
       shift += len(e.replacement) - (e.end - e.start)
     return spans
-
-
-def feedback_record(correction: Correction, *, record_id: str, image: bytes, question: str,
-                    scene: world.Scene, explicit_spans: bool = False,
-                    origin: Optional[dict[str, str]] = None) -> records.PreferenceRecord:
-  """The preference record of a correction (written by `rlhfv_jax.data.writers`).
-
-  Args:
-    correction: the oracle's correction.
-    record_id: unique id of the example.
-    image: the encoded image.
-    question: the instruction the response answered.
-    scene: the ground truth (kept in the origin metadata for audits).
-    explicit_spans: also keep the corrected character spans, which the pipeline then
-      uses instead of diffing the token lists (`rlhfv_jax.segments`).
-    origin: extra provenance (e.g. which model sampled the response).
-  """
-  return records.PreferenceRecord(
-      id=record_id, image=image, question=question, chosen=correction.chosen,
-      rejected=correction.rejected, has_spans=explicit_spans,
-      chosen_spans=tuple(correction.chosen_spans()) if explicit_spans else (),
-      rejected_spans=tuple(correction.rejected_spans()) if explicit_spans else (),
-      origin={"source": "demo_oracle_labeler", "scene": scene.to_json(),
-              "corrections": ",".join(correction.reasons), **(origin or {})})
 
 
 def _cased(original: str, new: str) -> str:

@@ -16,8 +16,10 @@ order, sampling, and the DDPO data order):
 
   data        VQA pairs about the training scenes + replayed captions (``jsonl_sft``)
   sft_vqa     continue the base model on them                        (runner "sft")
-  feedback    sample descriptions of new scenes from sft_vqa; the oracle labeler
-              corrects only their hallucinated segments -> ``jsonl_preference``
+  feedback    sample descriptions of new scenes from sft_vqa into an annotation store
+              (`rlhfv_jax.annotate`); the oracle labeler, an annotator like any other,
+              corrects only their hallucinated segments; the store's export ->
+              ``jsonl_preference``
   reference   sft_vqa's per-token log-probs of the feedback (runner "precompute_ref")
   <arm>       preference training from sft_vqa, one run per arm     (runner "ddpo"):
                 dpo        γ = 1 (plain DPO, length-normalised)
@@ -40,7 +42,10 @@ Workdir layout::
   base/data/web/           train.jsonl + images/ (the web captions)
   base/perception/         checkpoints/ (random LLaVA + pretrained tower), perception.json
   base/sft_web/            runner workdir: checkpoints/, metrics.jsonl, tensorboard/
-  seed_<s>/data/{vqa,feedback}/     train.jsonl + images/
+  seed_<s>/data/vqa/                train.jsonl + images/
+  seed_<s>/annotations.sqlite       the annotation store (items, the oracle's annotations)
+  seed_<s>/feedback_images/         its image root
+  seed_<s>/feedback_export/         its export: preference/ (the DDPO data), rlhfv_parquet/, ...
   seed_<s>/feedback_samples.jsonl   every sampled description with the oracle's verdict
   {base,seed_<s>}/tfds/    built datasets (+ the reference log-prob cache)
   seed_<s>/<stage>/        runner workdirs of sft_vqa, reference and the arms

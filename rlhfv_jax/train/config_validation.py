@@ -149,6 +149,34 @@ def _problems_hallucination(h: Any) -> list[str]:
   return sorted(set(out), key=out.index)
 
 
+def _problems_sample(s: Any, local_devices: int) -> list[str]:
+  """The sample stage's section: an image folder and sane sampling settings."""
+  out = []
+  if not s.images:
+    out.append("sample.images is empty: the folder of images to answer about (item image "
+               "paths are relative to it)")
+  if s.num_samples < 1:
+    out.append(f"sample.num_samples={s.num_samples} must be >= 1")
+  if s.temperature < 0:
+    out.append(f"sample.temperature={s.temperature} must be >= 0 (0: greedy)")
+  elif s.temperature == 0 and s.num_samples > 1:
+    out.append(f"sample.num_samples={s.num_samples} with temperature 0: greedy decoding "
+               "gives the same answer every time; sample with temperature > 0")
+  if not 0 < s.top_p <= 1:
+    out.append(f"sample.top_p={s.top_p} must be in (0, 1]")
+  if not s.questions and not s.prompts:
+    out.append("sample.prompts is empty and sample.questions is not set: nothing to ask")
+  for field in ("batch_size", "max_new_tokens", "prompt_multiple"):
+    if s[field] < 1:
+      out.append(f"sample.{field}={s[field]} must be >= 1")
+  if s.batch_size >= 1 and s.batch_size % local_devices:
+    out.append(f"sample.batch_size={s.batch_size} must be a multiple of the {local_devices} "
+               "devices of each process (each batch is split over them)")
+  if s.error_policy not in ("raise", "skip"):
+    out.append(f"sample.error_policy={s.error_policy!r}; expected 'raise' or 'skip'")
+  return out
+
+
 def _problems_checkpoint(cfg: Any) -> list[str]:
   out = []
   if cfg.get("every_steps", 1) <= 0:
@@ -222,6 +250,8 @@ def validate_config(config: Any, *, num_devices: Optional[int] = None,
   problems += _problems_pass_batches(config, stage, num_devices, num_processes)
   if stage == "hallucination_eval":
     problems += _problems_hallucination(config.hallucination)
+  if stage == "sample":
+    problems += _problems_sample(config.sample, num_devices // num_processes)
   problems += _problems_data_and_model(config)
   if problems:
     raise ValueError(f"invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}):\n"

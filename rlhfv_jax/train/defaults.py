@@ -20,6 +20,8 @@ Sections (see `rlhfv_jax.train.config_validation` for what is checked):
   precompute   batch_size (per process) of the reference log-prob pass
   eval         split, batch_size, objective ("ddpo" | "sft")
   hallucination  the hallucination_eval stage (`rlhfv_jax/train/hallucination_eval.py`)
+  sample       the sample stage: answers to correct (`rlhfv_jax/train/sampling.py`)
+  export_hf    the export_hf stage: out_dir of the llava-hf directory
 
 Defaults are the paper's DDPO settings (Yu et al. 2024, Sec. 4.1 / App.): beta 0.5,
 gamma 5, lr 5e-7, batch 32, 7 epochs, 10% warmup, no image cropping; the vision tower
@@ -33,6 +35,7 @@ import ml_collections
 from rlhfv_jax import ddpo
 from rlhfv_jax import model
 from rlhfv_jax.data import factory
+from rlhfv_jax.evals import objhal
 
 
 def base_config(stage: str = "ddpo", model_size: str = "7b") -> ml_collections.ConfigDict:
@@ -68,6 +71,11 @@ def base_config(stage: str = "ddpo", model_size: str = "7b") -> ml_collections.C
       pope_dir="", pope_splits=("random", "popular", "adversarial"), coco_images="",
       coco_annotations="", objhal_questions="", objhal_num_images=300, seed=0,
       amber_dir="", amber_images=""))
+  config.sample = ml_collections.ConfigDict(dict(
+      images="", questions="", prompts=objhal.PROMPTS, num_samples=2, temperature=0.7,
+      top_p=0.9, seed=0, max_new_tokens=512, batch_size=8, prompt_multiple=32, store="",
+      error_policy="raise"))
+  config.export_hf = ml_collections.ConfigDict(dict(out_dir=""))
   return config
 
 

@@ -40,7 +40,6 @@ import dataclasses
 import json
 import pathlib
 import re
-import time
 from typing import Any, Callable, Optional
 
 import jax
@@ -48,11 +47,9 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from rlhfv_jax import sampler as sampler_lib
 from rlhfv_jax.data.records import ErrorLog, RecordError, read_skipped
 from rlhfv_jax.evals import amber, objhal, pope
-from rlhfv_jax.train import model_init
-from rlhfv_jax.train import sharding
+from rlhfv_jax.train import answering, model_init
 
 RESULTS_JSON = "hallucination_results.json"
 RESULTS_MD = "hallucination_results.md"
@@ -173,26 +170,6 @@ ITEM_LOADERS: dict[str, Callable[[Any, ErrorLog], list[Item]]] = {
 
 # ------------------------------------------------------------------------------- answers
 
-def answers_path(workdir: pathlib.Path, benchmark: str, process_index: int,
-                 process_count: int) -> pathlib.Path:
-  if process_count == 1:
-    return workdir / f"{benchmark}_answers.jsonl"
-  return workdir / f"{benchmark}_answers.process{process_index}-of-{process_count}.jsonl"
-
-
-def read_answers(path: pathlib.Path) -> dict[str, dict]:
-  """Answered items by id (a line cut by a kill is dropped: it is answered again)."""
-  answers = {}
-  if path.exists():
-    for line in path.read_text().splitlines():
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:
-        continue
-      answers[row["id"]] = row
-  return answers
-
-
 def parsed_label(benchmark: str, answer: str) -> Optional[str]:
   if benchmark == "pope":
     return pope.parse_answer(answer)
@@ -201,48 +178,13 @@ def parsed_label(benchmark: str, answer: str) -> Optional[str]:
   return None
 
 
-def _drop_partial_last_line(path: pathlib.Path) -> None:
-  """A kill mid-write leaves a line without its newline: cut it (it is answered again)."""
-  if not path.exists():
-    return
-  data = path.read_bytes()
-  if data and not data.endswith(b"\n"):
-    path.write_bytes(data[:data.rfind(b"\n") + 1])
-
-
-def answer_items(benchmark: str, items: list[Item], sample: sampler_lib.Sampler, params: Any,
-                 path: pathlib.Path, *, batch_size: int, max_new_tokens: int,
-                 prompt_multiple: int, errors: ErrorLog) -> None:
-  """Answers the items not yet in `path`, appending each batch's lines as it finishes."""
-  _drop_partial_last_line(path)
-  done = read_answers(path)
-  todo = [item for item in items if item.id not in done]
-  logging.info("%s: %d items, %d answered before, %d to go", benchmark, len(items),
-               len(done), len(todo))
-  start, answered = time.monotonic(), 0
-  with path.open("a", encoding="utf-8") as f:
-    for first in range(0, len(todo), batch_size):
-      batch, images = [], []
-      for item in todo[first:first + batch_size]:
-        try:
-          images.append(item.image_bytes())
-          batch.append(item)
-        except RecordError as e:
-          errors.handle(e)
-      if not batch:
-        continue
-      out = sample(params, images, [i.prompt for i in batch], max_new_tokens=max_new_tokens,
-                   batch_size=batch_size, prompt_multiple=prompt_multiple)
-      for item, text in zip(batch, out.texts):
-        f.write(json.dumps({"id": item.id, "image": str(item.image) if not isinstance(
-            item.image, bytes) else "<bytes>", "prompt": item.prompt, "answer": text,
-            "parsed": parsed_label(benchmark, text), "label": item.label, **item.meta},
-            sort_keys=True) + "\n")
-      f.flush()
-      answered += len(batch)
-      rate = answered / (time.monotonic() - start)
-      logging.info("%s: %d / %d answered | %.2f items/s | ETA %.0fs", benchmark,
-                   len(done) + answered, len(items), rate, (len(todo) - answered) / rate)
+def answer_row(benchmark: str) -> Callable[[Item, str, bool], dict]:
+  """The JSON line of one answered item: what it asked, the answer, the parsed label."""
+  def row(item: Item, text: str, finished: bool) -> dict:
+    return {"id": item.id, "image": str(item.image) if not isinstance(item.image, bytes)
+            else "<bytes>", "prompt": item.prompt, "answer": text, "finished": finished,
+            "parsed": parsed_label(benchmark, text), "label": item.label, **item.meta}
+  return row
 
 
 # ------------------------------------------------------------------------------- scores
@@ -310,17 +252,11 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   h, root = config.hallucination, pathlib.Path(workdir)
   root.mkdir(parents=True, exist_ok=True)
   pid, count = jax.process_index(), jax.process_count()
-  # Each process answers its share; its batches are split over its local devices, the
-  # params replicated on them or, with train.parallelism="fsdp", FSDP-sharded.
-  params = model_init.load_initial_params(config)
-  param_shardings, batch_sharding = sharding.pass_layout(config.train, params,
-                                                         jax.local_devices())
-  if h.batch_size % batch_sharding.mesh.size:
-    raise ValueError(f"hallucination.batch_size={h.batch_size} must be a multiple of the "
-                     f"{batch_sharding.mesh.size} local devices")
-  params = jax.device_put(params, param_shardings)
-  sample = dataclasses.replace(sampler_lib.Sampler.from_config(config),
-                               batch_sharding=batch_sharding)
+  # Each process answers its share, its batches split over its local devices.
+  try:
+    sample, params = answering.local_sampler(config, h.batch_size)
+  except ValueError as e:
+    raise ValueError(f"hallucination.{e}") from e
   settings = {"temperature": 0.0, "decoding": "greedy", "batch_size": h.batch_size,
               "prompt_multiple": h.prompt_multiple, "image_preprocessing":
               sample.preprocessor.settings, "init": model_init.describe_init(config)}
@@ -329,15 +265,14 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     errors = ErrorLog(h.error_policy, root, name=benchmark)
     items = ITEM_LOADERS[benchmark](h, errors)
     unreadable = errors.num_skipped  # input lines/entries that made no item
-    path = answers_path(root, benchmark, pid, count)
-    answer_items(benchmark, items[pid::count], sample, params, path,
-                 batch_size=h.batch_size, max_new_tokens=h.max_new_tokens[benchmark],
-                 prompt_multiple=h.prompt_multiple, errors=errors)
+    path = answering.answers_path(root, benchmark, pid, count)
+    answering.answer_items(benchmark, items[pid::count], sample, params, path,
+                           row=answer_row(benchmark), batch_size=h.batch_size,
+                           max_new_tokens=h.max_new_tokens[benchmark],
+                           prompt_multiple=h.prompt_multiple, errors=errors)
     if count > 1:
       multihost_utils.sync_global_devices(f"hallucination_eval {benchmark} answered")
-    answers: dict[str, dict] = {}
-    for k in range(count):
-      answers.update(read_answers(answers_path(root, benchmark, k, count)))
+    answers = answering.read_all_answers(root, benchmark, count)
     ordered = [answers[i.id] for i in items if i.id in answers]
     result = score(benchmark, ordered, h, errors)
     # Every process's skips (each process lists its own; the same skip once).

@@ -63,6 +63,16 @@ STAGES: dict[str, Stage] = {
         "POPE, Object HalBench (CHAIR, rule) and AMBER from local benchmark files. Needs: "
         "init, data.tokenizer, hallucination (benchmarks and their files).",
         run="rlhfv_jax.train.hallucination_eval:run", reads_dataset=False),
+    "sample": Stage(
+        "the model's own answers (K per image and prompt) into the annotation store, for "
+        "`python -m rlhfv_jax.annotate`. Needs: init, data.tokenizer, sample (images, "
+        "questions or prompts, num_samples, temperature, top_p, seed).",
+        run="rlhfv_jax.train.sampling:run", reads_dataset=False),
+    "export_hf": Stage(
+        "a run's params -> a llava-hf directory (config, safetensors, tokenizer, image "
+        "processor, chat template) that transformers loads. Needs: init (checkpoint), "
+        "data.tokenizer, export_hf.out_dir (default <workdir>/hf).",
+        run="rlhfv_jax.train.export_hf:run", reads_dataset=False),
     "demo": Stage(
         "the embedded default (configs/demo.py): the whole miniature experiment, data to "
         "ablation table, on a synthetic world. Needs: nothing.",

@@ -19,6 +19,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+from rlhfv_jax.annotate import store as store_lib
 from rlhfv_jax.demo import metrics
 from rlhfv_jax.demo import config as demo_config
 
@@ -71,13 +72,19 @@ def check_quick_demo(workdir: pathlib.Path, log: str) -> None:
   # The data, runs and evaluation logs of the base model and the seed.
   base_dir, seed_dir = workdir / "base", workdir / "seed_0"
   assert (base_dir / "data" / "web" / "train.jsonl").stat().st_size > 0
-  for dataset in ("vqa", "feedback"):
-    assert (seed_dir / "data" / dataset / "train.jsonl").stat().st_size > 0
+  assert (seed_dir / "data" / "vqa" / "train.jsonl").stat().st_size > 0
   feedback = results["feedback"]["0"]
-  assert feedback["corrected"] == len(
-      (seed_dir / "data" / "feedback" / "train.jsonl").read_text().splitlines())
+  pairs = seed_dir / "feedback_export" / "preference" / "train.jsonl"
+  assert feedback["corrected"] == len(pairs.read_text().splitlines()) > 0
   assert feedback["corrected"] + feedback["clean"] + feedback["unfinished"] + feedback["emptied"] == (
       feedback["samples"])
+  # The feedback went through the annotation store: the oracle annotated every finished
+  # description there, and the DDPO data is the store's export.
+  store = store_lib.AnnotationStore(seed_dir / "annotations.sqlite")
+  annotations = store.annotations()
+  assert len(annotations) == len(store.items()) == feedback["samples"] - feedback["unfinished"]
+  assert {a.annotator for a in annotations} == {"oracle"}
+  assert sum(a.verdict == "corrected" for a in annotations) == feedback["corrected"]
   for model in demo_config.MODELS:
     run_dir = base_dir if model == "sft_web" else seed_dir
     assert (run_dir / model / "metrics.jsonl").is_file(), model

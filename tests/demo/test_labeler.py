@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 
 import pytest
 
-from rlhfv_jax.data import readers, records, writers
+from rlhfv_jax.annotate import store as store_lib
 from rlhfv_jax.demo import corpora, labeler, metrics, world
 
 SCENE = world.Scene("l", (
@@ -125,22 +126,25 @@ def test_spans_mark_exactly_the_edits():
       "blue", "large", "at the top left"]
 
 
-@pytest.mark.parametrize("explicit_spans", [False, True])
-def test_feedback_record_round_trips_through_the_jsonl_writer(explicit_spans, tmp_path):
-  rejected = f"{COUNT} A small green square is in the center. A white diamond is on the right."
+def test_the_store_marks_every_edit_of_the_oracle(tmp_path):
+  """The oracle annotates through the annotation store (as the demo does): the spans the
+  store finds by diffing the answer and the correction cover every edit of the oracle,
+  and outside them both texts are the same. (They need not be the oracle's spans: a
+  deletion next to a repeated word, e.g. "A", can be aligned on either copy.)"""
+  rejected = (f"{COUNT} A small green square is in the center. A white diamond is on the "
+              "right. A small red circle is on the right.")
   correction = labeler.correct_description(rejected, SCENE)
-  written = labeler.feedback_record(
-      correction, record_id="l-0", image=world.encode_png(world.render(SCENE, 32)),
-      question="Describe the image in detail.", scene=SCENE, explicit_spans=explicit_spans,
-      origin={"policy": "sft"})
-  writers.write_jsonl(tmp_path, [written])
-  (record,) = readers.read_jsonl(tmp_path, "train", "preference", records.ErrorLog("raise"))
-  assert record == written
-  assert record.id == "l-0" and record.chosen == correction.chosen
-  assert record.rejected == rejected and record.has_spans == explicit_spans
-  assert world.Scene.from_json(record.origin["scene"]) == SCENE
-  assert record.origin["corrections"] == "color,invented_object"
-  assert record.origin["policy"] == "sft"
-  if explicit_spans:
-    assert record.chosen_spans == tuple(correction.chosen_spans())
-    assert record.rejected_spans == tuple(correction.rejected_spans())
+  store = store_lib.AnnotationStore(tmp_path / "s.sqlite")
+  store.add_items([store_lib.Item("x", "x.png", "Describe the image.", rejected)])
+  annotation = store.submit("oracle", "x", "corrected", correction.chosen, lease_token="",
+                            submission_id="1").annotation
+  for found, edited in ((annotation.rejected_spans, correction.rejected_spans()),
+                        (annotation.chosen_spans, correction.chosen_spans())):
+    marked = {c for s, e in found for c in range(s, e)}
+    assert all(marked & set(range(s, e)) for s, e in edited), (found, edited)
+
+  def unmarked(text, spans):
+    return [w for w in re.split(r"\s+", "".join(
+        " " if any(s <= c < e for s, e in spans) else ch for c, ch in enumerate(text))) if w]
+  assert unmarked(rejected, annotation.rejected_spans) == unmarked(
+      correction.chosen, annotation.chosen_spans)

@@ -8,6 +8,7 @@ import pathlib
 import pytest
 
 from rlhfv_jax import sampler
+from rlhfv_jax.annotate import store as store_lib
 from rlhfv_jax.data import readers, records
 from rlhfv_jax.demo import corpora, datasets, labeler, pipeline, world
 from rlhfv_jax.demo import config as demo_config
@@ -161,17 +162,27 @@ def test_collect_feedback_writes_only_corrected_finished_samples(tmp_path):
   assert stats == {"samples": 5, "unfinished": 2, "clean": 1, "emptied": 1, "corrected": 1,
                    "edits": {"count": 1}}
   assert sample.calls[0]["temperature"] == config.demo.sampling.temperature
-  (record,) = readers.read_jsonl(paths.data("feedback"), "train", "preference",
+  # The finished, non-empty descriptions went into the store; the oracle annotated each.
+  store = store_lib.AnnotationStore(paths.annotations)
+  verdicts = {a.item_id: (a.annotator, a.verdict) for a in store.annotations()}
+  assert verdicts == {f"fb-3-{scenes[0].scene_id}": ("oracle", "no_hallucination"),
+                      f"fb-3-{scenes[1].scene_id}": ("oracle", "corrected"),
+                      f"fb-3-{scenes[4].scene_id}": ("oracle", "unclear")}
+  # The DDPO data is the store's export: the one correction.
+  (record,) = readers.read_jsonl(paths.feedback_export / "preference", "train", "preference",
                                  records.ErrorLog("raise"))
-  assert record.rejected == wrong and record.id == f"fb-3-{scenes[1].scene_id}"
+  assert record.rejected == wrong and record.id == f"fb-3-{scenes[1].scene_id}@oracle"
   assert record.chosen == labeler.correct_description(wrong, scenes[1]).chosen
-  assert world.Scene.from_json(record.origin["scene"]) == scenes[1]
+  assert record.origin["annotator"] == "oracle" and not record.has_spans  # the token diff
+  assert record.image == datasets.render_all(
+      scenes[1:2], config.demo.world.image_size)[scenes[1].scene_id]
+  (clean,) = readers.read_jsonl(paths.feedback_export / "no_hallucination", "train", "sft",
+                                records.ErrorLog("raise"))
+  assert clean.answer == faithful
   samples = [json.loads(l) for l in paths.feedback_samples.read_text().splitlines()]
   assert [s["finished"] for s in samples] == [True, True, False, True, True]
-  # Only the corrected scene's image is stored.
-  (image_file,) = (paths.data("feedback") / "images").iterdir()
-  assert image_file.read_bytes() == datasets.render_all(
-      scenes[1:2], config.demo.world.image_size)[scenes[1].scene_id]
+  assert [s["verdict"] for s in samples] == ["no_hallucination", "corrected", None, None,
+                                             "unclear"]
 
 
 def test_too_little_feedback_is_an_error(tmp_path):

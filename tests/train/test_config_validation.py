@@ -16,6 +16,7 @@ def valid_config(stage: str = "ddpo"):
   config.init.params = "random"
   config.hallucination.update(pope_dir="/pope", coco_images="/coco/val2014",
                               coco_annotations="/coco/annotations", amber_dir="/amber")
+  config.sample.images = "/images"
   return config
 
 
@@ -136,6 +137,13 @@ def test_real_configs_validate_once_their_paths_are_given():
     sft.init.hf_checkpoint = "/models/llava"
     sft.data.update(data_dir="/d", tokenizer="/t")
     config_validation.validate_config(sft, num_devices=8, num_processes=1)
+    for variant in ("sample", "export_hf"):
+      feedback = config_files.load("llava15_feedback.py", f"{variant},{size}")
+      assert feedback.stage == variant
+      feedback.init.update(hf_checkpoint="/models/llava", checkpoint_dir="/runs/ddpo")
+      feedback.data.tokenizer = "/t"
+      feedback.sample.images = "/images"
+      config_validation.validate_config(feedback, num_devices=8, num_processes=1)
   # Without the paths the messages say what to set.
   message = problems_of(config_files.load("llava15_ddpo.py", "7b"), num_devices=8)
   for field in ("init.hf_checkpoint", "data.data_dir", "data.tokenizer"):

@@ -1,0 +1,48 @@
+r"""The feedback loop of a LLaVA-1.5 model: sample answers to correct, and export a trained
+model to a llava-hf directory.
+
+  # 1. The model's own answers (2 per image, the paper's description prompts) into a store:
+  python -m rlhfv_jax.main --config configs/llava15_feedback.py:sample \
+      --workdir /runs/feedback_round1 \
+      --config.init.params=hf --config.init.hf_checkpoint=/models/llava-1.5-7b-hf \
+      --config.data.tokenizer=/models/llava-1.5-7b-hf/tokenizer.model \
+      --config.sample.images=/data/feedback_images
+  # 2. Annotators correct them (prints the URL):
+  python -m rlhfv_jax.annotate --store /runs/feedback_round1/annotations.sqlite
+  # 3. Export, then train with configs/llava15_ddpo.py on the export:
+  python -m rlhfv_jax.annotate export --store /runs/feedback_round1/annotations.sqlite \
+      --out /data/feedback_round1
+  python -m rlhfv_jax.main --config configs/llava15_ddpo.py --workdir /runs/ddpo_round1 \
+      --config.data.dataset=jsonl_preference \
+      --config.data.source_dir=/data/feedback_round1/preference ...
+  # 4. The trained model as a llava-hf directory, for serving elsewhere:
+  python -m rlhfv_jax.main --config configs/llava15_feedback.py:export_hf,7b \
+      --workdir /runs/ddpo_round1_hf --config.init.checkpoint_dir=/runs/ddpo_round1 \
+      --config.data.tokenizer=/models/llava-1.5-7b-hf/tokenizer.model
+
+Variants: `sample` (default) and `export_hf`, each optionally with a size (",7b" /
+",13b"; `export_hf` of a run's checkpoint needs it: the architecture is not read from
+the checkpoint). Sampling settings are the `sample` section's (temperature 0.7, top-p
+0.9, 512 new tokens); params are replicated on each process's devices
+(`--config.train.parallelism=fsdp` shards them, for a model too large for one device).
+"""
+
+from rlhfv_jax.model.config import SIZES
+from rlhfv_jax.train import defaults
+
+VARIANTS = ("sample", "export_hf")
+
+
+def get_config(arg: str = ""):
+  parts = [p for p in arg.split(",") if p]
+  variant = next((p for p in parts if p in VARIANTS), "sample")
+  size = next((p for p in parts if p in SIZES), "")
+  unknown = [p for p in parts if p not in VARIANTS + SIZES]
+  if unknown:
+    raise ValueError(f"configs/llava15_feedback.py: unknown {unknown}; takes a variant in "
+                     f"{VARIANTS} and/or a size in {SIZES}, e.g. 'export_hf,7b'")
+  config = defaults.llava15_base(variant, size)
+  config.train.parallelism = "pmap"  # replicated params (see the docstring)
+  if variant == "export_hf":
+    config.init.update(params="checkpoint", model_from_checkpoint=False)
+  return config

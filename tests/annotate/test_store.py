@@ -1,0 +1,154 @@
+"""The annotation store: items, leases, submissions, revisions, concurrency."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from rlhfv_jax.annotate.store import AnnotationStore, Item, StoreError
+
+
+class Clock:
+  def __init__(self):
+    self.now = 1000.0
+
+  def __call__(self):
+    return self.now
+
+
+def _store(tmp_path, n=3, **kwargs):
+  store = AnnotationStore(tmp_path / "s.sqlite", **kwargs)
+  store.add_items(Item(f"i{k}", f"{k}.png", "Describe.", f"A red car number {k}.")
+                  for k in range(n))
+  return store
+
+
+def _fix(store, annotator, item_id, lease=None, sid=None, text=None):
+  answer = store.item(item_id).answer
+  return store.submit(annotator, item_id, "corrected", text or answer.replace("red", "blue"),
+                      lease_token=lease.token if lease else "",
+                      submission_id=sid or f"{annotator}-{item_id}")
+
+
+def test_items_are_added_once_and_conflicts_are_refused(tmp_path):
+  store = _store(tmp_path)
+  assert store.add_items([Item("i0", "0.png", "Describe.", "A red car number 0.")]) == 0
+  with pytest.raises(StoreError, match="'i0' is already in .* with other content"):
+    store.add_items([Item("i0", "0.png", "Describe.", "Another answer.")])
+  assert [i.id for i in store.items()] == ["i0", "i1", "i2"]
+  # Reopening the file keeps everything.
+  assert [i.id for i in AnnotationStore(tmp_path / "s.sqlite").items()] == ["i0", "i1", "i2"]
+
+
+@pytest.mark.parametrize("image", ["../secret.png", "/etc/passwd", "a/../../b.png",
+                                   "C:\\x.png", ""])
+def test_image_paths_must_stay_under_the_root(tmp_path, image):
+  store = AnnotationStore(tmp_path / "s.sqlite")
+  with pytest.raises(StoreError, match="relative to the image root"):
+    store.add_items([Item("bad", image, "Describe.", "An answer.")])
+  assert store.items() == []  # the transaction added nothing
+
+
+def test_leases_one_annotator_at_a_time_and_expire(tmp_path):
+  clock = Clock()
+  store = _store(tmp_path, n=2, lease_seconds=60, clock=clock)
+  a = store.next_item("alice")
+  b = store.next_item("bob")
+  assert (a.item.id, b.item.id) == ("i0", "i1")
+  again = store.next_item("alice")  # a reload gets the same item and lease back
+  assert (again.item.id, again.token) == ("i0", a.token)
+  assert store.next_item("carol") is None  # both items are held
+  clock.now += 61
+  c = store.next_item("carol")  # alice's lease expired (renewed at 1000, +60)
+  assert c.item.id == "i0" and c.token != a.token
+  # Alice submits late: stored anyway, flagged; Carol's annotation is a second one.
+  late = _fix(store, "alice", "i0", a)
+  assert late.lease_lost and not late.duplicate
+  assert not _fix(store, "carol", "i0", c).lease_lost
+  assert sorted(x.annotator for x in store.annotations() if x.item_id == "i0") == [
+      "alice", "carol"]
+
+
+def test_double_submission_and_revision_never_duplicate(tmp_path):
+  store = _store(tmp_path)
+  lease = store.next_item("alice")
+  first = _fix(store, "alice", "i0", lease, sid="s1")
+  again = _fix(store, "alice", "i0", lease, sid="s1", text="Something else entirely.")
+  assert again.duplicate and again.annotation == first.annotation
+  assert first.annotation.rejected_spans == ((2, 5),)  # "red"
+  assert first.annotation.chosen_spans == ((2, 6),)  # "blue"
+  revised = store.submit("alice", "i0", "no_hallucination", None, lease_token="",
+                         submission_id="s2")
+  assert revised.annotation.revision == 2 and revised.annotation.verdict == "no_hallucination"
+  assert revised.annotation.created_at == first.annotation.created_at
+  assert len(store.annotations()) == 1 and store.num_submissions() == 2
+
+
+def test_submission_errors_name_the_problem(tmp_path):
+  store = _store(tmp_path)
+  with pytest.raises(StoreError, match="no item 'nope'"):
+    store.submit("alice", "nope", "unclear", None, lease_token="", submission_id="x")
+  with pytest.raises(StoreError, match="verdict 'maybe'"):
+    store.submit("alice", "i0", "maybe", None, lease_token="", submission_id="x")
+  with pytest.raises(StoreError, match="equals the answer"):
+    store.submit("alice", "i0", "corrected", "A red car number 0.", lease_token="",
+                 submission_id="x")
+  with pytest.raises(StoreError, match="needs the corrected text"):
+    store.submit("alice", "i0", "corrected", "  ", lease_token="", submission_id="x")
+  with pytest.raises(StoreError, match="annotator name"):
+    store.next_item(" ")
+  assert store.annotations() == [] and store.num_submissions() == 0
+
+
+def test_unclear_hands_the_item_on_and_progress_counts(tmp_path):
+  store = _store(tmp_path, n=2)
+  lease = store.next_item("alice")
+  store.submit("alice", lease.item.id, "unclear", None, lease_token=lease.token,
+               submission_id="u")
+  assert store.next_item("alice").item.id == "i1"  # alice does not see i0 again
+  assert store.next_item("bob").item.id == "i0"  # but i0 is not done: bob gets it
+  assert store.progress("alice") == {"items": 2, "done": 0, "yours": 1, "open_for_you": 1}
+
+
+def test_double_annotation_goes_to_a_second_annotator(tmp_path):
+  store = _store(tmp_path, n=2, annotations_per_item=2)
+  lease = store.next_item("alice")
+  _fix(store, "alice", lease.item.id, lease)
+  # Bob gets the item alice finished first (so doubly annotated items complete).
+  assert store.next_item("bob").item.id == "i0"
+  _fix(store, "bob", "i0")
+  assert store.progress("bob")["done"] == 1
+
+
+def test_concurrent_annotators_and_repeated_submissions(tmp_path):
+  """8 threads, each its own annotator, take items and submit every answer twice with
+  the same submission id (a double click), against one store file: no item is ever
+  leased to two annotators at once, each annotation exists once."""
+  store = _store(tmp_path, n=40)
+  held: dict[str, str] = {}
+  problems: list[str] = []
+  lock = threading.Lock()
+
+  def annotate(name: str):
+    while True:
+      lease = store.next_item(name)
+      if lease is None:
+        return
+      with lock:
+        if lease.item.id in held and held[lease.item.id] != name:
+          problems.append(f"{lease.item.id} leased to {held[lease.item.id]} and {name}")
+        held[lease.item.id] = name
+      for _ in range(2):
+        _fix(store, name, lease.item.id, lease, sid=f"{name}:{lease.item.id}")
+
+  threads = [threading.Thread(target=annotate, args=(f"a{k}",)) for k in range(8)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  annotations = store.annotations()
+  assert not problems
+  assert sorted(a.item_id for a in annotations) == sorted(f"i{k}" for k in range(40))
+  assert store.num_submissions() == 40
+  assert all(not a.revision > 1 for a in annotations)
