@@ -306,13 +306,15 @@ def make_sft_loss(apply_fn: ApplyFn, *,
 
   def sft_loss(params: Any, batch: SFTBatch) -> tuple[jax.Array, Metrics]:
     tokens = batch.tokens
-    logits = logps.sequence_logits(apply_fn, params, tokens, batch.pixel_values)
+    lps, logits = logps.sequence_token_logps(apply_fn, params, tokens, batch.pixel_values)
     mask = tokens.loss_mask.astype(jnp.float32)
     axes = None if reduce else -1  # the whole batch, or each example
     num_tokens = jnp.sum(mask, axis=axes)
     denominator = jnp.maximum(num_tokens, 1.0)
-    loss = -jnp.sum(token_logps(logits, tokens.targets) * mask, axis=axes) / denominator
-    correct = (jnp.argmax(logits, axis=-1) == tokens.targets).astype(jnp.float32)
+    loss = -jnp.sum(jnp.where(tokens.loss_mask, lps, 0.0), axis=axes) / denominator
+    start = tokens.targets.shape[1] - logits.shape[1]  # logits begin at scored_from
+    correct = (jnp.argmax(logits, axis=-1) == tokens.targets[:, start:]).astype(jnp.float32)
+    correct = jnp.pad(correct, ((0, 0), (start, 0)))
     metrics = {
         "loss": loss,
         "token_accuracy": jnp.sum(correct * mask, axis=axes) / denominator,

@@ -3,8 +3,9 @@
 Data flows records → batches → **log-probs** → loss → step. The DDPO loss (policy and
 frozen reference), the reference log-prob cache and the SFT loss all turn a batch into
 per-token log-probs here, so there is one place where how the model is run on a batch
-is decided (image encoded once per pair; later: a shared prompt prefix, logits only at
-scored positions).
+is decided: the image is encoded once per pair, and logits are computed only from the
+first position an answer can be scored at (`scored_from`: for LLaVA, after the image
+placeholders, so the LM head never runs over the image tokens).
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from rlhfv_jax.batch import PreferenceBatch, TokenSequences
 
 
 class ApplyFn(Protocol):
-  """The model call (`rlhfv_jax.model.make_apply_fn` builds the LLaVA one)."""
+  """The model call (`rlhfv_jax.model.make_apply_fn` builds the LLaVA one).
+
+  An apply_fn may also declare an int attribute `scored_from` > 0: no target before
+  that time index is ever scored, and it then takes a static `logits_from` keyword and
+  returns logits [N, T - logits_from, V] (the LM head skips the rest). Without the
+  attribute every position gets logits.
+  """
 
   def __call__(self, params: Any, input_ids: jax.Array, attention_mask: jax.Array,
                pixel_values: Optional[jax.Array], sequences_per_image: int = 1) -> jax.Array:
@@ -55,11 +62,41 @@ def both_answers(batch: PreferenceBatch) -> TokenSequences:
                       batch.rejected.replace(ref_token_logps=None))
 
 
+def scored_from(apply_fn: ApplyFn) -> int:
+  """The first time index whose target `apply_fn` computes logits for (see `ApplyFn`)."""
+  return int(getattr(apply_fn, "scored_from", 0))
+
+
 def sequence_logits(apply_fn: ApplyFn, params: Any, tokens: TokenSequences,
                     pixel_values: jax.Array, sequences_per_image: int = 1) -> jax.Array:
-  """Logits [N, T, V] of `tokens`, sequence j seeing image j mod B."""
+  """Logits [N, T - s, V] of `tokens` at time indices s.. (s = `scored_from(apply_fn)`),
+  which predict `tokens.targets[:, s:]`; sequence j sees image j mod B."""
+  start = scored_from(apply_fn)
+  kwargs = {"logits_from": start} if start else {}
   return apply_fn(params, tokens.input_ids, tokens.attention_mask, pixel_values,
-                  sequences_per_image=sequences_per_image)
+                  sequences_per_image=sequences_per_image, **kwargs)
+
+
+def sequence_token_logps(apply_fn: ApplyFn, params: Any, tokens: TokenSequences,
+                         pixel_values: jax.Array, sequences_per_image: int = 1
+                         ) -> tuple[jax.Array, jax.Array]:
+  """(per-token log-probs [N, T] of `tokens.targets`, logits [N, T - s, V]).
+
+  Log-probs before s = `scored_from(apply_fn)` are 0; a row that scores a target there
+  (its `loss_mask` says so) gets NaN log-probs instead of silently wrong ones: the train
+  step skips and counts non-finite updates, and concrete inputs raise right away.
+  """
+  start = scored_from(apply_fn)
+  logits = sequence_logits(apply_fn, params, tokens, pixel_values, sequences_per_image)
+  lps = token_logps(logits, tokens.targets[:, start:])
+  if start:
+    early = jnp.any(tokens.loss_mask[:, :start], axis=-1)
+    if not isinstance(early, jax.core.Tracer) and bool(jnp.any(early)):
+      raise ValueError(f"rows {jnp.flatnonzero(early).tolist()} score targets before time "
+                       f"index {start}, where this apply_fn computes no logits (scored_from)")
+    lps = jnp.pad(lps, ((0, 0), (start, 0)))
+    lps = jnp.where(early[:, None], jnp.nan, lps)
+  return lps, logits
 
 
 def answer_token_logps(apply_fn: ApplyFn, params: Any,
@@ -73,6 +110,7 @@ def answer_token_logps(apply_fn: ApplyFn, params: Any,
     (chosen, rejected): [B, T] log-probs of `targets` (aligned like every mask).
   """
   tokens = both_answers(batch)
-  logits = sequence_logits(apply_fn, params, tokens, batch.pixel_values, sequences_per_image=2)
-  chosen, rejected = jnp.split(token_logps(logits, tokens.targets), 2)
+  lps, _ = sequence_token_logps(apply_fn, params, tokens, batch.pixel_values,
+                                sequences_per_image=2)
+  chosen, rejected = jnp.split(lps, 2)
   return chosen, rejected

@@ -113,6 +113,7 @@ def train(parallel: Parallel, state: Any, frozen_inputs: Any, data_iterator: Ite
   throughput = metrics_lib.Throughput(settings.num_steps, start_step)
   window = metrics_lib.WindowMean()
   shapes_seen: set[tuple] = set()
+  step_compiles = metrics_lib.CompileCounter()
   last_saved = start_step if checkpointer is not None and start_step > 0 else None
 
   def check_and_log(step: int, device_metrics: dict, examples: int, tokens: int) -> None:
@@ -157,7 +158,9 @@ def train(parallel: Parallel, state: Any, frozen_inputs: Any, data_iterator: Ite
       logging.info("step %d: compiling the train step for a new batch shape bucket (%d so far)",
                    step, len(shapes_seen))
     examples, tokens = metrics_lib.batch_size_and_tokens(host_batch)
-    state, device_metrics = parallel.step(state, parallel.put_batch(host_batch), frozen_inputs)
+    device_batch = parallel.put_batch(host_batch)
+    with step_compiles.counting():
+      state, device_metrics = parallel.step(state, device_batch, frozen_inputs)
     if pending is not None:
       check_and_log(*pending)
     # Every process holds an equal share of the global batch; tokens are extrapolated.
@@ -168,6 +171,12 @@ def train(parallel: Parallel, state: Any, frozen_inputs: Any, data_iterator: Ite
       last_saved = step + 1
   if pending is not None:
     check_and_log(*pending)
+  logging.info("the train step compiled %d time(s) for %d batch shape(s)",
+               step_compiles.count, len(shapes_seen))
+  if step_compiles.count > len(shapes_seen):
+    logging.warning("the train step compiled %d times for only %d batch shapes: something "
+                    "retraces it (a Python value that changes between steps?)",
+                    step_compiles.count, len(shapes_seen))
   if checkpointer is not None:
     if last_saved != settings.num_steps:
       checkpointer.save(settings.num_steps, parallel.checkpointable(state),

@@ -7,11 +7,13 @@ machine-readable record; it is appended to, so a resumed run continues the same 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
+import threading
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import jax
 import numpy as np
@@ -20,6 +22,33 @@ from rlhfv_jax.batch import TokenSequences
 
 JSONL_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+# What XLA reports for each program it compiles (jax._src.dispatch.BACKEND_COMPILE_EVENT).
+_BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+class CompileCounter:
+  """Counts the XLA compilations that happen inside `with counter.counting():` blocks on
+  the calling thread (e.g. the train step's: one per batch shape bucket is expected, more
+  means something retraces every step)."""
+
+  def __init__(self):
+    self.count = 0
+    self._thread: Optional[int] = None
+
+  def _listen(self, event: str, duration: float, **kwargs) -> None:
+    del duration, kwargs
+    if event == _BACKEND_COMPILE_EVENT and threading.get_ident() == self._thread:
+      self.count += 1
+
+  @contextlib.contextmanager
+  def counting(self) -> Iterator["CompileCounter"]:
+    self._thread = threading.get_ident()
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+    try:
+      yield self
+    finally:
+      jax.monitoring.unregister_event_duration_listener(self._listen)
+      self._thread = None
 
 
 class MetricsWriter:

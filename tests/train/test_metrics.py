@@ -60,3 +60,20 @@ def test_batch_size_and_tokens_counts_every_sequence():
   assert tokens == batch.chosen.attention_mask.sum() + batch.rejected.attention_mask.sum()
   sft = toy_model.sft_batch(0, batch=2)
   assert metrics_lib.batch_size_and_tokens(sft) == (2, sft.tokens.attention_mask.sum())
+
+
+def test_compile_counter_counts_compilations_in_its_block():
+  import jax
+  import jax.numpy as jnp
+  counter = metrics_lib.CompileCounter()
+  double = jax.jit(lambda x: x * 2 + 1)
+  three, five = jnp.ones(3), jnp.ones(5)  # made outside: creating them compiles too
+  with counter.counting():
+    double(three)
+    double(three)  # cached
+    double(five)  # a new shape
+  assert counter.count == 2
+  jax.jit(lambda x: x - 1)(three)  # outside the block: not counted
+  with counter.counting():
+    double(five)
+  assert counter.count == 2

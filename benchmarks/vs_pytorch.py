@@ -1,0 +1,202 @@
+"""One DDPO training step: this project (JAX) against transformers' PyTorch LLaVA, the way
+RLHF-V's released trainer and TRL compute the loss.
+
+  python -m benchmarks.vs_pytorch [--pairs 4] [--repeats 5]
+
+Both sides train the same weights (the JAX params exported by `hf_io` and loaded by
+`LlavaForConditionalGeneration`) on the same batch, on the same CPU, in the same run:
+
+* PyTorch: chosen and rejected concatenated along the batch (2B sequences), the image
+  passed with every sequence (encoded twice per pair), full float32 logits over every
+  position, per-token log-probs gathered under the answer masks, the paper's DDPO score
+  (weighted mean, γ = 5) and loss (β = 0.5), the frozen reference model under
+  `torch.no_grad`, backward, `torch.optim.AdamW` step. SDPA attention.
+* JAX: the project's train step (`rlhfv_jax.train.step.make_train_step` with the DDPO
+  objective): image encoded once per pair, logits only from the first scorable
+  position, the reference forward inside the step, AdamW (optax), jitted, state donated.
+
+The two sides' per-example DDPO scores of both answers (the weighted-mean log-probs) are
+checked to agree at the initial weights before anything is timed. Two row
+shapes: "llava" (LLaVA-1.5's proportions: 144 image tokens, about two thirds of a row)
+and "text-heavy" (16 image tokens, long answers). Prints pairs/s of both and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from rlhfv_jax import ddpo, model as model_lib
+from rlhfv_jax.batch import PreferenceBatch, TokenSequences
+from rlhfv_jax.model import hf_io
+from rlhfv_jax.train import objectives, step as step_lib
+from rlhfv_jax.train import optimizer as optimizer_lib
+from rlhfv_jax.train.train_state import TrainState
+
+GAMMA, BETA, LR = 5.0, 0.5, 1e-5
+
+
+def shapes(name: str) -> tuple[ml_collections.ConfigDict, int, int]:
+  """(model config, prompt text tokens, answer tokens) of a row shape."""
+  cfg = model_lib.llava_config("tiny", vocab_size=8192)
+  cfg.text.update(hidden_size=256, intermediate_size=688, num_layers=4, num_heads=8,
+                  num_kv_heads=8, head_dim=32)
+  if name == "llava":  # 144 image tokens of a ~218-token row, as LLaVA-1.5's 576 of ~850
+    cfg.vision.update(image_size=96, patch_size=8, hidden_size=192, intermediate_size=768,
+                      num_layers=6, num_heads=6)
+    return cfg, 12, 60
+  cfg.vision.update(image_size=32, patch_size=8, hidden_size=192, intermediate_size=768,
+                    num_layers=6, num_heads=6)  # 16 image tokens
+  return cfg, 24, 200
+
+
+def make_batch(cfg, pairs: int, text: int, answer: int, seed: int = 0) -> PreferenceBatch:
+  """Rows [BOS, image, prompt text | answer | EOS, pad]; the rejected answer differs from
+  the chosen one in a few segments (marked corrected on both sides)."""
+  rng = np.random.default_rng(seed)
+  n = model_lib.num_image_tokens(cfg)
+  prompt = 1 + n + text
+  length = prompt + answer + 1
+  base = rng.integers(3, cfg.image_token_id, size=(pairs, length)).astype(np.int32)
+  base[:, 0], base[:, 1:1 + n] = cfg.bos_token_id, cfg.image_token_id
+  base[:, prompt + answer] = cfg.eos_token_id
+
+  def sequences(ids, corrected_spans):
+    targets = np.concatenate([ids[:, 1:], np.zeros((pairs, 1), np.int32)], axis=1)
+    loss = np.zeros((pairs, length), bool)
+    loss[:, prompt - 1:prompt + answer] = True  # answer tokens + EOS
+    corrected = np.zeros_like(loss)
+    for start, end in corrected_spans:
+      corrected[:, prompt - 1 + start:prompt - 1 + end] = True
+    return TokenSequences(input_ids=jnp.asarray(ids), attention_mask=jnp.ones_like(loss),
+                          targets=jnp.asarray(targets), loss_mask=jnp.asarray(loss),
+                          corrected_mask=jnp.asarray(corrected))
+
+  spans = [(answer // 5, answer // 5 + 3), (answer // 2, answer // 2 + 6),
+           (4 * answer // 5, 4 * answer // 5 + 2)]
+  rejected = base.copy()
+  for start, end in spans:
+    rejected[:, prompt + start:prompt + end] = rng.integers(3, cfg.image_token_id,
+                                                            size=(pairs, end - start))
+  pixels = rng.normal(size=(pairs, cfg.vision.image_size, cfg.vision.image_size, 3))
+  return PreferenceBatch(pixel_values=jnp.asarray(pixels, jnp.float32),
+                         chosen=sequences(base, spans), rejected=sequences(rejected, spans))
+
+
+def jax_scores(cfg, params, batch) -> np.ndarray:
+  """[2, B] policy scores (chosen, rejected) of the project's DDPO loss."""
+  loss = ddpo.make_ddpo_loss(model_lib.make_apply_fn(cfg), ddpo.PAPER_HPARAMS, reduce=False)
+  _, metrics = jax.jit(loss)(params, params, batch)
+  return np.stack([metrics["logps/policy_chosen"], metrics["logps/policy_rejected"]])
+
+
+def jax_step(cfg, params, batch):
+  """The seconds-per-step runner of the project's train step."""
+  objective = objectives.ddpo_objective(model_lib.make_apply_fn(cfg), ddpo.PAPER_HPARAMS,
+                                        cached_reference=False)
+  optim = ml_collections.ConfigDict(dict(learning_rate=LR, schedule="constant", b1=0.9,
+                                         b2=0.999, eps=1e-8, weight_decay=0.0,
+                                         max_grad_norm=0.0, frozen=()))
+  optimizer, schedule, labels = optimizer_lib.make_optimizer(optim, params, 1000)
+  step = jax.jit(step_lib.make_train_step(objective.loss_fn, optimizer, schedule,
+                                          trainable=optimizer_lib.trainable_mask(labels)),
+                 donate_argnums=(0,))
+  batch = step_lib.split_microbatches(jax.device_get(batch), 1)
+  state = TrainState.create(jax.tree.map(jnp.copy, params), optimizer, jax.random.PRNGKey(0))
+  reference = jax.tree.map(jnp.copy, params)
+
+  def run(steps: int) -> float:
+    nonlocal state
+    losses, start = [], time.perf_counter()
+    for _ in range(steps):
+      state, metrics = step(state, batch, reference)
+      losses.append(metrics["loss"])
+    jax.block_until_ready(losses)
+    return (time.perf_counter() - start) / steps
+
+  return run
+
+
+def torch_step(cfg, params, batch):
+  """(the [2, B] initial policy scores, the seconds-per-step runner) of the same step as
+  RLHF-V's trainer / TRL compute it, in PyTorch (module docstring)."""
+  import torch
+  import transformers
+  torch.manual_seed(0)
+  with tempfile.TemporaryDirectory() as directory:
+    hf_io.save_hf_llava(cfg, params, directory)
+    policy = transformers.LlavaForConditionalGeneration.from_pretrained(
+        directory, attn_implementation="sdpa", dtype=torch.float32)
+    reference = transformers.LlavaForConditionalGeneration.from_pretrained(
+        directory, attn_implementation="sdpa", dtype=torch.float32).eval()
+  policy.train()
+  optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=0.0)
+  t = lambda x: torch.from_numpy(np.array(x))  # a writable copy
+  ids = torch.cat([t(batch.chosen.input_ids), t(batch.rejected.input_ids)]).long()
+  targets = torch.cat([t(batch.chosen.targets), t(batch.rejected.targets)]).long()
+  loss_mask = torch.cat([t(batch.chosen.loss_mask), t(batch.rejected.loss_mask)]).float()
+  corrected = torch.cat([t(batch.chosen.corrected_mask),
+                         t(batch.rejected.corrected_mask)]).float()
+  pixels = t(batch.pixel_values).permute(0, 3, 1, 2)
+  pixels = torch.cat([pixels, pixels])  # every sequence carries its image
+  attention = torch.ones_like(ids)
+  weights = loss_mask + (GAMMA - 1.0) * corrected
+
+  def scores(model):
+    logits = model(input_ids=ids, attention_mask=attention, pixel_values=pixels).logits
+    lps = torch.gather(logits.float().log_softmax(-1), 2, targets[..., None])[..., 0]
+    score = (lps * weights).sum(-1) / weights.sum(-1)
+    return score.chunk(2)
+
+  def run(steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+      with torch.no_grad():
+        ref_chosen, ref_rejected = scores(reference)
+      chosen, rejected = scores(policy)
+      h = (chosen - ref_chosen) - (rejected - ref_rejected)
+      loss = -torch.nn.functional.logsigmoid(BETA * h).mean()
+      optimizer.zero_grad()
+      loss.backward()
+      optimizer.step()
+    return (time.perf_counter() - start) / steps
+
+  with torch.no_grad():
+    initial = np.stack([s.numpy() for s in scores(policy)])
+  return initial, run
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--pairs", type=int, default=4)
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args()
+  for name in ("llava", "text-heavy"):
+    cfg, text, answer = shapes(name)
+    params = model_lib.init_params(cfg, jax.random.key(0))
+    batch = make_batch(cfg, args.pairs, text, answer)
+    ours_scores = jax_scores(cfg, params, batch)
+    theirs_scores, theirs = torch_step(cfg, params, batch)
+    if not np.allclose(ours_scores, theirs_scores, rtol=1e-4, atol=1e-5):
+      raise SystemExit(f"{name}: the DDPO scores differ: JAX {ours_scores} vs PyTorch "
+                       f"{theirs_scores}")
+    ours = jax_step(cfg, params, batch)
+    ours(1), theirs(1)  # compile / warm up
+    ours_seconds, theirs_seconds = ours(args.repeats), theirs(args.repeats)
+    row = batch.chosen.input_ids.shape[1]
+    print(f"{name}: {model_lib.num_image_tokens(cfg)} image tokens of {row}-token rows, "
+          f"{answer}-token answers, {args.pairs} pairs; DDPO scores agree (max diff "
+          f"{np.abs(ours_scores - theirs_scores).max():.1e})")
+    print(f"  JAX (this project)      {args.pairs / ours_seconds:7.2f} pairs/s")
+    print(f"  PyTorch (transformers)  {args.pairs / theirs_seconds:7.2f} pairs/s")
+    print(f"  ratio {theirs_seconds / ours_seconds:.2f}x")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,91 @@
+"""The log-prob layer: logits only from `scored_from` on give exactly the full computation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlhfv_jax import ddpo, logps
+from rlhfv_jax import model as model_lib
+from rlhfv_jax.batch import PreferenceBatch, SFTBatch, TokenSequences
+
+
+def _sequences(cfg, rng, batch, prompt_lengths, answer_lengths, length):
+  """Right-padded rows [BOS, image tokens, text | answer | pad] as the pipeline packs them."""
+  n = model_lib.num_image_tokens(cfg)
+  ids = rng.integers(3, cfg.image_token_id, size=(batch, length)).astype(np.int32)
+  attention = np.zeros((batch, length), bool)
+  loss = np.zeros((batch, length), bool)
+  for b, (p, a) in enumerate(zip(prompt_lengths, answer_lengths)):
+    ids[b, 0], ids[b, 1:1 + n] = cfg.bos_token_id, cfg.image_token_id
+    attention[b, :p + a] = True
+    loss[b, p - 1:p + a - 1] = True
+  targets = np.concatenate([ids[:, 1:], np.zeros((batch, 1), np.int32)], axis=1)
+  return TokenSequences(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(attention),
+                        targets=jnp.asarray(targets), loss_mask=jnp.asarray(loss),
+                        corrected_mask=jnp.asarray(loss & (rng.random(loss.shape) < 0.3)))
+
+
+@pytest.fixture(scope="module")
+def setup():
+  cfg = model_lib.llava_config("tiny")
+  params = model_lib.init_params(cfg, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  n = model_lib.num_image_tokens(cfg)
+  pixels = jnp.asarray(rng.normal(size=(3, cfg.vision.image_size, cfg.vision.image_size, 3)),
+                       jnp.float32)
+  batch = PreferenceBatch(
+      pixel_values=pixels,
+      chosen=_sequences(cfg, rng, 3, [n + 4, n + 9, n + 2], [7, 3, 12], n + 24),
+      rejected=_sequences(cfg, rng, 3, [n + 4, n + 9, n + 2], [5, 10, 2], n + 24))
+  return cfg, params, batch
+
+
+def test_skipping_the_prompt_logits_gives_the_full_computation(setup):
+  cfg, params, batch = setup
+  full, skip = (model_lib.make_apply_fn(cfg, skip_prompt_logits=s) for s in (False, True))
+  assert (logps.scored_from(full), logps.scored_from(skip)) == (0, model_lib.num_image_tokens(cfg))
+  # The LM head really ran on fewer positions.
+  logits = logps.sequence_logits(skip, params, batch.chosen, batch.pixel_values)
+  assert logits.shape[1] == batch.chosen.targets.shape[1] - logps.scored_from(skip)
+  start = logps.scored_from(skip)
+  for got, want, tokens in zip(logps.answer_token_logps(skip, params, batch),
+                               logps.answer_token_logps(full, params, batch),
+                               (batch.chosen, batch.rejected)):
+    np.testing.assert_allclose(np.asarray(got)[:, start:], np.asarray(want)[:, start:],
+                               rtol=1e-6, atol=1e-6)
+    assert not np.asarray(got)[:, :start].any()  # no logits there: 0, and never scored
+    assert not np.asarray(tokens.loss_mask)[:, :start].any()
+  # DDPO loss and its gradients (policy != reference, so they are not trivially 0).
+  reference = jax.tree.map(lambda x: x * 1.01, params)
+  grads = {}
+  for name, fn in (("full", full), ("skip", skip)):
+    loss_fn = jax.jit(jax.value_and_grad(ddpo.make_ddpo_loss(fn, ddpo.PAPER_HPARAMS),
+                                         has_aux=True))
+    grads[name] = loss_fn(params, reference, batch)
+  (loss_full, _), g_full = grads["full"]
+  (loss_skip, _), g_skip = grads["skip"]
+  np.testing.assert_allclose(float(loss_skip), float(loss_full), rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+               g_skip, g_full)
+  # SFT loss and token accuracy.
+  sft = SFTBatch(pixel_values=batch.pixel_values, tokens=batch.chosen)
+  (l_full, m_full), (l_skip, m_skip) = (
+      jax.jit(ddpo.make_sft_loss(fn, reduce=False))(params, sft) for fn in (full, skip))
+  np.testing.assert_allclose(np.asarray(l_skip), np.asarray(l_full), rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(m_skip["token_accuracy"]),
+                                np.asarray(m_full["token_accuracy"]))
+
+
+def test_scoring_a_target_inside_the_skipped_prefix_is_never_silent(setup):
+  cfg, params, batch = setup
+  skip = model_lib.make_apply_fn(cfg)
+  bad = batch.replace(chosen=batch.chosen.replace(
+      loss_mask=batch.chosen.loss_mask.at[1, 2].set(True)))
+  with pytest.raises(ValueError, match=r"rows \[1\] score targets before time index"):
+    logps.answer_token_logps(skip, params, bad)
+  chosen, rejected = jax.jit(lambda p, b: logps.answer_token_logps(skip, p, b))(params, bad)
+  assert np.isnan(np.asarray(chosen[1])).all() and np.isfinite(np.asarray(chosen[0])).all()
+  assert np.isfinite(np.asarray(rejected)).all()
