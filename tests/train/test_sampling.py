@@ -113,3 +113,55 @@ def test_validation_names_the_sampling_problems(images, llama_tokenizer_path):
   for expected in ("sample.images is empty", "greedy decoding gives the same answer",
                    "sample.top_p=0.0", "sample.batch_size=6 must be a multiple of the 4"):
     assert expected in message
+
+
+def test_two_processes_answer_their_shares_into_one_store(images, llama_tokenizer_path,
+                                                          tmp_path, user_env):
+  """`python -m rlhfv_jax.main` as 2 processes x 2 devices over loopback: each answers its
+  own share into its own file, process 0 puts every answer into the store once, and the
+  (greedy) answers are those of one process."""
+  import pathlib
+  import socket
+  import subprocess
+  import sys
+  config_file = tmp_path / "sample_tiny.py"
+  config_file.write_text(f"""
+from rlhfv_jax.train import defaults
+def get_config():
+  config = defaults.base_config("sample", "tiny")
+  config.seed = 1
+  config.data.update(tokenizer={str(llama_tokenizer_path)!r}, system_message="Chat.")
+  config.sample.update(images={str(images)!r}, num_samples=1, temperature=0.0,
+                       max_new_tokens=6, batch_size=2, prompt_multiple=8)
+  return config
+""")
+  repo = pathlib.Path(__file__).parents[2]
+  command = [sys.executable, "-m", "rlhfv_jax.main", f"--config={config_file}"]
+
+  def env(devices):
+    flags = [f for f in user_env.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    return dict(user_env, XLA_FLAGS=" ".join(
+        flags + [f"--xla_force_host_platform_device_count={devices}"]))
+
+  subprocess.run(command + [f"--workdir={tmp_path / 'one'}"], env=env(2), check=True,
+                 capture_output=True, timeout=600, cwd=repo)
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    address = f"127.0.0.1:{s.getsockname()[1]}"
+  procs = [subprocess.Popen(command + [f"--workdir={tmp_path / 'two'}",
+                                       f"--coordinator_address={address}", "--num_processes=2",
+                                       f"--process_id={i}"], env=env(2), cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  for proc in procs:
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-4000:]
+  shares = [json.loads(line)["id"] for k in range(2) for line in
+            (tmp_path / "two" / f"sample_answers.process{k}-of-2.jsonl").read_text().splitlines()]
+  assert sorted(shares) == ["a.png#0", "b.jpg#0", "sub/c.png#0"]  # each once, all of them
+  one = {i.id: i.answer for i in store_lib.AnnotationStore(
+      tmp_path / "one" / "annotations.sqlite").items()}
+  two = {i.id: i.answer for i in store_lib.AnnotationStore(
+      tmp_path / "two" / "annotations.sqlite").items()}
+  assert two == one and len(two) == 3
