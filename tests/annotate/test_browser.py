@@ -80,6 +80,7 @@ def test_annotate_in_a_real_browser_then_export(driver, live_server, store, imag
   # Item 0: select "red", type its correction; both sides highlight as it happens.
   correct("red", "blue")
   fixed = "There is a blue car next to a dog on the street."
+  revised = "There is a blue car on the street."
   wait.until(lambda d: text_of("working") == fixed)
   wait.until(lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, "#working .added")]
              == ["blue"])
@@ -92,7 +93,20 @@ def test_annotate_in_a_real_browser_then_export(driver, live_server, store, imag
   driver.save_screenshot(str(tmp_path / "annotate.png"))
   press("s")
 
-  # Item 1: model text with markup stays text; "no hallucination" is one key.
+  # Item 1 comes next; B goes back to item 0 to revise it, E edits the text freely.
+  wait.until(lambda d: text_of("working") == ANSWERS[1][1])
+  press("b")
+  wait.until(lambda d: text_of("working") == fixed)
+  press("e")
+  editor = driver.find_element(By.ID, "freeEdit")
+  wait.until(lambda d: editor.is_displayed())
+  editor.send_keys(Keys.CONTROL, "a")
+  editor.send_keys(revised)
+  editor.send_keys(Keys.ESCAPE)
+  wait.until(lambda d: not editor.is_displayed() and text_of("working") == revised)
+  press("s")
+  # Item 1 again (still leased to alice): model text with markup stays text; "no
+  # hallucination" is one key.
   wait.until(lambda d: text_of("working") == ANSWERS[1][1])
   assert "<script>" in text_of("original")
   assert driver.execute_script("return typeof window.__pwned") == "undefined"
@@ -109,7 +123,9 @@ def test_annotate_in_a_real_browser_then_export(driver, live_server, store, imag
   assert (report["pairs"], report["no_hallucination"], report["unclear"]) == (1, 1, 1)
   (pair,) = [json.loads(line) for line in
              (tmp_path / "export" / "preference" / "train.jsonl").read_text().splitlines()]
-  assert (pair["rejected"], pair["chosen"]) == (ANSWERS[0][1], fixed)
-  assert [pair["rejected"][s:e] for s, e in pair["segments"]["rejected"]] == ["red"]
+  assert (pair["rejected"], pair["chosen"]) == (ANSWERS[0][1], revised)
+  assert [pair["rejected"][s:e] for s, e in pair["segments"]["rejected"]] == [
+      "red", "next to a dog"]
   assert [pair["chosen"][s:e] for s, e in pair["segments"]["chosen"]] == ["blue"]
-  assert pair["origin"]["annotator"] == "alice"
+  assert (pair["origin"]["annotator"], pair["origin"]["revision"]) == ("alice", "2")
+  assert store.num_submissions() == 4  # item 0 twice (a revision), items 1 and 2
