@@ -312,7 +312,7 @@ def make_sft_loss(apply_fn: ApplyFn, *,
     num_tokens = jnp.sum(mask, axis=axes)
     denominator = jnp.maximum(num_tokens, 1.0)
     loss = -jnp.sum(jnp.where(tokens.loss_mask, lps, 0.0), axis=axes) / denominator
-    start = tokens.targets.shape[1] - logits.shape[1]  # logits begin at scored_from
+    start = logps.scored_from(apply_fn)  # where the logits begin
     correct = (jnp.argmax(logits, axis=-1) == tokens.targets[:, start:]).astype(jnp.float32)
     correct = jnp.pad(correct, ((0, 0), (start, 0)))
     metrics = {

@@ -159,7 +159,7 @@ def make_app(store: store_lib.AnnotationStore, image_root: str | pathlib.Path, *
 
   @app.exception_handler(store_lib.StoreError)
   async def refused(_, error: store_lib.StoreError):
-    status = 404 if str(error).startswith("no item") else 400
+    status = 404 if isinstance(error, store_lib.UnknownItemError) else 400
     return responses.JSONResponse({"detail": str(error)}, status_code=status)
 
   @app.get("/", response_class=responses.HTMLResponse)

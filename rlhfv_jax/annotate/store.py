@@ -70,6 +70,10 @@ class StoreError(ValueError):
   """A request the store refuses (unknown item, bad verdict, ...), with the reason."""
 
 
+class UnknownItemError(StoreError):
+  """The request names an item the store does not hold."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Item:
   """A model answer to be corrected.
@@ -251,15 +255,12 @@ class AnnotationStore:
   def item(self, item_id: str) -> Item:
     row = self._connection().execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone()
     if row is None:
-      raise StoreError(f"no item {item_id!r} in {self.path}")
+      raise UnknownItemError(f"no item {item_id!r} in {self.path}")
     return self._item(row)
 
   def items(self) -> list[Item]:
     return [self._item(r) for r in self._connection().execute(
         "SELECT * FROM items ORDER BY rowid")]
-
-  def item_ids(self) -> set[str]:
-    return {r[0] for r in self._connection().execute("SELECT id FROM items")}
 
   # -------------------------------------------------------------------------- leases
 
@@ -340,7 +341,7 @@ class AnnotationStore:
                          lease_lost=bool(seen["lease_lost"]))
       item = db.execute("SELECT answer FROM items WHERE id = ?", (item_id,)).fetchone()
       if item is None:
-        raise StoreError(f"no item {item_id!r} in {self.path}")
+        raise UnknownItemError(f"no item {item_id!r} in {self.path}")
       original = item["answer"]
       if verdict == "corrected":
         if not isinstance(corrected, str) or not corrected.strip():
