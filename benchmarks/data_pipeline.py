@@ -47,7 +47,7 @@ def serial(records, template, preprocessor, batch_size):
   for start in range(0, len(records) - batch_size + 1, batch_size):
     examples = [tokenize_record(r, template) for r in records[start:start + batch_size]]
     pixels = np.stack([preprocessor(e.image) for e in examples])
-    length = choose_bucket(max(e.required_length for e in examples), BUCKETS)
+    length = choose_bucket(max(e.required_length() for e in examples), BUCKETS)
     assemble_batch(examples, pixels, length, eos_id=tok.eos_id, pad_id=tok.pad_id)
 
 

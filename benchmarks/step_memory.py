@@ -10,10 +10,11 @@ tokens, and XLA's `memory_analysis()` of the compiled program is printed per dev
 arguments (params, optimizer state, batch), outputs, and the temporaries (activations,
 logits, gradients) where the variants differ.
 
-Variants: "naive" (the image encoded per answer, logits at every position) and
-"optimized" (the project's default: one image encoding per pair, no LM head before the
-first scorable position). bf16 compute with f32 master params and remat, as the
-LLaVA-1.5 recipes run.
+Variants: "naive" (one row per answer, the image encoded per answer, logits at every
+position), "scored logits" (one image encoding per pair, no LM head before the first
+scorable position) and "shared prefix" (the project's default: also one row per pair
+holding the prompt once, so the row is `2 * length - prompt` tokens: the same two
+answers). bf16 compute with f32 master params and remat, as the LLaVA-1.5 recipes run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def main() -> None:
   parser.add_argument("--devices", type=int, default=8)
   parser.add_argument("--length", type=int, default=1024)
   parser.add_argument("--pairs", default="1,2,4", help="pairs per device")
+  parser.add_argument("--prompt_text", type=int, default=64,
+                      help="prompt text tokens besides BOS and the image (shared prefix)")
   args = parser.parse_args()
   if "jax" in sys.modules:
     raise SystemExit("run as a script: the device count must be set before jax starts")
@@ -61,21 +64,27 @@ def main() -> None:
   param_shardings = sharding.fsdp_shardings(mesh, abstract_params, 2 ** 14)
   everywhere = model_lib.make_apply_fn(cfg, skip_prompt_logits=False)
   variants = {"naive": encode_per_answer(everywhere),
-              "optimized": model_lib.make_apply_fn(cfg)}
+              "scored logits": model_lib.make_apply_fn(cfg),
+              "shared prefix": model_lib.make_apply_fn(cfg)}
+  prompt = 1 + model_lib.num_image_tokens(cfg) + args.prompt_text
+  packed_length = 2 * args.length - prompt
 
-  def abstract_batch(pairs: int):
+  def abstract_batch(pairs: int, shared_prefix: bool):
     rows = (1, pairs)  # (micro-batches, global pairs)
-    tokens = lambda dtype: jax.ShapeDtypeStruct(rows + (args.length,), dtype)
+    length = packed_length if shared_prefix else args.length
+    tokens = lambda dtype: jax.ShapeDtypeStruct(rows + (length,), dtype)
     sequences = TokenSequences(input_ids=tokens(jnp.int32), attention_mask=tokens(bool),
                                targets=tokens(jnp.int32), loss_mask=tokens(bool),
                                corrected_mask=tokens(bool))
     size = cfg.vision.image_size
     pixels = jax.ShapeDtypeStruct(rows + (size, size, 3), jnp.float32)
-    return PreferenceBatch(pixel_values=pixels, chosen=sequences, rejected=sequences)
+    return PreferenceBatch(pixel_values=pixels, chosen=sequences, rejected=sequences,
+                           shared_prefix=shared_prefix)
 
   batch_sharding = NamedSharding(mesh, P(None, sharding.MeshParallel.BATCH_AXES))
-  print(f"{args.size}: {args.devices}-device FSDP mesh, rows of {args.length} tokens, "
-        f"bf16 compute + remat; per device, GiB")
+  print(f"{args.size}: {args.devices}-device FSDP mesh, rows of {args.length} tokens "
+        f"(shared prefix: {packed_length}, a {prompt}-token prompt once), bf16 compute + "
+        "remat; per device, GiB")
   print("| pairs / device | variant | arguments | outputs | temporaries | total |")
   print("|---|---|---|---|---|---|")
   gib = 2.0 ** 30
@@ -85,7 +94,7 @@ def main() -> None:
                                             cached_reference=False)
       step = step_lib.make_train_step(objective.loss_fn, optimizer, schedule,
                                       trainable=optimizer_lib.trainable_mask(labels))
-      batch = abstract_batch(pairs * args.devices)
+      batch = abstract_batch(pairs * args.devices, shared_prefix=name == "shared prefix")
       compiled = jax.jit(
           step, in_shardings=(state_shardings, jax.tree.map(lambda _: batch_sharding, batch),
                               param_shardings),

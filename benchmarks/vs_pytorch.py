@@ -1,7 +1,7 @@
 """One DDPO training step: this project (JAX) against transformers' PyTorch LLaVA, the way
 RLHF-V's released trainer and TRL compute the loss.
 
-  python -m benchmarks.vs_pytorch [--pairs 4] [--repeats 5]
+  python -m benchmarks.vs_pytorch [--pairs 4] [--repeats 3] [--rounds 5]
 
 Both sides train the same weights (the JAX params exported by `hf_io` and loaded by
 `LlavaForConditionalGeneration`) on the same batch, on the same CPU, in the same run:
@@ -12,8 +12,10 @@ Both sides train the same weights (the JAX params exported by `hf_io` and loaded
   (weighted mean, γ = 5) and loss (β = 0.5), the frozen reference model under
   `torch.no_grad`, backward, `torch.optim.AdamW` step. SDPA attention.
 * JAX: the project's train step (`rlhfv_jax.train.step.make_train_step` with the DDPO
-  objective): image encoded once per pair, logits only from the first scorable
-  position, the reference forward inside the step, AdamW (optax), jitted, state donated.
+  objective) on its default layout: one shared-prefix row per pair (the prompt and image
+  tokens run once, `PreferenceBatch.shared_prefix`), image encoded once per pair, logits
+  only from the first scorable position, the reference forward inside the step, AdamW
+  (optax), jitted, state donated. ``--unshared`` runs it on one row per answer instead.
 
 The two sides' per-example DDPO scores of both answers (the weighted-mean log-probs) are
 checked to agree at the initial weights before anything is timed. Two row
@@ -33,7 +35,8 @@ import ml_collections
 import numpy as np
 
 from rlhfv_jax import ddpo, model as model_lib
-from rlhfv_jax.batch import PreferenceBatch, TokenSequences
+from rlhfv_jax.batch import PreferenceBatch
+from rlhfv_jax.data import pipeline
 from rlhfv_jax.model import hf_io
 from rlhfv_jax.train import objectives, step as step_lib
 from rlhfv_jax.train import optimizer as optimizer_lib
@@ -56,37 +59,37 @@ def shapes(name: str) -> tuple[ml_collections.ConfigDict, int, int]:
   return cfg, 24, 200
 
 
-def make_batch(cfg, pairs: int, text: int, answer: int, seed: int = 0) -> PreferenceBatch:
-  """Rows [BOS, image, prompt text | answer | EOS, pad]; the rejected answer differs from
-  the chosen one in a few segments (marked corrected on both sides)."""
+def make_batches(cfg, pairs: int, text: int, answer: int, seed: int = 0
+                 ) -> tuple[PreferenceBatch, PreferenceBatch]:
+  """The same pairs as (one row per answer, one shared-prefix row per pair), packed by the
+  data pipeline: [BOS, image, prompt text | answer | EOS]; the rejected answer differs
+  from the chosen one in a few segments (marked corrected on both sides)."""
   rng = np.random.default_rng(seed)
   n = model_lib.num_image_tokens(cfg)
-  prompt = 1 + n + text
-  length = prompt + answer + 1
-  base = rng.integers(3, cfg.image_token_id, size=(pairs, length)).astype(np.int32)
-  base[:, 0], base[:, 1:1 + n] = cfg.bos_token_id, cfg.image_token_id
-  base[:, prompt + answer] = cfg.eos_token_id
-
-  def sequences(ids, corrected_spans):
-    targets = np.concatenate([ids[:, 1:], np.zeros((pairs, 1), np.int32)], axis=1)
-    loss = np.zeros((pairs, length), bool)
-    loss[:, prompt - 1:prompt + answer] = True  # answer tokens + EOS
-    corrected = np.zeros_like(loss)
-    for start, end in corrected_spans:
-      corrected[:, prompt - 1 + start:prompt - 1 + end] = True
-    return TokenSequences(input_ids=jnp.asarray(ids), attention_mask=jnp.ones_like(loss),
-                          targets=jnp.asarray(targets), loss_mask=jnp.asarray(loss),
-                          corrected_mask=jnp.asarray(corrected))
-
   spans = [(answer // 5, answer // 5 + 3), (answer // 2, answer // 2 + 6),
            (4 * answer // 5, 4 * answer // 5 + 2)]
-  rejected = base.copy()
+  corrected = np.zeros(answer, bool)
   for start, end in spans:
-    rejected[:, prompt + start:prompt + end] = rng.integers(3, cfg.image_token_id,
-                                                            size=(pairs, end - start))
+    corrected[start:end] = True
+  ids = lambda k: rng.integers(3, cfg.image_token_id, size=k).astype(np.int32)
+  examples = []
+  for b in range(pairs):
+    prompt = np.concatenate([[cfg.bos_token_id], [cfg.image_token_id] * n, ids(text)])
+    chosen = ids(answer)
+    rejected = np.where(corrected, ids(answer), chosen)
+    examples.append(pipeline.TokenizedExample(
+        id=str(b), index=b, epoch=0, image=b"", prompt_ids=prompt.astype(np.int32),
+        answers={"chosen": pipeline.Answer(chosen, corrected),
+                 "rejected": pipeline.Answer(rejected, corrected)}))
   pixels = rng.normal(size=(pairs, cfg.vision.image_size, cfg.vision.image_size, 3))
-  return PreferenceBatch(pixel_values=jnp.asarray(pixels, jnp.float32),
-                         chosen=sequences(base, spans), rejected=sequences(rejected, spans))
+  pixels = pixels.astype(np.float32)
+  batches = []
+  for shared in (False, True):
+    length = max(e.required_length(shared) for e in examples)
+    batches.append(jax.tree.map(jnp.asarray, pipeline.assemble_batch(
+        examples, pixels, length, eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id,
+        shared_prefix=shared)))
+  return tuple(batches)
 
 
 def jax_scores(cfg, params, batch) -> np.ndarray:
@@ -175,25 +178,34 @@ def torch_step(cfg, params, batch):
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--pairs", type=int, default=4)
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=3, help="steps per round")
+  parser.add_argument("--rounds", type=int, default=5,
+                      help="alternating rounds of both sides; each side's median is shown")
+  parser.add_argument("--unshared", action="store_true",
+                      help="run the JAX step on one row per answer (no shared prefix)")
   args = parser.parse_args()
   for name in ("llava", "text-heavy"):
     cfg, text, answer = shapes(name)
     params = model_lib.init_params(cfg, jax.random.key(0))
-    batch = make_batch(cfg, args.pairs, text, answer)
+    unshared, shared = make_batches(cfg, args.pairs, text, answer)
+    batch = unshared if args.unshared else shared
     ours_scores = jax_scores(cfg, params, batch)
-    theirs_scores, theirs = torch_step(cfg, params, batch)
+    theirs_scores, theirs = torch_step(cfg, params, unshared)
     if not np.allclose(ours_scores, theirs_scores, rtol=1e-4, atol=1e-5):
       raise SystemExit(f"{name}: the DDPO scores differ: JAX {ours_scores} vs PyTorch "
                        f"{theirs_scores}")
     ours = jax_step(cfg, params, batch)
     ours(1), theirs(1)  # compile / warm up
-    ours_seconds, theirs_seconds = ours(args.repeats), theirs(args.repeats)
-    row = batch.chosen.input_ids.shape[1]
+    # Alternating rounds, each side's median: a slow spell of a shared machine hits both.
+    rounds = [(ours(args.repeats), theirs(args.repeats)) for _ in range(args.rounds)]
+    ours_seconds, theirs_seconds = np.median(rounds, axis=0)
+    row = unshared.chosen.input_ids.shape[1]
     print(f"{name}: {model_lib.num_image_tokens(cfg)} image tokens of {row}-token rows, "
           f"{answer}-token answers, {args.pairs} pairs; DDPO scores agree (max diff "
           f"{np.abs(ours_scores - theirs_scores).max():.1e})")
-    print(f"  JAX (this project)      {args.pairs / ours_seconds:7.2f} pairs/s")
+    layout = ("one row per answer" if args.unshared else
+              f"shared prefix, {batch.chosen.input_ids.shape[1]}-token rows")
+    print(f"  JAX (this project, {layout})  {args.pairs / ours_seconds:7.2f} pairs/s")
     print(f"  PyTorch (transformers)  {args.pairs / theirs_seconds:7.2f} pairs/s")
     print(f"  ratio {theirs_seconds / ours_seconds:.2f}x")
 

@@ -12,6 +12,21 @@ Token layout (all arrays right-padded to a fixed length T):
 So `logits[:, t]` from the model lines up with `targets[:, t]`, and every mask that
 concerns the loss is aligned with `targets`. Images: `pixel_values[b]` is the image of
 example b, NHWC float32 after the image processor (resize + normalize).
+
+Shared prompt prefix (`PreferenceBatch.shared_prefix`): a pair's prompt is the same for
+both answers, so it can run once. Then both answers of pair b live in ONE row,
+
+  input_ids:     <s> ... ASSISTANT | y_w ... </s> | y_l ... </s> | pad ...
+  chosen.attention_mask:    1 ... 1 | 1 ...... 1 | 0 ...... 0 | 0 ...
+  rejected.attention_mask:  1 ... 1 | 0 ...... 0 | 1 ...... 1 | 0 ...
+
+`chosen` and `rejected` hold the same `input_ids`; each answer's `attention_mask` marks
+the tokens of its own sequence (prompt + that answer), so `input_ids[attention_mask]` is
+exactly the row the unshared layout would hold. The model runs the row with the rejected
+answer's RoPE positions restarting where the prompt ends and a mask that lets each answer
+see the prompt and itself, never the other answer (`logps.shared_prefix_layout`). Each
+answer's `targets` / masks are aligned to the packed row: the prompt's last slot predicts
+y_w[0] in `chosen.targets` and y_l[0] in `rejected.targets`, so one logits row serves both.
 """
 
 from __future__ import annotations
@@ -54,11 +69,14 @@ class PreferenceBatch:
     pixel_values: [B, H, W, 3] float32 images (one per example, shared by both answers).
     chosen: the labeler-corrected answer y_w.
     rejected: the model's original answer y_l.
+    shared_prefix: a static flag: both answers are packed into one row behind a single
+      copy of the prompt (module docstring); False: one row per answer.
   """
 
   pixel_values: jax.Array
   chosen: TokenSequences
   rejected: TokenSequences
+  shared_prefix: bool = flax.struct.field(pytree_node=False, default=False)
 
 
 @flax.struct.dataclass

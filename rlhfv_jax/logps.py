@@ -5,7 +5,9 @@ frozen reference), the reference log-prob cache and the SFT loss all turn a batc
 per-token log-probs here, so there is one place where how the model is run on a batch
 is decided: the image is encoded once per pair, and logits are computed only from the
 first position an answer can be scored at (`scored_from`: for LLaVA, after the image
-placeholders, so the LM head never runs over the image tokens).
+placeholders, so the LM head never runs over the image tokens). With a shared prefix
+(`PreferenceBatch.shared_prefix`, the default in training) the prompt, image tokens
+included, runs once per pair instead of once per answer.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ class ApplyFn(Protocol):
 
   def __call__(self, params: Any, input_ids: jax.Array, attention_mask: jax.Array,
                pixel_values: Optional[jax.Array], sequences_per_image: int = 1) -> jax.Array:
-    """Returns logits [N, T, V]; sequence j of the N = k·B uses image j mod B."""
+    """Returns logits [N, T, V]; sequence j of the N = k·B uses image j mod B.
+
+    Shared-prefix batches also pass `positions`, `segment_ids` ([N, T] int) and a static
+    `shared_segment` (keys of that segment are visible from every segment)."""
 
 
 def at_least_f32(dtype) -> jnp.dtype:
@@ -48,10 +53,17 @@ def token_logps(logits: jax.Array, targets: jax.Array) -> jax.Array:
     [B, T] log-probs in float32 (float64 for float64 logits). The softmax normaliser is
     computed in at least float32, so bf16 logits lose nothing beyond their own rounding.
   """
+  return targets_logps(logits, targets)[0]
+
+
+def targets_logps(logits: jax.Array, *targets: jax.Array) -> tuple[jax.Array, ...]:
+  """`token_logps` of several target arrays over the same logits, sharing the softmax
+  normaliser (a shared-prefix row scores two answers from one logits row)."""
   logits = logits.astype(at_least_f32(logits.dtype))
   log_normalizer = jax.nn.logsumexp(logits, axis=-1)
-  target_logits = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)
-  return target_logits[..., 0] - log_normalizer
+  return tuple(
+      jnp.take_along_axis(logits, t[..., None].astype(jnp.int32), axis=-1)[..., 0]
+      - log_normalizer for t in targets)
 
 
 def both_answers(batch: PreferenceBatch) -> TokenSequences:
@@ -77,6 +89,19 @@ def sequence_logits(apply_fn: ApplyFn, params: Any, tokens: TokenSequences,
                   sequences_per_image=sequences_per_image, **kwargs)
 
 
+def _from_scored_start(lps: jax.Array, loss_mask: jax.Array, start: int) -> jax.Array:
+  """Log-probs [N, T - s] of targets s.. -> [N, T] aligned with `targets`: 0 before s,
+  and NaN for a row whose `loss_mask` scores a target before s (concrete inputs raise)."""
+  if not start:
+    return lps
+  early = jnp.any(loss_mask[:, :start], axis=-1)
+  if not isinstance(early, jax.core.Tracer) and bool(jnp.any(early)):
+    raise ValueError(f"rows {jnp.flatnonzero(early).tolist()} score targets before time "
+                     f"index {start}, where this apply_fn computes no logits (scored_from)")
+  lps = jnp.pad(lps, ((0, 0), (start, 0)))
+  return jnp.where(early[:, None], jnp.nan, lps)
+
+
 def sequence_token_logps(apply_fn: ApplyFn, params: Any, tokens: TokenSequences,
                          pixel_values: jax.Array, sequences_per_image: int = 1
                          ) -> tuple[jax.Array, jax.Array]:
@@ -89,26 +114,64 @@ def sequence_token_logps(apply_fn: ApplyFn, params: Any, tokens: TokenSequences,
   start = scored_from(apply_fn)
   logits = sequence_logits(apply_fn, params, tokens, pixel_values, sequences_per_image)
   lps = token_logps(logits, tokens.targets[:, start:])
-  if start:
-    early = jnp.any(tokens.loss_mask[:, :start], axis=-1)
-    if not isinstance(early, jax.core.Tracer) and bool(jnp.any(early)):
-      raise ValueError(f"rows {jnp.flatnonzero(early).tolist()} score targets before time "
-                       f"index {start}, where this apply_fn computes no logits (scored_from)")
-    lps = jnp.pad(lps, ((0, 0), (start, 0)))
-    lps = jnp.where(early[:, None], jnp.nan, lps)
-  return lps, logits
+  return _from_scored_start(lps, tokens.loss_mask, start), logits
+
+
+# Segment ids of a shared-prefix row (`rlhfv_jax.batch`); padding is 0.
+PROMPT_SEGMENT, CHOSEN_SEGMENT, REJECTED_SEGMENT = 1, 2, 3
+
+
+def shared_prefix_layout(chosen_mask: jax.Array, rejected_mask: jax.Array
+                         ) -> tuple[jax.Array, jax.Array]:
+  """RoPE positions and segment ids [B, T] of `[prompt | chosen | rejected]` rows.
+
+  Each token gets the position it has in its own unshared sequence (prompt + its
+  answer): the rejected answer's positions restart where the prompt ends.
+
+  Args:
+    chosen_mask, rejected_mask: [B, T] bool, each answer's `attention_mask` (the prompt
+      is in both).
+  """
+  in_prompt = chosen_mask & rejected_mask
+  only_rejected = rejected_mask & ~chosen_mask
+  segment_ids = jnp.where(in_prompt, PROMPT_SEGMENT,
+                          jnp.where(chosen_mask, CHOSEN_SEGMENT,
+                                    jnp.where(rejected_mask, REJECTED_SEGMENT, 0)))
+  position_in = lambda mask: jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+  positions = jnp.where(only_rejected, position_in(rejected_mask), position_in(chosen_mask))
+  return positions, segment_ids.astype(jnp.int32)
+
+
+def _shared_prefix_logps(apply_fn: ApplyFn, params: Any,
+                         batch: PreferenceBatch) -> tuple[jax.Array, jax.Array]:
+  """Both answers' per-token log-probs from one shared-prefix row per pair."""
+  chosen, rejected = batch.chosen, batch.rejected
+  start = scored_from(apply_fn)
+  positions, segment_ids = shared_prefix_layout(chosen.attention_mask, rejected.attention_mask)
+  kwargs = {"logits_from": start} if start else {}
+  logits = apply_fn(params, chosen.input_ids, chosen.attention_mask | rejected.attention_mask,
+                    batch.pixel_values, 1, positions=positions, segment_ids=segment_ids,
+                    shared_segment=PROMPT_SEGMENT, **kwargs)
+  lps = targets_logps(logits, chosen.targets[:, start:], rejected.targets[:, start:])
+  return tuple(_from_scored_start(lp, t.loss_mask, start)
+               for lp, t in zip(lps, (chosen, rejected)))
 
 
 def answer_token_logps(apply_fn: ApplyFn, params: Any,
                        batch: PreferenceBatch) -> tuple[jax.Array, jax.Array]:
   """Per-token log-probs of both answers of every pair, in one forward pass.
 
-  Chosen and rejected answers run as 2B sequences that share each example's image
-  (`sequences_per_image=2`: the image is encoded once per pair).
+  Unshared layout: chosen and rejected answers run as 2B sequences that share each
+  example's image (`sequences_per_image=2`: the image is encoded once per pair).
+  Shared prefix (`batch.shared_prefix`): B rows, each holding the prompt once and both
+  answers (`rlhfv_jax.batch`); the apply_fn must take the packing keywords (positions,
+  segment_ids, shared_segment).
 
   Returns:
     (chosen, rejected): [B, T] log-probs of `targets` (aligned like every mask).
   """
+  if batch.shared_prefix:
+    return _shared_prefix_logps(apply_fn, params, batch)
   tokens = both_answers(batch)
   lps, _ = sequence_token_logps(apply_fn, params, tokens, batch.pixel_values,
                                 sequences_per_image=2)

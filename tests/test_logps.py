@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,10 @@ import pytest
 from rlhfv_jax import ddpo, logps
 from rlhfv_jax import model as model_lib
 from rlhfv_jax.batch import PreferenceBatch, SFTBatch, TokenSequences
+from rlhfv_jax.data import pipeline
+from rlhfv_jax.model import layers
+
+T, F = True, False
 
 
 def _sequences(cfg, rng, batch, prompt_lengths, answer_lengths, length):
@@ -89,3 +95,73 @@ def test_scoring_a_target_inside_the_skipped_prefix_is_never_silent(setup):
   chosen, rejected = jax.jit(lambda p, b: logps.answer_token_logps(skip, p, b))(params, bad)
   assert np.isnan(np.asarray(chosen[1])).all() and np.isfinite(np.asarray(chosen[0])).all()
   assert np.isfinite(np.asarray(rejected)).all()
+
+
+def _examples(cfg, rng, lengths):
+  """Tokenized pairs (prompt text, chosen, rejected lengths) behind BOS + image tokens."""
+  n = model_lib.num_image_tokens(cfg)
+  out = []
+  for i, (p, c, r) in enumerate(lengths):
+    prompt = np.concatenate([[cfg.bos_token_id], [cfg.image_token_id] * n,
+                             rng.integers(3, 90, p)]).astype(np.int32)
+    answer = lambda k: pipeline.Answer(rng.integers(3, 90, k).astype(np.int32),
+                                       rng.random(k) < 0.3)
+    out.append(pipeline.TokenizedExample(id=f"e{i}", index=i, epoch=0, image=b"",
+                                         prompt_ids=prompt,
+                                         answers={"chosen": answer(c), "rejected": answer(r)}))
+  return out
+
+
+def test_shared_prefix_gives_the_unshared_log_probs_loss_and_gradients():
+  cfg = model_lib.llava_config("tiny", vocab_size=100)  # the HF-parity tiny model
+  assert cfg.text.num_kv_heads < cfg.text.num_heads  # grouped-query attention is covered
+  params = model_lib.init_params(cfg, jax.random.key(1))
+  reference = jax.tree.map(lambda x: x * 1.02, params)
+  rng = np.random.default_rng(1)
+  # Prompts and answers of different lengths, so every row pads differently and the
+  # rejected answer starts at a different slot in each row.
+  examples = _examples(cfg, rng, [(4, 7, 5), (9, 3, 10), (2, 12, 2), (6, 1, 8)])
+  pixels = jnp.asarray(rng.normal(size=(4, 32, 32, 3)), jnp.float32)
+  unshared = pipeline.assemble_batch(examples, pixels, 40, eos_id=2, pad_id=0)
+  shared = pipeline.assemble_batch(examples, pixels, 56, eos_id=2, pad_id=0, shared_prefix=True)
+  assert shared.chosen.input_ids.shape == (4, 56)  # 4 rows, not 8
+  for skip in (True, False):
+    both = jax.jit(functools.partial(logps.answer_token_logps,
+                                     model_lib.make_apply_fn(cfg, skip_prompt_logits=skip)))
+    for got, want, s, u in zip(both(params, shared), both(params, unshared),
+                               (shared.chosen, shared.rejected),
+                               (unshared.chosen, unshared.rejected)):
+      for b in range(4):  # the scored tokens, in order, in both layouts
+        np.testing.assert_allclose(np.asarray(got[b])[np.asarray(s.loss_mask[b])],
+                                   np.asarray(want[b])[np.asarray(u.loss_mask[b])],
+                                   rtol=1e-5, atol=2e-6)
+  apply_fn = model_lib.make_apply_fn(cfg)
+  release_loss = jax.jit(ddpo.make_ddpo_loss(apply_fn, ddpo.RLHFV_RELEASE_HPARAMS))
+  np.testing.assert_allclose(float(release_loss(params, reference, shared)[0]),
+                             float(release_loss(params, reference, unshared)[0]), rtol=1e-6)
+  loss_and_grad = jax.jit(jax.value_and_grad(ddpo.make_ddpo_loss(apply_fn, ddpo.PAPER_HPARAMS),
+                                             has_aux=True))
+  (loss_s, metrics_s), grads_s = loss_and_grad(params, reference, shared)
+  (loss_u, metrics_u), grads_u = loss_and_grad(params, reference, unshared)
+  np.testing.assert_allclose(float(loss_s), float(loss_u), rtol=1e-6)
+  for key in ("rewards/margin", "logps/policy_chosen", "logps/ref_rejected"):
+    np.testing.assert_allclose(float(metrics_s[key]), float(metrics_u[key]), rtol=1e-5,
+                               atol=1e-6)
+  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads_u))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale),
+               grads_s, grads_u)
+
+
+def test_shared_prefix_layout_positions_and_segments_by_hand():
+  chosen = jnp.array([[1, 1, 1, 1, 1, 0, 0, 0, 0]], bool)
+  rejected = jnp.array([[1, 1, 1, 0, 0, 1, 1, 1, 0]], bool)
+  positions, segments = logps.shared_prefix_layout(chosen, rejected)
+  np.testing.assert_array_equal(positions[:, :8], [[0, 1, 2, 3, 4, 3, 4, 5]])  # 8: padding
+  p, c, r = logps.PROMPT_SEGMENT, logps.CHOSEN_SEGMENT, logps.REJECTED_SEGMENT
+  np.testing.assert_array_equal(segments, [[p, p, p, c, c, r, r, r, 0]])
+  # The model's mask: the rejected answer sees the prompt and itself, never chosen.
+  mask = layers.causal_attention_mask(jnp.arange(9), chosen | rejected, segments,
+                                                segments, shared_segment=p)[0, 0]
+  np.testing.assert_array_equal(np.asarray(mask[6]), [T, T, T, F, F, T, T, F, F])
+  np.testing.assert_array_equal(np.asarray(mask[4]), [T, T, T, T, T, F, F, F, F])
+  np.testing.assert_array_equal(np.asarray(mask[2]), [T, T, T, F, F, F, F, F, F])

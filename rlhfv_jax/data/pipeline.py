@@ -16,9 +16,19 @@ Per sequence (`pack_sequence`), in the layout of `rlhfv_jax.batch`:
   token is an error, or is skipped and listed under the "skip" error policy; image
   tokens and the prompt are never cut.
 
+Shared prompt prefix (`shared_prefix=True`, ``config.data.shared_prefix``, the default in
+training): a preference pair becomes ONE row ``[prompt | y_w + EOS | y_l + EOS | pad]``
+(`pack_shared_prefix`, layout in `rlhfv_jax.batch`), so buckets then hold packed rows.
+If both answers do not fit the largest bucket, the longer one is cut first: the shorter
+keeps all of itself if that leaves the longer at least as much room, else each gets half
+(`shared_prefix_budgets`); a cut answer loses its EOS, as above. Each answer's sequence
+(`input_ids[attention_mask]`) is then exactly the unshared row of the same length, so
+the reference cache serves both layouts.
+
 Buckets: a global batch uses the smallest configured length that holds its longest
 example (the largest one if none does), so the train step compiles once per bucket.
-Chosen and rejected are padded to the same length (the loss concatenates them).
+Unshared chosen and rejected rows are padded to the same length (the loss concatenates
+them).
 
 Loader (`Loader`, grain): source indices are shuffled per epoch from `seed` (grain's
 index shuffle, a new permutation each epoch), repeated for `num_epochs` (None =
@@ -77,10 +87,11 @@ class TokenizedExample:
   prompt_ids: np.ndarray  # [P] int32, BOS and image ids included
   answers: dict[str, Answer]  # "chosen"/"rejected" or "tokens"
 
-  @property
-  def required_length(self) -> int:
-    """Tokens needed to hold the prompt and the longest answer with its EOS, untruncated."""
-    return len(self.prompt_ids) + max(len(a.ids) for a in self.answers.values()) + 1
+  def required_length(self, shared_prefix: bool = False) -> int:
+    """Row length that holds the example untruncated: the prompt and the longest answer
+    with its EOS, or with `shared_prefix` the prompt and every answer with its EOS."""
+    answer_lengths = [len(a.ids) + 1 for a in self.answers.values()]
+    return len(self.prompt_ids) + (sum if shared_prefix else max)(answer_lengths)
 
 
 def spans_to_token_mask(offsets: Sequence[tuple[int, int]],
@@ -119,13 +130,17 @@ def tokenize_record(record: Record, template: ChatTemplate, *, segment_mode: str
                           prompt_ids=prompt_ids, answers=answers)
 
 
-def prompt_fits(example: TokenizedExample, max_length: int, errors: ErrorLog) -> bool:
-  """Whether the prompt leaves room for one answer token; if not, `errors` raises or skips."""
-  if len(example.prompt_ids) + 1 <= max_length:
+def prompt_fits(example: TokenizedExample, max_length: int, errors: ErrorLog,
+                shared_prefix: bool = False) -> bool:
+  """Whether the prompt leaves room for one token of each answer in a row (one answer per
+  row unless `shared_prefix`); if not, `errors` raises or skips."""
+  room = len(example.answers) if shared_prefix else 1
+  if len(example.prompt_ids) + room <= max_length:
     return True
+  answers = "both answers" if room > 1 else "the answer"
   errors.handle(RecordError(
       example.id, f"prompt of {len(example.prompt_ids)} tokens (image tokens included) leaves "
-      f"no room for the answer in the largest bucket ({max_length}); prompts are never "
+      f"no room for {answers} in the largest bucket ({max_length}); prompts are never "
       "truncated", f"index {example.index}"))
   return False
 
@@ -167,6 +182,79 @@ def pack_sequence(prompt_ids: np.ndarray, answer: Answer, length: int, *, eos_id
               loss_mask=loss_mask, corrected_mask=corrected_mask)
 
 
+def shared_prefix_budgets(prompt_length: int, answer_lengths: Sequence[int],
+                          length: int) -> tuple[int, ...]:
+  """Tokens each answer keeps (ids + EOS when whole) in a shared-prefix row of `length`.
+
+  All of them if they fit; else the longer is cut first: the shorter answer stays whole
+  if the longer still gets at least as much room, otherwise the room is split in half.
+
+  Args:
+    prompt_length: the prompt's tokens.
+    answer_lengths: each answer's ids, without EOS.
+    length: the row length.
+  """
+  room = length - prompt_length
+  needed = [n + 1 for n in answer_lengths]
+  if len(needed) != 2:
+    raise ValueError(f"a shared-prefix row holds 2 answers, not {len(needed)}")
+  if room < 2:
+    raise ValueError(f"prompt of {prompt_length} tokens leaves no room for two answers in "
+                     f"length {length}")
+  if sum(needed) <= room:
+    return tuple(needed)
+  short = int(np.argmin(needed))
+  budgets = [0, 0]
+  if 2 * needed[short] <= room:
+    budgets[short], budgets[1 - short] = needed[short], room - needed[short]
+  else:
+    budgets[short], budgets[1 - short] = room // 2, room - room // 2
+  return tuple(budgets)
+
+
+def pack_shared_prefix(prompt_ids: np.ndarray, chosen: Answer, rejected: Answer, length: int,
+                       *, eos_id: int, pad_id: int) -> dict[str, dict[str, np.ndarray]]:
+  """One shared-prefix row ``[prompt | chosen | rejected | pad]`` (`rlhfv_jax.batch`).
+
+  Each answer is packed as its own unshared row cut to its budget (`pack_sequence`,
+  `shared_prefix_budgets`), then spliced after the one copy of the prompt.
+
+  Returns:
+    {"chosen": fields, "rejected": fields}, each a `pack_sequence`-style dict of [length]
+    arrays aligned to the packed row (`input_ids` equal in both).
+  """
+  prompt_length = len(prompt_ids)
+  budgets = shared_prefix_budgets(prompt_length, (len(chosen.ids), len(rejected.ids)), length)
+  c, r = (pack_sequence(prompt_ids, answer, prompt_length + budget, eos_id=eos_id,
+                        pad_id=pad_id) for answer, budget in zip((chosen, rejected), budgets))
+  c_len, r_len = (int(np.sum(x["attention_mask"])) - prompt_length for x in (c, r))
+  used = prompt_length + c_len + r_len
+  pad = length - used
+
+  def place(chosen_part: np.ndarray, rejected_part: np.ndarray, fill) -> np.ndarray:
+    return np.concatenate([chosen_part, rejected_part, np.full(pad, fill, chosen_part.dtype)])
+
+  input_ids = place(c["input_ids"][:prompt_length + c_len], r["input_ids"][prompt_length:][:r_len],
+                    pad_id)
+  packed = {}
+  for name, own, own_len in (("chosen", c, c_len), ("rejected", r, r_len)):
+    # The prompt's slots (its last one predicts the answer's first token), then chosen's
+    # slots, then rejected's: each answer's fields sit in its own slots, blank elsewhere.
+    prompt_part = {k: v[:prompt_length] for k, v in own.items()}
+    answer_part = {k: v[prompt_length:prompt_length + own_len] for k, v in own.items()}
+    blank = lambda k, n: np.full(n, pad_id if k == "targets" else False, own[k].dtype)
+    fields = {}
+    for k in ("attention_mask", "targets", "loss_mask", "corrected_mask"):
+      if name == "chosen":
+        middle = np.concatenate([answer_part[k], blank(k, r_len)])
+      else:
+        middle = np.concatenate([blank(k, c_len), answer_part[k]])
+      fields[k] = np.concatenate([prompt_part[k], middle, blank(k, pad)])
+    fields["input_ids"] = input_ids
+    packed[name] = fields
+  return packed
+
+
 def choose_bucket(required_length: int, buckets: Sequence[int]) -> int:
   """The smallest bucket >= `required_length`, else the largest (answers get truncated)."""
   fitting = [b for b in buckets if b >= required_length]
@@ -178,8 +266,8 @@ RefLookup = Callable[[str, str, int, np.ndarray], np.ndarray]
 
 
 def assemble_batch(examples: Sequence[TokenizedExample], pixel_values: np.ndarray, length: int,
-                   *, eos_id: int, pad_id: int, ref_lookup: Optional[RefLookup] = None
-                   ) -> Batch:
+                   *, eos_id: int, pad_id: int, ref_lookup: Optional[RefLookup] = None,
+                   shared_prefix: bool = False) -> Batch:
   """Packs tokenized examples into a `PreferenceBatch` or `SFTBatch` of sequence `length`.
 
   Args:
@@ -188,25 +276,36 @@ def assemble_batch(examples: Sequence[TokenizedExample], pixel_values: np.ndarra
     length: the bucket length T.
     eos_id, pad_id: special token ids.
     ref_lookup: if given, fills `ref_token_logps` from the reference cache.
+    shared_prefix: pack each preference pair into one row (module docstring); SFT
+      examples have one answer and are unaffected.
   """
   names = list(examples[0].answers)
+  shared_prefix = shared_prefix and names == ["chosen", "rejected"]
+  if shared_prefix:
+    packed = [pack_shared_prefix(e.prompt_ids, e.answers["chosen"], e.answers["rejected"],
+                                 length, eos_id=eos_id, pad_id=pad_id) for e in examples]
   sequences = {}
   for name in names:
-    rows = [pack_sequence(e.prompt_ids, e.answers[name], length, eos_id=eos_id, pad_id=pad_id)
-            for e in examples]
+    if shared_prefix:
+      rows = [p[name] for p in packed]
+    else:
+      rows = [pack_sequence(e.prompt_ids, e.answers[name], length, eos_id=eos_id,
+                            pad_id=pad_id) for e in examples]
     fields = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
     if ref_lookup is not None:
+      # The cache holds each answer's scored tokens in order: they go back to the
+      # `loss_mask` slots, whichever layout the row has.
       ref = np.zeros((len(examples), length), np.float32)
       for b, e in enumerate(examples):
-        scored = answer_positions(len(e.prompt_ids), len(e.answers[name].ids), length)
-        ref[b, scored] = ref_lookup(e.id, name, scored.stop - scored.start,
+        scored = fields["loss_mask"][b]
+        ref[b, scored] = ref_lookup(e.id, name, int(scored.sum()),
                                     fields["input_ids"][b][fields["attention_mask"][b]])
       fields["ref_token_logps"] = ref
     sequences[name] = TokenSequences(**fields)
   if names == ["tokens"]:
     return SFTBatch(pixel_values=pixel_values, tokens=sequences["tokens"])
   return PreferenceBatch(pixel_values=pixel_values, chosen=sequences["chosen"],
-                         rejected=sequences["rejected"])
+                         rejected=sequences["rejected"], shared_prefix=shared_prefix)
 
 
 def ordered_batches(source: Sequence[Record], template: ChatTemplate,
@@ -214,7 +313,7 @@ def ordered_batches(source: Sequence[Record], template: ChatTemplate,
                     batch_size: int, buckets: Sequence[int], segment_mode: str = "paper",
                     min_match: int = 3, errors: Optional[ErrorLog] = None,
                     ref_lookup: Optional[RefLookup] = None,
-                    num_batches: Optional[int] = None
+                    num_batches: Optional[int] = None, shared_prefix: bool = False
                     ) -> Iterator[tuple[Batch, FixedSizeBatch[TokenizedExample]]]:
   """`source[i]` for i in `indices`, in order, as batches of exactly `batch_size`.
 
@@ -234,6 +333,7 @@ def ordered_batches(source: Sequence[Record], template: ChatTemplate,
     ref_lookup: fills `ref_token_logps` from a reference cache.
     num_batches: run exactly this many batches (all-invalid ones at the end), so that
       processes with fewer records keep step with the others.
+    shared_prefix: one row per preference pair (module docstring).
 
   Yields:
     (batch, its items with the validity mask).
@@ -243,16 +343,18 @@ def ordered_batches(source: Sequence[Record], template: ChatTemplate,
   tok = template.tokenizer
   tokenize = lambda i: tokenize_record(source[i], template, segment_mode=segment_mode,
                                        min_match=min_match, index=i)
-  examples = (e for e in map(tokenize, indices) if prompt_fits(e, buckets[-1], errors))
+  examples = (e for e in map(tokenize, indices)
+              if prompt_fits(e, buckets[-1], errors, shared_prefix))
   filler = None
   if num_batches is not None and len(source):
     filler = tokenize(0)  # for a process whose share is empty
   for chunk in fixed_size_batches(examples, batch_size, num_batches=num_batches,
                                   filler=filler):
-    length = choose_bucket(max(e.required_length for e in chunk.items), buckets)
+    length = choose_bucket(max(e.required_length(shared_prefix) for e in chunk.items), buckets)
     pixel_values = np.stack([preprocessor(e.image) for e in chunk.items])
     yield assemble_batch(chunk.items, pixel_values, length, eos_id=tok.eos_id,
-                         pad_id=tok.pad_id, ref_lookup=ref_lookup), chunk
+                         pad_id=tok.pad_id, ref_lookup=ref_lookup,
+                         shared_prefix=shared_prefix), chunk
 
 
 _TRUNCATION_IDS_LOGGED = 16  # truncated ids named one by one in the log
@@ -272,7 +374,7 @@ class Loader:
                segment_mode: str = "paper", min_match: int = 3,
                errors: Optional[ErrorLog] = None,
                ref_lookup: Optional[RefLookup] = None, num_threads: int = 4,
-               prefetch_batches: int = 2):
+               prefetch_batches: int = 2, shared_prefix: bool = False):
     """Args:
       source: random-access records (`tfds_builders.RecordSource` or any sequence).
       template: chat template with the tokenizer and `num_image_tokens`.
@@ -289,6 +391,7 @@ class Loader:
       ref_lookup: reference log-prob lookup (`ref_cache.ReferenceCache.lookup`) or None.
       num_threads: threads for tokenization and image decoding.
       prefetch_batches: host batches prepared ahead in a background thread (0: none).
+      shared_prefix: one row per preference pair, the prompt once (module docstring).
     """
     if not buckets or any(int(b) < 2 for b in buckets):
       raise ValueError(f"buckets={tuple(buckets)}: need at least one length >= 2")
@@ -315,6 +418,7 @@ class Loader:
     self.ref_lookup = ref_lookup
     self.num_threads = num_threads
     self.prefetch_batches = prefetch_batches
+    self.shared_prefix = shared_prefix
     self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=num_threads)
     self._truncated: set[str] = set()
     self._dropped: dict[str, None] = {}  # ordered set: a second iterator adds nothing
@@ -328,7 +432,7 @@ class Loader:
       return frozenset(self._truncated)
 
   def _note_truncated(self, examples: Sequence[TokenizedExample], length: int) -> None:
-    cut = [e.id for e in examples if e.required_length > length]
+    cut = [e.id for e in examples if e.required_length(self.shared_prefix) > length]
     if not cut:
       return
     with self._lock:
@@ -370,7 +474,7 @@ class Loader:
                            min_match=self.min_match, index=int(index), epoch=epoch)
 
   def _prompt_fits(self, example: TokenizedExample) -> bool:
-    return prompt_fits(example, self.buckets[-1], self.errors)
+    return prompt_fits(example, self.buckets[-1], self.errors, self.shared_prefix)
 
   def _image(self, example: TokenizedExample) -> np.ndarray:
     rng = augmentation_rng(self.seed, example.epoch, example.index)
@@ -379,14 +483,16 @@ class Loader:
   def host_batch(self, global_examples: Sequence[TokenizedExample]
                  ) -> tuple[list[str], Batch]:
     """(ids, batch) of this process's slice of a global batch, at the global batch's bucket."""
-    length = choose_bucket(max(e.required_length for e in global_examples), self.buckets)
+    length = choose_bucket(max(e.required_length(self.shared_prefix) for e in global_examples),
+                           self.buckets)
     start = self.process_index * self.host_batch_size
     own = global_examples[start:start + self.host_batch_size]
     self._note_truncated(own, length)
     pixel_values = np.stack(list(self._pool.map(self._image, own)))
     tok = self.template.tokenizer
     return [e.id for e in own], assemble_batch(own, pixel_values, length, eos_id=tok.eos_id,
-                                               pad_id=tok.pad_id, ref_lookup=self.ref_lookup)
+                                               pad_id=tok.pad_id, ref_lookup=self.ref_lookup,
+                                               shared_prefix=self.shared_prefix)
 
   def dataset(self, with_ids: bool = False) -> grain.IterDataset:
     """The grain pipeline (module docstring); elements are batches, or (ids, batch) pairs."""

@@ -62,7 +62,8 @@ _SHARD_RE = re.compile(r"ref_logps-(\d{5})-of-(\d{5})\.npz")
 
 
 def sequence_fingerprint(sequence_ids: np.ndarray) -> int:
-  """A 64-bit digest of a token sequence (the real tokens of one packed answer row)."""
+  """A 64-bit digest of a token sequence: one answer's real tokens with its prompt,
+  `input_ids[attention_mask]` of its row (the same in both row layouts)."""
   data = np.ascontiguousarray(sequence_ids, dtype="<i4").tobytes()
   return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
@@ -94,7 +95,8 @@ def compute_reference_cache(source: Sequence[Any], template: ChatTemplate,
                             segment_mode: str = "paper", min_match: int = 3,
                             process_index: int = 0, process_count: int = 1,
                             errors: Optional[ErrorLog] = None,
-                            metadata: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
+                            metadata: Optional[Mapping[str, Any]] = None,
+                            shared_prefix: bool = False) -> pathlib.Path:
   """Runs the reference over this process's share of `source` and writes its shard.
 
   Args:
@@ -110,6 +112,8 @@ def compute_reference_cache(source: Sequence[Any], template: ChatTemplate,
     process_index, process_count: this process's share.
     errors: policy for prompts that do not fit (as in training).
     metadata: JSON-able facts to store (e.g. the reference checkpoint).
+    shared_prefix: run the pairs in the shared-prefix layout (`pipeline`); the stored
+      values do not depend on it (each answer's sequence is the same in both layouts).
 
   Returns:
     The written shard path.
@@ -122,7 +126,7 @@ def compute_reference_cache(source: Sequence[Any], template: ChatTemplate,
   for batch, chunk in ordered_batches(source, template, preprocessor, indices=indices,
                                       batch_size=batch_size, buckets=buckets,
                                       segment_mode=segment_mode, min_match=min_match,
-                                      errors=errors):
+                                      errors=errors, shared_prefix=shared_prefix):
     length = batch.chosen.input_ids.shape[1]
     outputs = [np.asarray(x, np.float32) for x in token_logps_fn(batch)]
     for name, logps in zip(ANSWERS, outputs):

@@ -28,9 +28,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.model = demo_model_config()
   config.data.update(
       system_message="A chat about an image.",  # short prompts keep sequences short
-      # One length per stage, so each trains with a single compilation: VQA pairs fit
-      # 64 tokens, captions and sampled descriptions (<= 80 new tokens) fit 112.
-      buckets=(64, 112), num_threads=2)
+      # About one length per stage, so each trains with few compilations: VQA pairs
+      # fit 64 tokens, captions and sampled descriptions (<= 80 new tokens) fit 112, a
+      # preference pair (one shared-prefix row: the prompt once, both answers) 208.
+      buckets=(64, 112, 208), num_threads=2)
   config.ddpo.update(gamma=5.0, beta=0.5, normalize=True, segment_mode="paper")
   config.optim.update(warmup_fraction=0.05, end_lr_fraction=0.1, max_grad_norm=1.0,
                       weight_decay=0.0)

@@ -74,19 +74,22 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 def causal_attention_mask(query_slots: jax.Array, key_valid: jax.Array,
                           query_segment_ids: Optional[jax.Array] = None,
-                          key_segment_ids: Optional[jax.Array] = None) -> jax.Array:
+                          key_segment_ids: Optional[jax.Array] = None,
+                          shared_segment: Optional[int] = None) -> jax.Array:
   """Boolean mask [N, 1, T, S] for `jax.nn.dot_product_attention`.
 
   Key slot s is visible from query t iff the key is a real token, s <= query slot t
   (causality in slot order, i.e. storage order, which for a KV cache is the order
   tokens were written), and both lie in the same segment when segments are given
-  (sequence packing).
+  (sequence packing), or the key lies in `shared_segment` (a prompt shared by the
+  segments packed after it).
 
   Args:
     query_slots: [N, T] or [T] int, the key-slot index each query occupies.
     key_valid: [N, S] bool, False for padding keys.
     query_segment_ids: optional [N, T] int segment ids of the queries.
     key_segment_ids: optional [N, S] int segment ids of the keys.
+    shared_segment: optional segment id whose keys every query may see (causally).
   """
   num_keys = key_valid.shape[-1]
   query_slots = jnp.broadcast_to(query_slots, (key_valid.shape[0],) + query_slots.shape[-1:])
@@ -94,7 +97,10 @@ def causal_attention_mask(query_slots: jax.Array, key_valid: jax.Array,
   mask = key_slots[None, None, :] <= query_slots[:, :, None]
   mask &= key_valid[:, None, :].astype(bool)
   if query_segment_ids is not None:
-    mask &= query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
+    same = query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
+    if shared_segment is not None:
+      same |= (key_segment_ids == shared_segment)[:, None, :]
+    mask &= same
   return mask[:, None, :, :]
 
 

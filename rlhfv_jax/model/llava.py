@@ -97,6 +97,7 @@ class Llava(nn.Module):
   def decode(self, input_ids: jax.Array, attention_mask: jax.Array,
              image_features: Optional[jax.Array] = None, sequences_per_image: int = 1, *,
              positions: Optional[jax.Array] = None, segment_ids: Optional[jax.Array] = None,
+             shared_segment: Optional[int] = None,
              kv_cache: Optional[llama.KVCache] = None, cache_index: jax.Array | int = 0,
              logits_index: Optional[jax.Array] = None, logits_from: int = 0):
     """Runs the decoder on tokens with image features spliced in.
@@ -112,6 +113,8 @@ class Llava(nn.Module):
         right for any padding side. Required with `segment_ids` or `kv_cache`.
       segment_ids: optional [N, T] int; tokens attend only within their segment
         (sequence packing; padding must still be False in `attention_mask`).
+      shared_segment: optional static segment id every token may attend to (causally):
+        a prompt shared by the answers packed after it (`rlhfv_jax.batch`).
       kv_cache: optional cache from `llama.init_kv_cache`; the T tokens are written at
         slots `cache_index ...` and attend to all valid earlier slots.
       cache_index: write slot of the first of the T tokens. A Python int 0 means the
@@ -150,7 +153,8 @@ class Llava(nn.Module):
       if isinstance(cache_index, int) and cache_index == 0:
         # Filling an empty cache: the new tokens are the only keys (see LlamaModel).
         attention_mask = attention_mask[:, :num_new]
-    mask = layers.causal_attention_mask(query_slots, attention_mask, segment_ids, key_segments)
+    mask = layers.causal_attention_mask(query_slots, attention_mask, segment_ids, key_segments,
+                                        shared_segment)
     hidden, new_cache = self.language_model(embeds, positions, mask, kv_cache, cache_index)
     if logits_index is not None:
       hidden = jnp.take_along_axis(hidden, logits_index[:, None, None], axis=1)
@@ -166,15 +170,19 @@ class Llava(nn.Module):
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
                pixel_values: Optional[jax.Array] = None, sequences_per_image: int = 1, *,
                positions: Optional[jax.Array] = None,
-               segment_ids: Optional[jax.Array] = None, logits_from: int = 0) -> jax.Array:
+               segment_ids: Optional[jax.Array] = None, shared_segment: Optional[int] = None,
+               logits_from: int = 0) -> jax.Array:
     """Logits [N, T - logits_from, V] float32 for N = sequences_per_image * B sequences.
 
     Each of the B images in `pixel_values` [B, H, W, C] is encoded once; sequence j
     uses image j % B. Without `pixel_values`, placeholder ids are embedded as tokens.
+    `positions`, `segment_ids` and `shared_segment` pack several sequences in a row
+    (see `decode`).
     """
     features = None if pixel_values is None else self.encode_images(pixel_values)
     return self.decode(input_ids, attention_mask, features, sequences_per_image,
-                       positions=positions, segment_ids=segment_ids, logits_from=logits_from)
+                       positions=positions, segment_ids=segment_ids,
+                       shared_segment=shared_segment, logits_from=logits_from)
 
 
 def _dummy_inputs(cfg: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -201,10 +209,11 @@ def param_shapes(cfg: ml_collections.ConfigDict):
 @dataclasses.dataclass(frozen=True, eq=False)
 class LlavaApplyFn:
   """`apply_fn(params, input_ids, attention_mask, pixel_values, sequences_per_image=1,
-  logits_from=0)` -> logits [N, T - logits_from, V] float32 (see `Llava.__call__`).
+  logits_from=0, **packing)` -> logits [N, T - logits_from, V] float32 (see
+  `Llava.__call__`; `packing`: positions, segment_ids, shared_segment).
 
-  Not jitted: the caller jits the step that uses it. `sequences_per_image` and
-  `logits_from` must be Python ints.
+  Not jitted: the caller jits the step that uses it. `sequences_per_image`,
+  `logits_from` and `shared_segment` must be Python ints.
 
   Attributes:
     cfg: the model config.
@@ -222,9 +231,11 @@ class LlavaApplyFn:
     object.__setattr__(self, "_model", Llava(self.cfg))
 
   def __call__(self, params, input_ids, attention_mask, pixel_values, sequences_per_image=1,
-               logits_from=0):
+               logits_from=0, positions=None, segment_ids=None, shared_segment=None):
     return self._model.apply({"params": params}, input_ids, attention_mask, pixel_values,
-                             sequences_per_image, logits_from=logits_from)
+                             sequences_per_image, logits_from=logits_from,
+                             positions=positions, segment_ids=segment_ids,
+                             shared_segment=shared_segment)
 
 
 def make_apply_fn(cfg: ml_collections.ConfigDict, *,

@@ -95,11 +95,15 @@ def read_jsonl(workdir: str | os.PathLike) -> list[dict]:
 
 
 def batch_size_and_tokens(batch: Any) -> tuple[int, int]:
-  """(examples, real tokens) in a host batch: tokens count every sequence of the batch
-  (chosen and rejected for DDPO) by its attention mask."""
+  """(examples, real tokens) in a host batch: the tokens the model runs, i.e. every
+  sequence of the batch (chosen and rejected for DDPO) by its attention mask, a
+  shared-prefix pair's prompt counted once."""
+  examples = int(np.shape(jax.tree.leaves(batch)[0])[0])
+  if getattr(batch, "shared_prefix", False):
+    return examples, int(np.sum(np.logical_or(batch.chosen.attention_mask,
+                                              batch.rejected.attention_mask)))
   is_tokens = lambda x: isinstance(x, TokenSequences)
   sequences = [x for x in jax.tree.leaves(batch, is_leaf=is_tokens) if is_tokens(x)]
-  examples = int(np.shape(jax.tree.leaves(batch)[0])[0])
   tokens = sum(int(np.sum(s.attention_mask)) for s in sequences)
   return examples, tokens
 

@@ -8,8 +8,9 @@ import pytest
 from raw_files import GOOD_ROWS, image_bytes
 from rlhfv_jax import segments
 from rlhfv_jax.batch import PreferenceBatch, SFTBatch
-from rlhfv_jax.data.pipeline import (Answer, assemble_batch, choose_bucket, pack_sequence,
-                                     tokenize_record)
+from rlhfv_jax.data.pipeline import (Answer, TokenizedExample, assemble_batch, choose_bucket,
+                                     pack_sequence, pack_shared_prefix,
+                                     shared_prefix_budgets, tokenize_record)
 from rlhfv_jax.data.records import make_preference_record, make_sft_record
 from rlhfv_jax.data.tokenizer import ChatTemplate
 
@@ -41,6 +42,66 @@ def test_truncation_cuts_the_answer_end_and_drops_eos():
   assert pack_sequence(PROMPT, ANSWER, 7, eos_id=2, pad_id=0)["loss_mask"].sum() == 1
   with pytest.raises(ValueError, match="prompt of 6 tokens"):
     pack_sequence(PROMPT, ANSWER, 6, eos_id=2, pad_id=0)
+
+
+REJECTED = Answer(np.array([30, 31], np.int32), np.array([True, False]))
+
+
+def test_pack_shared_prefix_by_hand():
+  row = pack_shared_prefix(PROMPT, ANSWER, REJECTED, 16, eos_id=2, pad_id=0)
+  c, r = row["chosen"], row["rejected"]
+  #        slot:                 0  1   2   3  4  5   6   7   8  9  10  11 12 13 14 15
+  np.testing.assert_array_equal(c["input_ids"], [1, 10, 11, I, I, 12, 20, 21, 22, 2, 30, 31, 2, 0, 0, 0])
+  np.testing.assert_array_equal(r["input_ids"], c["input_ids"])
+  np.testing.assert_array_equal(c["attention_mask"], [T] * 10 + [F] * 6)
+  np.testing.assert_array_equal(r["attention_mask"], [T] * 6 + [F] * 4 + [T] * 3 + [F] * 3)
+  # The prompt's last slot predicts each answer's first token in that answer's targets.
+  np.testing.assert_array_equal(c["targets"], [10, 11, I, I, 12, 20, 21, 22, 2] + [0] * 7)
+  np.testing.assert_array_equal(r["targets"], [10, 11, I, I, 12, 30, 0, 0, 0, 0, 31, 2] + [0] * 4)
+  np.testing.assert_array_equal(c["loss_mask"], [F] * 5 + [T] * 4 + [F] * 7)
+  np.testing.assert_array_equal(r["loss_mask"], [F] * 5 + [T] + [F] * 4 + [T, T] + [F] * 4)
+  np.testing.assert_array_equal(c["corrected_mask"], [F] * 6 + [T] + [F] * 9)
+  np.testing.assert_array_equal(r["corrected_mask"], [F] * 5 + [T] + [F] * 10)
+  # Each answer's own sequence is exactly its unshared row, so the reference cache and
+  # its fingerprints serve both layouts.
+  for fields, answer in ((c, ANSWER), (r, REJECTED)):
+    alone = pack_sequence(PROMPT, answer, 10, eos_id=2, pad_id=0)
+    np.testing.assert_array_equal(fields["input_ids"][fields["attention_mask"]],
+                                  alone["input_ids"][alone["attention_mask"]])
+    np.testing.assert_array_equal(fields["targets"][fields["loss_mask"]],
+                                  alone["targets"][alone["loss_mask"]])
+
+
+def test_shared_prefix_budgets_cut_the_longer_answer_first():
+  assert shared_prefix_budgets(6, (3, 2), 16) == (4, 3)   # both fit with their EOS
+  assert shared_prefix_budgets(6, (3, 2), 13) == (4, 3)   # exactly
+  assert shared_prefix_budgets(6, (9, 2), 13) == (4, 3)   # the longer is cut
+  assert shared_prefix_budgets(6, (2, 9), 13) == (3, 4)
+  assert shared_prefix_budgets(6, (9, 8), 13) == (4, 3)   # both long: half each
+  assert shared_prefix_budgets(6, (9, 9), 8) == (1, 1)
+  with pytest.raises(ValueError, match="no room for two answers"):
+    shared_prefix_budgets(6, (3, 2), 7)
+  row = pack_shared_prefix(PROMPT, ANSWER, REJECTED, 12, eos_id=2, pad_id=0)
+  # Chosen (4 with EOS) is the longer: cut to 3 tokens, EOS dropped; rejected stays whole.
+  np.testing.assert_array_equal(row["chosen"]["input_ids"],
+                                [1, 10, 11, I, I, 12, 20, 21, 22, 30, 31, 2])
+  np.testing.assert_array_equal(row["chosen"]["loss_mask"], [F] * 5 + [T] * 3 + [F] * 4)
+  np.testing.assert_array_equal(row["rejected"]["loss_mask"], [F] * 5 + [T] + [F] * 3 + [T, T, F])
+
+
+def test_assemble_batch_shared_prefix_lengths_and_sft_unaffected():
+  example = TokenizedExample(id="x", index=0, epoch=0, image=b"", prompt_ids=PROMPT,
+                             answers={"chosen": ANSWER, "rejected": REJECTED})
+  assert example.required_length() == 10 and example.required_length(True) == 13
+  batch = assemble_batch([example], np.zeros((1, 2, 2, 3), np.float32), 13, eos_id=2, pad_id=0,
+                         shared_prefix=True)
+  assert batch.shared_prefix and batch.chosen.input_ids.shape == (1, 13)
+  sft = TokenizedExample(id="s", index=0, epoch=0, image=b"", prompt_ids=PROMPT,
+                         answers={"tokens": ANSWER})
+  assert sft.required_length(True) == sft.required_length() == 10
+  batch = assemble_batch([sft], np.zeros((1, 2, 2, 3), np.float32), 10, eos_id=2, pad_id=0,
+                         shared_prefix=True)
+  assert isinstance(batch, SFTBatch)
 
 
 def test_choose_bucket():

@@ -216,7 +216,8 @@ def test_constructor_rejects_bad_layouts(template, preprocessor):
 
 def test_truncation_log_is_bounded_but_every_id_is_kept(template, preprocessor, caplog):
   loader = make_loader(records(4), template, preprocessor, buckets=(80, 96), shuffle=False)
-  cut = [types.SimpleNamespace(id=f"long-{i}", required_length=500) for i in range(300)]
+  cut = [types.SimpleNamespace(id=f"long-{i}", required_length=lambda shared_prefix: 500)
+         for i in range(300)]
   with caplog.at_level(logging.WARNING):
     for example in cut:
       loader._note_truncated([example], 96)

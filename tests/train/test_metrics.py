@@ -60,6 +60,13 @@ def test_batch_size_and_tokens_counts_every_sequence():
   assert tokens == batch.chosen.attention_mask.sum() + batch.rejected.attention_mask.sum()
   sft = toy_model.sft_batch(0, batch=2)
   assert metrics_lib.batch_size_and_tokens(sft) == (2, sft.tokens.attention_mask.sum())
+  # A shared-prefix row runs its prompt once: [prompt 3 | chosen 2 | rejected 4 | pad 1].
+  chosen = np.array([[1, 1, 1, 1, 1, 0, 0, 0, 0, 0]], bool)
+  rejected = np.array([[1, 1, 1, 0, 0, 1, 1, 1, 1, 0]], bool)
+  shared = batch.replace(chosen=batch.chosen.replace(attention_mask=chosen),
+                         rejected=batch.rejected.replace(attention_mask=rejected),
+                         shared_prefix=True)
+  assert metrics_lib.batch_size_and_tokens(shared)[1] == 9
 
 
 def test_compile_counter_counts_compilations_in_its_block():
