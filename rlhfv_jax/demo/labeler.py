@@ -9,6 +9,10 @@ scene's ground truth (rules in `oracle`):
   gets only the wrong words replaced ("a blue square" -> "a red square");
 * a mention of an object that is not there is deleted — with its whole sentence
   when the sentence says nothing else;
+* a second mention of an object the text already described is deleted the same way,
+  whatever it states (a careful annotator removes "At the bottom, there is a small
+  white square." after "At the bottom left, there is a small white square." instead of
+  moving it onto the first mention, which would teach the model to repeat itself);
 * a wrong count claim gets its number (and is/are, object/objects) fixed.
 
 Like the paper's annotators it corrects and never completes: objects the response
@@ -36,7 +40,8 @@ class Edit:
     start: span start in `rejected`.
     end: span end (exclusive).
     replacement: text replacing rejected[start:end] ("" for deletions).
-    reason: "invented_object", "color", "shape", "size", "position" or "count".
+    reason: "invented_object", "repeated_mention", "color", "shape", "size",
+      "position" or "count".
   """
 
   start: int
@@ -132,15 +137,15 @@ def _count_edits(text: str, sentence: oracle.Sentence, claim: oracle.CountClaim,
   return edits
 
 
-def _sentence_deletion(text: str, sentence: oracle.Sentence) -> Edit:
+def _sentence_deletion(text: str, sentence: oracle.Sentence, reason: str) -> Edit:
   """Deletes a sentence and the whitespace after it (see `_merge_deletions` for a tail)."""
   end = sentence.end
   while end < len(text) and text[end].isspace():
     end += 1
-  return Edit(sentence.start, end, "", "invented_object")
+  return Edit(sentence.start, end, "", reason)
 
 
-def _mention_deletions(sentence: oracle.Sentence, doomed: list[int]) -> list[Edit]:
+def _mention_deletions(sentence: oracle.Sentence, doomed: dict[int, str]) -> list[Edit]:
   """Deletes some mentions of a sentence that keeps at least one other mention.
 
   The first mention is cut up to where the next one starts ("A red circle ... and a
@@ -150,21 +155,21 @@ def _mention_deletions(sentence: oracle.Sentence, doomed: list[int]) -> list[Edi
   """
   mentions = sentence.mentions
   spans = []
-  for k in doomed:
+  for k, reason in doomed.items():
     if len(mentions) == 1:
-      spans.append(mentions[0].span)
+      spans.append((*mentions[0].span, reason))
     elif k == 0:
-      spans.append((mentions[0].span[0], mentions[1].span[0]))
+      spans.append((mentions[0].span[0], mentions[1].span[0], reason))
     else:
-      spans.append((mentions[k - 1].span[1], mentions[k].span[1]))
+      spans.append((mentions[k - 1].span[1], mentions[k].span[1], reason))
   spans.sort()
   merged = [list(spans[0])]
-  for s, e in spans[1:]:
+  for s, e, reason in spans[1:]:
     if s <= merged[-1][1]:
       merged[-1][1] = max(merged[-1][1], e)
     else:
-      merged.append([s, e])
-  return [Edit(s, e, "", "invented_object") for s, e in merged]
+      merged.append([s, e, reason])
+  return [Edit(s, e, "", reason) for s, e, reason in merged]
 
 
 def _merge_deletions(edits: list[Edit], text: str) -> list[Edit]:
@@ -208,20 +213,26 @@ def correct_description(text: str, scene: world.Scene) -> Optional[Correction]:
   """
   parsed = oracle.parse_description(text)
   edits: list[Edit] = []
+  described: set[world.SceneObject] = set()  # referents of the mentions kept so far
   for sentence in parsed.sentences:
     sentence_edits: list[Edit] = []
-    doomed = []
+    doomed: dict[int, str] = {}
     for k, mention in enumerate(sentence.mentions):
       grounding = oracle.ground_mention(mention, scene)
       if grounding.referent is None:
-        doomed.append(k)
+        doomed[k] = "invented_object"
+      elif grounding.referent in described:
+        doomed[k] = "repeated_mention"
       else:
+        described.add(grounding.referent)
         sentence_edits += _attribute_edits(text, mention, grounding)
     if sentence.count_claim is not None and sentence.count_claim.count != len(scene.objects):
       sentence_edits += _count_edits(text, sentence, sentence.count_claim,
                                      len(scene.objects))
     if doomed and len(doomed) == len(sentence.mentions) and sentence.count_claim is None:
-      edits.append(_sentence_deletion(text, sentence))
+      invented = "invented_object" in doomed.values()
+      edits.append(_sentence_deletion(text, sentence,
+                                      "invented_object" if invented else "repeated_mention"))
       continue
     if doomed:
       deletions = _mention_deletions(sentence, doomed)

@@ -44,6 +44,8 @@ class ResponseScore:
     objects: ground-truth objects in the scene.
     count_correct: whether the response's first count claim is right (None: no claim).
     words: length in words.
+    repeated: mentions of a present object that an earlier mention already described
+      (not part of CHAIR; the oracle labeler deletes them).
   """
 
   mentions: int
@@ -53,6 +55,7 @@ class ResponseScore:
   objects: int
   count_correct: Optional[bool]
   words: int
+  repeated: int = 0
 
 
 def score_response(text: str, scene: world.Scene) -> ResponseScore:
@@ -67,12 +70,13 @@ def score_response(text: str, scene: world.Scene) -> ResponseScore:
   """
   parsed = oracle.parse_description(text)
   covered: set[world.SceneObject] = set()
-  hallucinated = attribute_errors = 0
+  hallucinated = attribute_errors = repeated = 0
   for mention in parsed.mentions:
     grounding = oracle.ground_mention(mention, scene)
     if not grounding.exists:
       hallucinated += 1
       continue
+    repeated += grounding.referent in covered
     covered.add(grounding.referent)
     if {"size", "position"} & set(grounding.wrong):
       attribute_errors += 1
@@ -81,7 +85,7 @@ def score_response(text: str, scene: world.Scene) -> ResponseScore:
       mentions=len(parsed.mentions), hallucinated=hallucinated,
       attribute_errors=attribute_errors, covered=len(covered), objects=len(scene.objects),
       count_correct=None if not claims else claims[0].count == len(scene.objects),
-      words=len(oracle.words_in(text)))
+      words=len(oracle.words_in(text)), repeated=repeated)
 
 
 def aggregate(scores: Sequence[ResponseScore]) -> dict[str, float]:
