@@ -12,12 +12,16 @@ from typing import Any, Callable
 import ml_collections
 
 from rlhfv_jax import model as model_lib
+from rlhfv_jax.data import factory
 from rlhfv_jax.data import tokenizer as tokenizer_lib
 from rlhfv_jax.demo import tokenizer as demo_tokenizer
 from rlhfv_jax.train import config_validation, defaults
 
 SFT_STAGES = ("sft_web", "sft_vqa")
 ARMS = ("dpo", "ddpo_mean", "ddpo_sum", "ddpo_crop")
+# The control base: trained like sft_web on the same scenes, with every caption faithful.
+CONTROL = "sft_web_clean"
+BASE_MODELS = ("sft_web", CONTROL)  # trained once, shared by every seed
 MODELS = SFT_STAGES + ARMS
 
 
@@ -28,10 +32,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.model = demo_model_config()
   config.data.update(
       system_message="A chat about an image.",  # short prompts keep sequences short
-      # About one length per stage, so each trains with few compilations: VQA pairs
-      # fit 64 tokens, captions and sampled descriptions (<= 80 new tokens) fit 112, a
-      # preference pair (one shared-prefix row: the prompt once, both answers) 208.
-      buckets=(64, 112, 208), num_threads=2)
+      # The SFT stages' lengths: VQA pairs fit 64 tokens, 97% of the captions 112 (the
+      # rest lose their tail); the preference stages use demo.preference.bucket.
+      buckets=(64, 112), num_threads=2)
   config.ddpo.update(gamma=5.0, beta=0.5, normalize=True, segment_mode="paper")
   config.optim.update(warmup_fraction=0.05, end_lr_fraction=0.1, max_grad_norm=1.0,
                       weight_decay=0.0)
@@ -44,7 +47,18 @@ def default_config() -> ml_collections.ConfigDict:
       world=dict(image_size=48, min_objects=1, max_objects=4, num_train_scenes=6000,
                  num_feedback_scenes=512, num_eval_scenes=200, eval_seed=1000),
       corpus=dict(mismatch_rate=0.5, extra_object_weight=3.0, wrong_color_weight=1.0,
-                  vqa_per_scene=2, vqa_stage_caption_share=0.3),
+                  vqa_per_scene=2, vqa_stage_caption_share=0.3,
+                  # What the VQA stage replays beside its VQA pairs: "web" (the base's
+                  # own captions, mismatches included, as a recipe that mixes its earlier
+                  # instruction data back in) or "none" (VQA pairs alone).
+                  vqa_replay="web"),
+      # The control base on clean captions (the row that shows the cause).
+      control_base=True,
+      # "ablation" (the table) or "sweep" (the studies: `pipeline.run_sweep`).
+      study="ablation",
+      # Scenes for choosing settings (`sweep`'s VQA selection), disjoint from the
+      # training and held-out scenes: nothing is tuned on the table's scenes.
+      validation=dict(num_scenes=200, seed=2000),
       vocab_size=demo_tokenizer.DEFAULT_VOCAB_SIZE,
       # Stage hyper-parameters: the tiny model trains from scratch, so the rates are far
       # above the paper's 5e-7 (which fine-tunes a 7B model).
@@ -55,8 +69,33 @@ def default_config() -> ml_collections.ConfigDict:
       sft_vqa=dict(steps=100, batch_size=32, learning_rate=1e-3, frozen=("vision_tower",)),
       sampling=dict(temperature=0.7, top_p=0.95, max_new_tokens=80, batch_size=64),
       preference=dict(num_epochs=2.0, batch_size=16, learning_rate=1e-4,
-                      frozen=("vision_tower",), explicit_spans=False),
+                      frozen=("vision_tower",), explicit_spans=False,
+                      # One shared-prefix row per pair (the prompt once, both sampled
+                      # descriptions of <= 80 tokens): one length, one compilation.
+                      bucket=208),
       eval=dict(max_new_tokens=80, batch_size=100),
+      # The `sweep` variant's studies (configs/demo.py docstring).
+      sweep=dict(
+          # Feedback budgets (percent of each seed's pairs) for the data-efficiency sweep.
+          budgets=(25, 50, 100), arms=("dpo", "ddpo_mean"),
+          # VQA-stage settings tried on the validation scenes; the rule that picks one
+          # is `pipeline.select_vqa`. Fields override demo.corpus.vqa_replay /
+          # vqa_stage_caption_share and demo.sft_vqa.steps / learning_rate.
+          # VQA alone ("none") is in the list to show why a recipe replays: the tiny
+          # model then answers every prompt in a word or two. Candidates marked
+          # `diagnostic` are never chosen; they tell where the stage's effect comes from:
+          # the replayed captions alone (no VQA pairs), and the VQA pairs without the
+          # presence questions (which name absent objects in the prompt).
+          vqa_candidates=(
+              dict(replay="web", caption_share=0.3, steps=100, learning_rate=1e-3),
+              dict(replay="web", caption_share=0.3, steps=100, learning_rate=3e-4),
+              dict(replay="web", caption_share=0.5, steps=100, learning_rate=3e-4),
+              dict(replay="none", steps=100, learning_rate=3e-4),
+              dict(replay="web", caption_share=0.3, steps=100, learning_rate=1e-3,
+                   vqa_pairs=False, diagnostic=True),
+              dict(replay="web", caption_share=0.3, steps=100, learning_rate=1e-3,
+                   presence_questions=False, diagnostic=True),
+          )),
   ))
   return config
 
@@ -94,7 +133,14 @@ ARM_SPECS: dict[str, ArmSpec] = {
                          lambda d: dict(gamma=d.gamma, normalize=d.normalize),
                          augmentation="random_crop_ablation"),
 }
-SFT_LABELS = {"sft_web": "SFT on web captions", "sft_vqa": "+ VQA SFT"}
+SFT_LABELS = {"sft_web": "SFT on web captions", CONTROL: "SFT on clean captions (control)",
+              "sft_vqa": "+ VQA SFT"}
+
+
+def models(config: Any) -> tuple[str, ...]:
+  """The table's rows, in order: the control base if ``demo.control_base``, then
+  `MODELS`."""
+  return ((CONTROL,) if config.demo.control_base else ()) + MODELS
 
 
 def model_labels(config: Any) -> dict[str, str]:
@@ -102,6 +148,12 @@ def model_labels(config: Any) -> dict[str, str]:
   labels = dict(SFT_LABELS)
   labels.update({arm: spec.label.format(gamma=config.ddpo.gamma)
                  for arm, spec in ARM_SPECS.items()})
+  for k, candidate in enumerate(config.demo.sweep.vqa_candidates):
+    labels[f"sft_vqa#{k}"] = "+ VQA SFT, " + ", ".join(f"{key}={value}" for key, value
+                                                       in sorted(dict(candidate).items()))
+  for arm in config.demo.sweep.arms:
+    for budget in config.demo.sweep.budgets:
+      labels[f"{arm}%{budget}"] = f"{labels[arm]}, {budget}% of the pairs"
   return labels
 
 
@@ -173,12 +225,15 @@ def stage_config(config: Any, root: pathlib.Path, seed: int, name: str,
     A validated-ready config for `rlhfv_jax.train.runner` (stage, init, data, ...).
   """
   demo = config.demo
-  kind = {"sft_web": "sft", "sft_vqa": "sft", "reference": "precompute_ref"}.get(name, "ddpo")
+  arm, budget = split_budget(name)
+  stage_name, candidate = split_candidate(name)
+  kind = {"sft_web": "sft", CONTROL: "sft", "sft_vqa": "sft",
+          "reference": "precompute_ref"}.get(stage_name if budget is None else arm, "ddpo")
   out = defaults.base_config(kind, "tiny")
   for section in ("model", "data", "ddpo", "train", "optim", "checkpoint", "precompute",
                   "eval"):
     out[section] = copy.deepcopy(config[section])
-  if name == "sft_web":
+  if name in BASE_MODELS:
     seed = int(demo.base_seed)
     paths = base_paths(root)
   else:
@@ -190,37 +245,89 @@ def stage_config(config: Any, root: pathlib.Path, seed: int, name: str,
   out.model.bos_token_id = tokenizer.bos_id
   out.model.eos_token_id = tokenizer.eos_id
   out.data.update(tokenizer=str(tokenizer_path), seed=seed)
-  if name == "sft_web":
+  if name in BASE_MODELS:
     out.init.update(params="checkpoint", checkpoint_dir=str(paths.run("perception")))
     settings = demo.sft_web
-  elif name == "sft_vqa":
+  elif stage_name == "sft_vqa":
     out.init.update(params="checkpoint",
                     checkpoint_dir=str(base_paths(root).run("sft_web")))
-    settings = demo.sft_vqa
+    settings = vqa_settings(config, candidate)
   else:  # the reference and every arm start from the VQA-tuned model
     out.init.update(params="checkpoint", checkpoint_dir=str(paths.run("sft_vqa")))
     settings = demo.preference
   if kind == "sft":
-    source = "web" if name == "sft_web" else "vqa"
-    # One TFDS data dir per source: both SFT sources are `jsonl_sft` datasets, and a
-    # shared dir would serve the first one built to both stages.
+    source = {"sft_web": "web", CONTROL: "web_clean"}.get(name, vqa_data_name(candidate))
+    # One TFDS data dir per source: the SFT sources are all `jsonl_sft` datasets, and a
+    # shared dir would serve the first one built to every stage.
     out.data.update(dataset="jsonl_sft", source_dir=str(paths.data(source)),
                     data_dir=str(paths.tfds / source))
     out.train.update(global_batch_size=settings.batch_size, num_steps=settings.steps)
   else:
-    out.data.update(dataset="jsonl_preference", source_dir=str(paths.feedback_export / "preference"),
-                    data_dir=str(paths.tfds / "feedback"))
+    feedback = paths.tfds / "feedback"
+    out.data.update(dataset="jsonl_preference",
+                    source_dir=str(paths.feedback_export / preference_data_name(budget)),
+                    data_dir=str(feedback if budget is None else paths.tfds / f"feedback%{budget}"))
+    if budget is not None:
+      # A budget's pairs are a subset of the full feedback: the full set's reference
+      # cache holds their log-probs (looked up by id).
+      out.data.ref_cache_dir = str(factory.default_cache_dir(
+          feedback, "jsonl_preference", out.data.split, out.data.ref_cache_tag))
+    out.data.buckets = (settings.bucket,)
     out.train.update(global_batch_size=settings.batch_size, num_steps=0,
                      num_epochs=settings.num_epochs)
   out.optim.update(learning_rate=settings.learning_rate, frozen=tuple(settings.frozen))
-  if name in ARM_SPECS:
-    spec = ARM_SPECS[name]
+  if arm in ARM_SPECS:
+    spec = ARM_SPECS[arm]
     out.ddpo.update(spec.ddpo_overrides(config.ddpo))
     out.data.augmentation = spec.augmentation
     # The cache holds log-probs of un-augmented images; a cropped policy input needs
     # the reference forward on the same crop.
     out.data.use_ref_cache = spec.augmentation == "none"
   return out
+
+
+def split_budget(name: str) -> tuple[str, int | None]:
+  """"dpo%25" -> ("dpo", 25): an arm trained on 25% of the feedback pairs (`sweep`)."""
+  arm, sep, budget = name.partition("%")
+  return (arm, int(budget)) if sep else (name, None)
+
+
+def split_candidate(name: str) -> tuple[str, int | None]:
+  """"sft_vqa#1" -> ("sft_vqa", 1): VQA-stage candidate 1 of ``demo.sweep``."""
+  stage, sep, k = name.partition("#")
+  return (stage, int(k)) if sep else (name, None)
+
+
+def vqa_settings(config: Any, candidate: int | None) -> ml_collections.ConfigDict:
+  """The VQA stage's training settings: ``demo.sft_vqa``, with a candidate's overrides
+  (``demo.sweep.vqa_candidates[k]``: steps, learning_rate; its data fields are read by
+  `vqa_data_settings`)."""
+  settings = copy.deepcopy(config.demo.sft_vqa)
+  if candidate is not None:
+    overrides = dict(config.demo.sweep.vqa_candidates[candidate])
+    settings.update({k: v for k, v in overrides.items() if k in settings})
+  return settings
+
+
+def vqa_data_settings(config: Any, candidate: int | None) -> dict[str, Any]:
+  """The VQA stage's data settings (replay, caption share; for diagnostics, whether it
+  has VQA pairs and presence questions), with a candidate's overrides."""
+  corpus = config.demo.corpus
+  out = {"replay": corpus.vqa_replay, "caption_share": corpus.vqa_stage_caption_share,
+         "vqa_pairs": True, "presence_questions": True}
+  if candidate is not None:
+    overrides = config.demo.sweep.vqa_candidates[candidate]
+    out.update({k: overrides[k] for k in out if k in overrides})
+  return out
+
+
+def vqa_data_name(candidate: int | None) -> str:
+  return "vqa" if candidate is None else f"vqa#{candidate}"
+
+
+def preference_data_name(budget: int | None) -> str:
+  """The export's preference dataset, or a budget's subset of it (written by `sweep`)."""
+  return "preference" if budget is None else f"preference%{budget}"
 
 
 def validate(config: Any) -> None:
@@ -243,7 +350,20 @@ def validate(config: Any) -> None:
                     f"demo.world.num_feedback_scenes={w.num_feedback_scenes}")
   if problems:
     raise ValueError("invalid demo config:\n  - " + "\n  - ".join(problems))
-  for name in ("sft_web", "sft_vqa", "reference") + ARMS:
+  if demo.study not in ("ablation", "sweep"):
+    problems.append(f"demo.study={demo.study!r}; expected 'ablation' or 'sweep'")
+  if not set(demo.sweep.arms) <= set(ARMS):
+    problems.append(f"demo.sweep.arms={tuple(demo.sweep.arms)} must be arms of {ARMS}")
+  if any(not 0 < b <= 100 for b in demo.sweep.budgets):
+    problems.append(f"demo.sweep.budgets={tuple(demo.sweep.budgets)} must be percentages "
+                    "in (0, 100]")
+  if problems:
+    raise ValueError("invalid demo config:\n  - " + "\n  - ".join(problems))
+  names = ("sft_web", CONTROL, "sft_vqa", "reference") + ARMS
+  if demo.study == "sweep":
+    names += tuple(f"sft_vqa#{k}" for k in range(len(demo.sweep.vqa_candidates)))
+    names += tuple(f"{a}%{b}" for a in demo.sweep.arms for b in demo.sweep.budgets)
+  for name in names:
     stage = stage_config(config, pathlib.Path("/nonexistent"), demo.seeds[0], name,
                          pathlib.Path("tokenizer.model"), TokenIds.of_model(config.model))
     stage.data.source_dir = ""  # validation must not build datasets

@@ -15,7 +15,8 @@ import numpy as np
 from rlhfv_jax import sampler
 from rlhfv_jax.annotate import export as export_lib
 from rlhfv_jax.annotate import store as store_lib
-from rlhfv_jax.data import records, writers
+from rlhfv_jax.data import readers, records, writers
+from rlhfv_jax.demo import config as demo_config
 from rlhfv_jax.demo import corpora, labeler, world
 from rlhfv_jax.demo.config import SeedPaths
 
@@ -33,39 +34,74 @@ def _sft_records(examples: Sequence[corpora.TextExample], prefix: str,
           for i, e in enumerate(examples)]
 
 
-def web_captions(config: Any, train_scenes: Sequence[world.Scene]) -> list[corpora.TextExample]:
-  """The base model's web captions (seeded by ``demo.base_seed``)."""
+def web_captions(config: Any, train_scenes: Sequence[world.Scene],
+                 clean: bool = False) -> list[corpora.TextExample]:
+  """The base model's web captions (seeded by ``demo.base_seed``); `clean`: the control
+  corpus, the same scenes and template draws with no caption mismatched."""
   c = config.demo.corpus
-  return corpora.web_captions(train_scenes, int(config.demo.base_seed), c.mismatch_rate,
+  return corpora.web_captions(train_scenes, int(config.demo.base_seed),
+                              0.0 if clean else c.mismatch_rate,
                               {"extra_object": c.extra_object_weight,
                                "wrong_color": c.wrong_color_weight})
 
 
 def write_web_data(config: Any, paths: SeedPaths, train_scenes: Sequence[world.Scene],
-                   images: dict[str, bytes]) -> dict[str, int]:
-  """The web-caption dataset of the base model; returns corpus statistics."""
-  captions = web_captions(config, train_scenes)
-  writers.write_jsonl(paths.data("web"), _sft_records(captions, "web", images))
-  return {"web_captions": len(captions),
-          "web_captions_mismatched": sum(bool(c.mismatches) for c in captions)}
+                   images: dict[str, bytes], clean: bool = False) -> dict[str, int]:
+  """The web-caption dataset of the base model (`clean`: of the control base); returns
+  corpus statistics."""
+  captions = web_captions(config, train_scenes, clean)
+  name = "web_clean" if clean else "web"
+  writers.write_jsonl(paths.data(name), _sft_records(captions, name, images))
+  return {f"{name}_captions": len(captions),
+          f"{name}_captions_mismatched": sum(bool(c.mismatches) for c in captions)}
 
 
 def write_vqa_data(config: Any, paths: SeedPaths, train_scenes: Sequence[world.Scene],
-                   images: dict[str, bytes], seed: int) -> dict[str, int]:
-  """A seed's VQA-SFT dataset: VQA pairs about the training scenes plus replayed captions.
+                   images: dict[str, bytes], seed: int,
+                   candidate: int | None = None) -> dict[str, int]:
+  """A seed's VQA-SFT dataset: grounded VQA pairs about the training scenes (presence
+  questions answered "No" as often as "Yes", counts, colours, shapes, sizes, positions),
+  plus replayed captions when ``demo.corpus.vqa_replay == "web"`` (or a sweep
+  candidate's settings: `config.vqa_data_settings`).
 
-  The replay mirrors LLaVA-1.5's SFT mix, which keeps description data next to VQAv2:
-  on short VQA answers alone the model learns to answer every prompt in one word.
+  The replay mirrors LLaVA-1.5's SFT mix, which keeps its earlier description data next
+  to VQAv2; here that data is the base's own captions, mismatches included.
   """
   demo = config.demo
-  vqa = corpora.vqa_pairs(train_scenes, seed, per_scene=demo.corpus.vqa_per_scene)
-  share = demo.corpus.vqa_stage_caption_share
+  settings = demo_config.vqa_data_settings(config, candidate)
+  if settings["replay"] not in ("web", "none"):
+    raise ValueError(f"VQA replay {settings['replay']!r}; expected 'web' or 'none'")
+  types = tuple(t for t in corpora.VQA_TYPES
+                if settings["presence_questions"] or t != "presence")
+  vqa = corpora.vqa_pairs(train_scenes, seed, per_scene=demo.corpus.vqa_per_scene,
+                          types=types)
+  share = settings["caption_share"] if settings["replay"] == "web" else 0.0
   replayed = round(share / (1.0 - share) * len(vqa))
+  if not settings["vqa_pairs"]:  # a diagnostic: the replayed captions alone
+    vqa = []
   web = _sft_records(web_captions(config, train_scenes), "web", images)
   order = np.random.default_rng(seed).permutation(len(web))[:replayed]
-  writers.write_jsonl(paths.data("vqa"),
+  writers.write_jsonl(paths.data(demo_config.vqa_data_name(candidate)),
                       _sft_records(vqa, "vqa", images) + [web[i] for i in order])
   return {"vqa_pairs": len(vqa), "vqa_stage_replayed_captions": int(len(order))}
+
+
+def write_budget_subsets(paths: SeedPaths, budgets: Sequence[int], seed: int) -> dict[int, int]:
+  """For each budget b (percent), the first round(b% of N) of the feedback pairs in a
+  seeded order, as ``feedback_export/preference%b`` (nested: a smaller budget's pairs
+  are in every larger one). Returns b -> pairs."""
+  source = paths.feedback_export / demo_config.preference_data_name(None)
+  pairs = list(readers.read_jsonl(source, "train", "preference", records.ErrorLog("raise")))
+  order = np.random.default_rng(seed).permutation(len(pairs))
+  out = {}
+  for budget in budgets:
+    if not 0 < budget <= 100:
+      raise ValueError(f"feedback budget {budget}% must lie in (0, 100]")
+    keep = max(1, round(budget / 100 * len(pairs)))
+    writers.write_jsonl(paths.feedback_export / demo_config.preference_data_name(budget),
+                        [pairs[i] for i in sorted(order[:keep])])
+    out[int(budget)] = keep
+  return out
 
 
 ORACLE = "oracle"  # the oracle's annotator name in the store

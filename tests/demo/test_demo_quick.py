@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from rlhfv_jax.annotate import store as store_lib
-from rlhfv_jax.demo import metrics
+from rlhfv_jax.demo import metrics, pipeline, stats
 from rlhfv_jax.demo import config as demo_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -53,10 +53,23 @@ def check_quick_demo(workdir: pathlib.Path, log: str) -> None:
     assert f"seed 0, stage {stage} done in" in log, stage
 
   # The report.
-  for name in ("ablation.md", "ablation.csv", "ablation_per_seed.csv", "ablation.png",
-               "results.json", "tokenizer.model", "demo_config.json"):
+  for name in ("ablation.md", "ablation.csv", "ablation_per_seed.csv",
+               "ablation_differences.csv", "ablation.png", "results.json", "tokenizer.model",
+               "demo_config.json"):
     assert (workdir / name).is_file(), name
   table = (workdir / "ablation.md").read_text()
+  # Every comparison with its paired interval, recomputed here from the evaluation logs.
+  differences = list(csv.DictReader((workdir / "ablation_differences.csv").open()))
+  assert {(r["a"], r["b"]) for r in differences} == {
+      (a, b) for a, b in pipeline.COMPARISONS if demo_config.CONTROL not in (a, b)}
+  for row in differences:
+    estimate, low, high = (float(row[k]) for k in ("estimate", "ci_low", "ci_high"))
+    assert low <= estimate <= high, row
+    a, b = (pipeline.count_tables(workdir, m, [0])[0] for m in (row["a"], row["b"]))
+    direct = stats.metric_from_sums(a.sum(0), row["metric"]) - stats.metric_from_sums(
+        b.sum(0), row["metric"])
+    assert abs(direct - estimate) < 1e-9, row
+  assert "95% bootstrap intervals" in table
   results = json.loads((workdir / "results.json").read_text())
   assert results["seeds"] == [0]
   for model in demo_config.MODELS:

@@ -9,7 +9,7 @@ import pytest
 
 from rlhfv_jax import sampler
 from rlhfv_jax.annotate import store as store_lib
-from rlhfv_jax.data import readers, records
+from rlhfv_jax.data import factory, readers, records, writers
 from rlhfv_jax.demo import corpora, datasets, labeler, pipeline, world
 from rlhfv_jax.demo import config as demo_config
 from rlhfv_jax.train import config_validation
@@ -68,7 +68,87 @@ def test_arm_labels_follow_gamma():
   config.ddpo.gamma = 3.0
   labels = demo_config.model_labels(config)
   assert labels["ddpo_mean"] == "+ DDPO (γ=3, weighted mean)"
-  assert set(labels) == set(demo_config.MODELS)
+  assert set(demo_config.MODELS) | {demo_config.CONTROL} <= set(labels)
+  assert labels["ddpo_mean%25"] == "+ DDPO (γ=3, weighted mean), 25% of the pairs"
+  assert demo_config.models(config) == (demo_config.CONTROL,) + demo_config.MODELS
+  config.demo.control_base = False
+  assert demo_config.models(config) == demo_config.MODELS
+
+
+def test_sweep_stages_control_candidates_and_budgets():
+  config = _config()
+  control = _stage(config, demo_config.CONTROL)
+  web = _stage(config, "sft_web")
+  assert control.data.source_dir == "/w/base/data/web_clean"
+  assert control.init.checkpoint_dir == web.init.checkpoint_dir == "/w/base/perception"
+  assert control.train.num_steps == web.train.num_steps and control.seed == web.seed
+  assert control.data.data_dir != web.data.data_dir
+  # A VQA candidate: its own data, its steps and learning rate, from the web base.
+  config.demo.sweep.vqa_candidates = (dict(replay="none", steps=7, learning_rate=2e-4),)
+  candidate = _stage(config, "sft_vqa#0")
+  assert candidate.data.source_dir == "/w/seed_3/data/vqa#0"
+  assert (candidate.train.num_steps, candidate.optim.learning_rate) == (7, 2e-4)
+  assert candidate.init.checkpoint_dir == "/w/base/sft_web"
+  # A budget arm: the arm's objective on a subset, reading the full set's reference cache.
+  full, part = _stage(config, "ddpo_mean"), _stage(config, "ddpo_mean%25")
+  assert part.data.source_dir == "/w/seed_3/feedback_export/preference%25"
+  assert (part.ddpo.gamma, part.ddpo.normalize) == (full.ddpo.gamma, full.ddpo.normalize)
+  assert part.data.use_ref_cache and part.data.ref_cache_dir == str(
+      factory.ref_cache_dir(full))
+  assert part.data.data_dir != full.data.data_dir
+  config_validation.validate_config(part)
+
+
+def test_select_vqa_keeps_recall_and_length():
+  base = {"recall": 0.9, "avg_words": 30.0}
+  m = lambda chair_i, recall, words, chair_s=0.1: dict(chair_i=chair_i, recall=recall,
+                                                      avg_words=words, chair_s=chair_s)
+  # Candidate 1 hallucinates least but says almost nothing: not a mitigation.
+  assert pipeline.select_vqa({0: m(0.05, 0.9, 30), 1: m(0.0, 0.1, 2), 2: m(0.04, 0.85, 26)},
+                             base) == 2
+  assert pipeline.select_vqa({0: m(0.05, 0.9, 30), 1: m(0.05, 0.9, 30, chair_s=0.05)},
+                             base) == 1
+  # None keeps the base's recall: the one that keeps most.
+  assert pipeline.select_vqa({0: m(0.0, 0.2, 30), 1: m(0.1, 0.5, 30)}, base) == 1
+
+
+def test_clean_captions_replay_and_budget_subsets(tmp_path):
+  config = _config()
+  scenes = world.sample_scenes(0, 30, "d")
+  images = datasets.render_all(scenes, config.demo.world.image_size)
+  base, own = demo_config.SeedPaths(tmp_path / "base"), demo_config.SeedPaths(tmp_path / "s3")
+  clean = datasets.write_web_data(config, base, scenes, images, clean=True)
+  noisy = datasets.write_web_data(config, base, scenes, images)
+  assert clean["web_clean_captions_mismatched"] == 0 < noisy["web_captions_mismatched"]
+  errors = records.ErrorLog("raise")
+  clean_rows = list(readers.read_jsonl(base.data("web_clean"), "train", "sft", errors))
+  assert all(labeler.correct_description(r.answer, s) is None
+             for r, s in zip(clean_rows, scenes))
+  config.demo.sweep.vqa_candidates = (dict(replay="none"),)
+  stats = datasets.write_vqa_data(config, own, scenes, images, seed=3, candidate=0)
+  assert stats["vqa_stage_replayed_captions"] == 0
+  vqa = list(readers.read_jsonl(own.data("vqa#0"), "train", "sft", errors))
+  assert {r.origin["source"].split("/")[0] for r in vqa} == {"vqa"}
+  # The diagnostics: the replayed captions alone; VQA pairs without presence questions.
+  config.demo.sweep.vqa_candidates = (dict(replay="web", vqa_pairs=False),
+                                      dict(replay="web", presence_questions=False))
+  for k in (0, 1):
+    datasets.write_vqa_data(config, own, scenes, images, seed=3, candidate=k)
+  sources = [{r.origin["source"] for r in readers.read_jsonl(own.data(f"vqa#{k}"), "train",
+                                                              "sft", errors)} for k in (0, 1)]
+  assert sources[0] == {"web_caption"}
+  assert "vqa/presence" not in sources[1] and "vqa/count" in sources[1]
+  # Budgets: nested subsets of the feedback pairs, each a readable preference dataset.
+  pairs = [records.make_preference_record(dict(
+      id=f"p{i}", image=images[scenes[i].scene_id], question="Describe.",
+      chosen=f"A red circle {i}.", rejected=f"A blue circle {i}.")) for i in range(20)]
+  writers.write_jsonl(own.feedback_export / "preference", pairs)
+  sizes = datasets.write_budget_subsets(own, (25, 50, 100), seed=3)
+  assert sizes == {25: 5, 50: 10, 100: 20}
+  ids = {b: {r.id for r in readers.read_jsonl(own.feedback_export / f"preference%{b}",
+                                               "train", "preference", errors)}
+         for b in (25, 50, 100)}
+  assert ids[25] < ids[50] < ids[100] == {p.id for p in pairs}
 
 
 @pytest.mark.parametrize("change, match", [

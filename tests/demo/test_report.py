@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rlhfv_jax.demo import report
+from rlhfv_jax.demo import report, stats
 
 LABELS = {"a": "SFT", "b": "+ DDPO", "base": "Base"}
 
@@ -31,7 +31,8 @@ ARMS = ["base", "a", "b"]
 def test_summarize():
   assert report.summarize([0.5, 0.7, 0.6]) == pytest.approx((0.6, 0.1, 3))
   assert report.summarize([math.nan, 0.1, 0.3]) == pytest.approx((0.2, math.sqrt(0.02), 2))
-  assert report.summarize([0.4]) == (0.4, 0.0, 1)
+  mean, std, n = report.summarize([0.4])  # one run: no spread, not a spread of 0
+  assert (mean, n) == (0.4, 1) and math.isnan(std)
   mean, std, n = report.summarize([math.nan])
   assert math.isnan(mean) and math.isnan(std) and n == 0
 
@@ -60,6 +61,7 @@ def test_csv_files(tmp_path):
   assert float(rows[1]["chair_s_mean"]) == pytest.approx(0.6)
   assert float(rows[1]["chair_s_std"]) == pytest.approx(0.1)
   assert rows[2]["chair_i_n"] == "2"
+  assert rows[0]["chair_s_std"] == "" and rows[0]["chair_s_n"] == "1"  # no fake "± 0.0"
   report.write_per_seed_csv(tmp_path / "p.csv", RESULTS, ARMS)
   rows = list(csv.DictReader((tmp_path / "p.csv").open()))
   assert len(rows) == 7 and rows[0]["seed"] == "base"
@@ -68,6 +70,22 @@ def test_csv_files(tmp_path):
 
 def test_plot_writes_a_png(tmp_path):
   path = tmp_path / "plot.png"
-  report.plot(path, RESULTS, ARMS, LABELS, "title")
-  image = np.asarray(Image.open(path))
-  assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0
+  intervals = {(arm, m): (0.1, 0.7) for arm in ARMS for m in ("chair_s", "chair_i", "recall")}
+  for given in (None, intervals):
+    report.plot(path, RESULTS, ARMS, LABELS, "title", intervals=given)
+    image = np.asarray(Image.open(path))
+    assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0
+
+
+def test_differences_table_and_csv(tmp_path):
+  d = {("b", "a", "chair_s"): stats.Difference(-0.3, -0.45, -0.12, (-0.3, -0.3, -0.3)),
+       ("b", "a", "chair_i"): stats.Difference(0.01, -0.02, 0.05, (0.02, -0.01, 0.02)),
+       ("b", "a", "recall"): stats.Difference(math.nan, math.nan, math.nan, ())}
+  table = report.differences_table(d, [("b", "a")], LABELS).splitlines()
+  assert table[0] == "| Comparison (A − B) | Δ CHAIR_s ↓ | Δ CHAIR_i ↓ | Δ Object recall ↑ |"
+  assert table[2] == ("| + DDPO − SFT | -0.300 [-0.450, -0.120] * (every seed) | "
+                      "+0.010 [-0.020, +0.050] | n/a |")
+  report.write_differences_csv(tmp_path / "d.csv", d)
+  rows = list(csv.DictReader((tmp_path / "d.csv").open()))
+  assert rows[0]["excludes_zero"] == "True" and rows[1]["excludes_zero"] == "False"
+  assert rows[0]["per_seed"] == "-0.3 -0.3 -0.3"

@@ -1,0 +1,140 @@
+"""Paired differences between two models with bootstrap confidence intervals.
+
+Every model of the demo describes the same held-out scenes, so a comparison is paired:
+resampling the scenes (with replacement) and recomputing both models' metrics on the same
+resample keeps the scene-to-scene variation, which both share, out of the difference.
+
+For each seed the scenes are resampled independently, and each replicate's difference
+is the mean over seeds of the per-seed differences: the interval covers the scene
+sampling within each seed, with the seeds combined as the table combines them (their
+mean). It does not cover the variation a new seed would bring beyond the seeds run; the
+report says which directions hold in every seed separately.
+
+A metric is a ratio of pooled counts (`metrics.aggregate`'s definitions), computed from
+the per-scene counts in `COUNT_FIELDS`, so a replicate costs one gather and a sum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from rlhfv_jax.demo import metrics
+
+# Per-response counts; each metric is sum(numerator) / sum(denominator) over responses.
+COUNT_FIELDS = ("responses", "mentions", "hallucinated", "any_hallucinated", "present",
+                "attribute_errors", "covered", "objects", "claims", "claims_correct", "words")
+RATIOS: dict[str, tuple[str, str]] = {
+    "chair_s": ("any_hallucinated", "responses"),
+    "chair_i": ("hallucinated", "mentions"),
+    "recall": ("covered", "objects"),
+    "attribute_error_rate": ("attribute_errors", "present"),
+    "count_accuracy": ("claims_correct", "claims"),
+    "avg_words": ("words", "responses"),
+}
+
+
+def count_table(scores: Sequence[metrics.ResponseScore]) -> np.ndarray:
+  """[responses, len(COUNT_FIELDS)] float64 counts of each response."""
+  rows = [(1, s.mentions, s.hallucinated, s.hallucinated > 0, s.mentions - s.hallucinated,
+           s.attribute_errors, s.covered, s.objects, s.count_correct is not None,
+           bool(s.count_correct), s.words) for s in scores]
+  return np.asarray(rows, np.float64).reshape(len(rows), len(COUNT_FIELDS))
+
+
+def metric_from_sums(sums: np.ndarray, metric: str) -> np.ndarray:
+  """A metric from summed counts [..., len(COUNT_FIELDS)]; NaN where undefined."""
+  numerator, denominator = (sums[..., COUNT_FIELDS.index(f)] for f in RATIOS[metric])
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1),
+                    np.nan)
+
+
+@dataclasses.dataclass(frozen=True)
+class Difference:
+  """metric(a) − metric(b), averaged over seeds, with a bootstrap interval.
+
+  Attributes:
+    estimate: the mean over seeds of the per-seed differences on all scenes.
+    low, high: the (alpha/2, 1 − alpha/2) percentiles of the bootstrap replicates.
+    per_seed: each seed's difference on all scenes.
+  """
+
+  estimate: float
+  low: float
+  high: float
+  per_seed: tuple[float, ...]
+
+  @property
+  def excludes_zero(self) -> bool:
+    """The interval lies strictly on one side of 0."""
+    return self.low > 0 or self.high < 0
+
+  @property
+  def same_sign_every_seed(self) -> bool:
+    """Every seed's difference has the estimate's (non-zero) sign."""
+    sign = np.sign(self.estimate)
+    return bool(sign) and all(np.sign(d) == sign for d in self.per_seed)
+
+
+def paired_difference(a: Sequence[np.ndarray], b: Optional[Sequence[np.ndarray]],
+                      metric: str, *, resamples: int = 2000, alpha: float = 0.05,
+                      seed: int = 0) -> Difference:
+  """The paired bootstrap of metric(a) − metric(b) (module docstring).
+
+  Args:
+    a, b: per seed, the `count_table` of each model's responses to the same scenes in
+      the same order (a model shared by the seeds passes its table for every seed).
+      b = None gives metric(a) itself with its interval (`interval`).
+    metric: a key of `RATIOS`.
+    resamples: bootstrap replicates.
+    alpha: 1 − the interval's coverage.
+    seed: the resampling seed.
+
+  Returns:
+    The difference; NaN fields where a metric is undefined in every replicate.
+  """
+  against = b is not None
+  b = b if against else a
+  if len(a) != len(b) or not a:
+    raise ValueError(f"need the same number (>= 1) of seeds on both sides, got {len(a)} "
+                     f"and {len(b)}")
+  rng = np.random.default_rng(seed)
+  per_seed, replicates = [], []
+  for table_a, table_b in zip(a, b):
+    if table_a.shape != table_b.shape:
+      raise ValueError(f"unpaired tables: {table_a.shape} vs {table_b.shape} (the same "
+                       "scenes in the same order are needed)")
+    n = len(table_a)
+    index = rng.integers(0, n, size=(resamples, n))
+    full = metric_from_sums(table_a.sum(0), metric)
+    reps = metric_from_sums(table_a[index].sum(1), metric)
+    if against:
+      full = full - metric_from_sums(table_b.sum(0), metric)
+      reps = reps - metric_from_sums(table_b[index].sum(1), metric)
+    per_seed.append(float(full))
+    replicates.append(reps)
+  combined = np.mean(replicates, axis=0)
+  finite = combined[np.isfinite(combined)]
+  if not finite.size:
+    return Difference(math.nan, math.nan, math.nan, tuple(per_seed))
+  low, high = np.percentile(finite, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+  return Difference(float(np.mean(per_seed)), float(low), float(high), tuple(per_seed))
+
+
+def interval(a: Sequence[np.ndarray], metric: str, **kwargs) -> Difference:
+  """metric(a) (the mean over seeds) with its bootstrap interval: `paired_difference`
+  against nothing."""
+  return paired_difference(a, None, metric, **kwargs)
+
+
+def compare(tables: Mapping[str, Sequence[np.ndarray]],
+            comparisons: Sequence[tuple[str, str]], metrics_shown: Sequence[str], *,
+            resamples: int = 2000, seed: int = 0) -> dict[tuple[str, str, str], Difference]:
+  """`paired_difference` for every (model a, model b) in `comparisons` and metric."""
+  return {(a, b, m): paired_difference(tables[a], tables[b], m, resamples=resamples,
+                                       seed=seed)
+          for a, b in comparisons for m in metrics_shown}
