@@ -80,13 +80,15 @@ def scored_from(apply_fn: ApplyFn) -> int:
 
 
 def sequence_logits(apply_fn: ApplyFn, params: Any, tokens: TokenSequences,
-                    pixel_values: jax.Array, sequences_per_image: int = 1) -> jax.Array:
+                    pixel_values: jax.Array, sequences_per_image: int = 1,
+                    **packing: Any) -> jax.Array:
   """Logits [N, T - s, V] of `tokens` at time indices s.. (s = `scored_from(apply_fn)`),
-  which predict `tokens.targets[:, s:]`; sequence j sees image j mod B."""
+  which predict `tokens.targets[:, s:]`; sequence j sees image j mod B. `packing`
+  (positions, segment_ids, shared_segment) goes to the apply_fn as is."""
   start = scored_from(apply_fn)
   kwargs = {"logits_from": start} if start else {}
   return apply_fn(params, tokens.input_ids, tokens.attention_mask, pixel_values,
-                  sequences_per_image=sequences_per_image, **kwargs)
+                  sequences_per_image=sequences_per_image, **kwargs, **packing)
 
 
 def _from_scored_start(lps: jax.Array, loss_mask: jax.Array, start: int) -> jax.Array:
@@ -148,10 +150,9 @@ def _shared_prefix_logps(apply_fn: ApplyFn, params: Any,
   chosen, rejected = batch.chosen, batch.rejected
   start = scored_from(apply_fn)
   positions, segment_ids = shared_prefix_layout(chosen.attention_mask, rejected.attention_mask)
-  kwargs = {"logits_from": start} if start else {}
-  logits = apply_fn(params, chosen.input_ids, chosen.attention_mask | rejected.attention_mask,
-                    batch.pixel_values, 1, positions=positions, segment_ids=segment_ids,
-                    shared_segment=PROMPT_SEGMENT, **kwargs)
+  row = chosen.replace(attention_mask=chosen.attention_mask | rejected.attention_mask)
+  logits = sequence_logits(apply_fn, params, row, batch.pixel_values, positions=positions,
+                           segment_ids=segment_ids, shared_segment=PROMPT_SEGMENT)
   lps = targets_logps(logits, chosen.targets[:, start:], rejected.targets[:, start:])
   return tuple(_from_scored_start(lp, t.loss_mask, start)
                for lp, t in zip(lps, (chosen, rejected)))

@@ -224,34 +224,25 @@ def pack_shared_prefix(prompt_ids: np.ndarray, chosen: Answer, rejected: Answer,
     arrays aligned to the packed row (`input_ids` equal in both).
   """
   prompt_length = len(prompt_ids)
-  budgets = shared_prefix_budgets(prompt_length, (len(chosen.ids), len(rejected.ids)), length)
+  c_len, r_len = shared_prefix_budgets(prompt_length, (len(chosen.ids), len(rejected.ids)),
+                                       length)
+  # Unpadded rows: each holds exactly the prompt and the answer's budget.
   c, r = (pack_sequence(prompt_ids, answer, prompt_length + budget, eos_id=eos_id,
-                        pad_id=pad_id) for answer, budget in zip((chosen, rejected), budgets))
-  c_len, r_len = (int(np.sum(x["attention_mask"])) - prompt_length for x in (c, r))
-  used = prompt_length + c_len + r_len
-  pad = length - used
-
-  def place(chosen_part: np.ndarray, rejected_part: np.ndarray, fill) -> np.ndarray:
-    return np.concatenate([chosen_part, rejected_part, np.full(pad, fill, chosen_part.dtype)])
-
-  input_ids = place(c["input_ids"][:prompt_length + c_len], r["input_ids"][prompt_length:][:r_len],
-                    pad_id)
-  packed = {}
-  for name, own, own_len in (("chosen", c, c_len), ("rejected", r, r_len)):
-    # The prompt's slots (its last one predicts the answer's first token), then chosen's
-    # slots, then rejected's: each answer's fields sit in its own slots, blank elsewhere.
-    prompt_part = {k: v[:prompt_length] for k, v in own.items()}
-    answer_part = {k: v[prompt_length:prompt_length + own_len] for k, v in own.items()}
-    blank = lambda k, n: np.full(n, pad_id if k == "targets" else False, own[k].dtype)
-    fields = {}
-    for k in ("attention_mask", "targets", "loss_mask", "corrected_mask"):
-      if name == "chosen":
-        middle = np.concatenate([answer_part[k], blank(k, r_len)])
-      else:
-        middle = np.concatenate([blank(k, c_len), answer_part[k]])
-      fields[k] = np.concatenate([prompt_part[k], middle, blank(k, pad)])
+                        pad_id=pad_id) for answer, budget in ((chosen, c_len), (rejected, r_len)))
+  pad = length - prompt_length - c_len - r_len
+  blank = lambda n, k: np.full(n, pad_id if k in ("input_ids", "targets") else False,
+                               c[k].dtype)
+  # Slots: [prompt | chosen | rejected | pad]. Each answer's fields keep the prompt's
+  # slots (its last one predicts the answer's first token) and its own, blank elsewhere;
+  # both hold the whole row's input_ids.
+  input_ids = np.concatenate([c["input_ids"], r["input_ids"][prompt_length:],
+                              blank(pad, "input_ids")])
+  packed = {"chosen": {k: np.concatenate([v, blank(r_len + pad, k)]) for k, v in c.items()},
+            "rejected": {k: np.concatenate([v[:prompt_length], blank(c_len, k),
+                                            v[prompt_length:], blank(pad, k)])
+                         for k, v in r.items()}}
+  for fields in packed.values():
     fields["input_ids"] = input_ids
-    packed[name] = fields
   return packed
 
 

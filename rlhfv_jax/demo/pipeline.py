@@ -66,7 +66,6 @@ Workdir layout::
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import pathlib
@@ -85,7 +84,8 @@ from rlhfv_jax.data import tokenizer as tokenizer_lib
 from rlhfv_jax.demo import corpora, datasets, metrics, perception, report, stats, world
 from rlhfv_jax.demo import tokenizer as demo_tokenizer
 from rlhfv_jax.demo.config import (ARMS, BASE_MODELS, CONTROL, SeedPaths, base_paths,
-                                   model_labels, models, seed_paths, stage_config, validate)
+                                   model_labels, models, seed_paths, stage_config, validate,
+                                   with_vqa_candidate)
 from rlhfv_jax.train import checkpointing, config_validation, model_init, runner
 
 
@@ -362,6 +362,24 @@ def count_tables(root: pathlib.Path, model: str, seeds: Sequence[int]) -> list[n
   return tables
 
 
+def _runs(tables: dict[str, list[np.ndarray]], *names: str) -> int:
+  """How many seeds' tables a comparison of `names` resamples: a base model's one
+  evaluation stands for every seed, and where only base models are involved it is used
+  once (copies resampled as if they were independent seeds would narrow the interval by
+  sqrt(seeds))."""
+  return 1 if all(n in BASE_MODELS for n in names) else len(tables[names[0]])
+
+
+def paired_differences(tables: dict[str, list[np.ndarray]],
+                       comparisons: Sequence[tuple[str, str]]
+                       ) -> dict[tuple[str, str, str], stats.Difference]:
+  """`stats.paired_difference` of every (A, B) and `report.DIFFERENCE_METRICS`, over the
+  per-seed tables of `count_tables`."""
+  return {(a, b, metric): stats.paired_difference(
+      tables[a][:_runs(tables, a, b)], tables[b][:_runs(tables, a, b)], metric)
+          for a, b in comparisons for metric in report.DIFFERENCE_METRICS}
+
+
 # The comparisons of the ablation, (A, B): A − B, each a claim of the paper.
 COMPARISONS = (
     ("sft_web", CONTROL),        # the cause: mismatched captions teach hallucination
@@ -380,19 +398,13 @@ def write_report(config: Any, root: pathlib.Path, results: report.Results,
   ablation.png."""
   shown = models(config)
   table = report.markdown_table(results, shown, labels)
-  # A base model's one evaluation stands for every seed; where only base models are
-  # involved it is used once (copies resampled as if independent seeds would narrow the
-  # interval by sqrt(seeds)).
   tables = {m: count_tables(root, m, seeds) for m in shown}
-  runs = lambda *names: 1 if all(n in BASE_MODELS for n in names) else len(seeds)
   comparisons = [(a, b) for a, b in COMPARISONS if a in shown and b in shown]
-  differences = {(a, b, metric): stats.paired_difference(
-      tables[a][:runs(a, b)], tables[b][:runs(a, b)], metric)
-                 for a, b in comparisons for metric in report.DIFFERENCE_METRICS}
+  differences = paired_differences(tables, comparisons)
   intervals = {}
   for m in shown:
     for metric in report.DIFFERENCE_METRICS:
-      value = stats.interval(tables[m][:runs(m)], metric)
+      value = stats.interval(tables[m][:_runs(tables, m)], metric)
       intervals[(m, metric)] = (value.low, value.high)
   feedback = summary["feedback"]
   corrected = [feedback[str(s)]["corrected"] for s in seeds]
@@ -436,17 +448,6 @@ def select_vqa(candidates: dict[int, dict[str, float]], base: dict[str, float]) 
   return min(keeps, key=lambda k: (candidates[k]["chair_i"], candidates[k]["chair_s"]))
 
 
-def with_vqa_candidate(config: Any, candidate: Any) -> ml_collections.ConfigDict:
-  """A copy of the config whose VQA stage has the candidate's settings."""
-  chosen = copy.deepcopy(config)
-  c = dict(candidate)
-  chosen.demo.corpus.vqa_replay = c.get("replay", chosen.demo.corpus.vqa_replay)
-  chosen.demo.corpus.vqa_stage_caption_share = c.get(
-      "caption_share", chosen.demo.corpus.vqa_stage_caption_share)
-  chosen.demo.sft_vqa.update({k: c[k] for k in ("steps", "learning_rate") if k in c})
-  return chosen
-
-
 def run_sweep(config: Any, root: pathlib.Path) -> dict[str, Any]:
   """The studies (module docstring); writes sweep.md / sweep.csv / sweep.png."""
   sweep = config.demo.sweep
@@ -475,7 +476,7 @@ def run_sweep(config: Any, root: pathlib.Path) -> dict[str, Any]:
   logging.info("demo sweep: VQA candidate %d chosen on validation scenes: %s", chosen,
                dict(candidates[chosen]))
   # 2. Per seed: the chosen VQA stage, feedback, and each arm on each feedback budget.
-  seed_config = with_vqa_candidate(config, candidates[chosen])
+  seed_config = with_vqa_candidate(config, chosen)
   ctx.config = seed_config
   w = config.demo.world
   per_seed: dict[int, dict[str, Any]] = {}
@@ -522,8 +523,7 @@ def write_sweep_report(config: Any, root: pathlib.Path, summary: dict,
   sweep, seeds = config.demo.sweep, summary["seeds"]
   bases = [m for m in BASE_MODELS if m in summary["base"]]
   cause_pairs = [("sft_web", CONTROL)] if CONTROL in bases else []
-  cause = stats.compare({m: count_tables(root, m, seeds[:1]) for m in bases}, cause_pairs,
-                        report.DIFFERENCE_METRICS)
+  cause = paired_differences({m: count_tables(root, m, seeds) for m in bases}, cause_pairs)
   base_rows = {m: {"base": summary["base"][m]} for m in bases}
   num_candidates = len(sweep.vqa_candidates)
   val_rows = {name: {"validation": values} for name, values in summary["validation"].items()}
@@ -539,7 +539,7 @@ def write_sweep_report(config: Any, root: pathlib.Path, summary: dict,
   dense, plain = sweep.arms[-1], sweep.arms[0]
   comparisons = [(f"{dense}%{b}", f"{plain}%{b}") for b in sweep.budgets]
   comparisons += [(f"{arm}%{b}", "sft_vqa") for arm in sweep.arms for b in sweep.budgets]
-  differences = stats.compare(tables, comparisons, report.DIFFERENCE_METRICS)
+  differences = paired_differences(tables, comparisons)
   pairs = {s: summary["per_seed"][str(s)]["budgets"] for s in seeds}
   text = "\n".join([
       f"# RLHF-V demo studies over {len(seeds)} seed(s) {seeds}", "",

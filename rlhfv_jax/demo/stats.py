@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -129,12 +129,3 @@ def interval(a: Sequence[np.ndarray], metric: str, **kwargs) -> Difference:
   """metric(a) (the mean over seeds) with its bootstrap interval: `paired_difference`
   against nothing."""
   return paired_difference(a, None, metric, **kwargs)
-
-
-def compare(tables: Mapping[str, Sequence[np.ndarray]],
-            comparisons: Sequence[tuple[str, str]], metrics_shown: Sequence[str], *,
-            resamples: int = 2000, seed: int = 0) -> dict[tuple[str, str, str], Difference]:
-  """`paired_difference` for every (model a, model b) in `comparisons` and metric."""
-  return {(a, b, m): paired_difference(tables[a], tables[b], m, resamples=resamples,
-                                       seed=seed)
-          for a, b in comparisons for m in metrics_shown}
