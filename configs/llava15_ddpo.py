@@ -41,7 +41,7 @@ import ml_collections
 
 from rlhfv_jax import ddpo
 from rlhfv_jax.model.config import SIZES
-from rlhfv_jax.train import defaults
+from rlhfv_jax.stages import defaults
 
 VARIANTS = ("", "rlhfv_release", "precompute_ref", "eval")
 

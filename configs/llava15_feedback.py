@@ -28,7 +28,7 @@ the checkpoint). Sampling settings are the `sample` section's (temperature 0.7, 
 """
 
 from rlhfv_jax.model.config import SIZES
-from rlhfv_jax.train import defaults
+from rlhfv_jax.stages import defaults
 
 VARIANTS = ("sample", "export_hf")
 

@@ -24,7 +24,7 @@ shards the params over each process's devices (`train.mesh`, e.g. `fsdp=-1`).
 """
 
 from rlhfv_jax.model.config import SIZES
-from rlhfv_jax.train import defaults
+from rlhfv_jax.stages import defaults
 
 
 def get_config(size: str = ""):

@@ -15,7 +15,7 @@ the checkpoint. The DDPO stage then starts from this run:
 """
 
 from rlhfv_jax.model.config import SIZES
-from rlhfv_jax.train import defaults
+from rlhfv_jax.stages import defaults
 
 
 def get_config(size: str = ""):

@@ -16,7 +16,7 @@ annotation store; `--config.sample.images=<a folder of images>`), `export_hf` (a
 checkpoint as a llava-hf directory; `--config.init.checkpoint_dir=<a ddpo workdir>`).
 """
 
-from rlhfv_jax.train import defaults
+from rlhfv_jax.stages import defaults
 
 VARIANTS = ("ddpo", "fsdp", "sft", "precompute_ref", "eval", "sample", "export_hf")
 

@@ -40,7 +40,7 @@ class DDPOConfig:
   """Everything that defines the DDPO objective: the one source of its defaults.
 
   The defaults are the paper's (Eq. 3-4, Sec. 4.1). The run config's ``ddpo`` section
-  has exactly these fields (`rlhfv_jax.train.defaults` builds it from this class) and
+  has exactly these fields (`rlhfv_jax.stages.defaults` builds it from this class) and
   `from_config` reads it back, so a misspelt field is an error, not a silent default.
 
   Attributes:

@@ -29,7 +29,7 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from rlhfv_jax.train import stages
+from rlhfv_jax.stages import registry
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py), optionally with :variant.", lock_config=True)
@@ -48,7 +48,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 def overview() -> str:
   """What `main` can run: the stages and the config files in configs/."""
   lines = ["stages (config.stage):"]
-  lines += [f"  {name:15s} {stage.help}" for name, stage in stages.STAGES.items()]
+  lines += [f"  {name:15s} {stage.help}" for name, stage in registry.STAGES.items()]
   configs_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              "configs")
   files = sorted(glob.glob(os.path.join(configs_dir, "*.py")))
@@ -79,8 +79,8 @@ def main(argv: list[str]) -> int:
     print("no --config given.\n" + overview())
     return 1
   try:
-    validate, run = stages.get(config.get("stage")).load()
-    from rlhfv_jax.train import model_init  # after multihost set-up: imports jax
+    validate, run = registry.get(config.get("stage")).load()
+    from rlhfv_jax.stages import model_init  # after multihost set-up: imports jax
     try:
       model_init.resolve_model_config(config)
     except (OSError, NotImplementedError) as e:  # the checkpoint named by init.*

@@ -19,7 +19,7 @@ LAYERS = {
     "rlhfv_jax.batch": 0,
     "rlhfv_jax.segments": 0,
     "rlhfv_jax.model": 0,
-    "rlhfv_jax.train.stages": 0,  # names only; entries are imported when run
+    "rlhfv_jax.stages.registry": 0,  # names only; entries are imported when run
     "rlhfv_jax.train.train_state": 0,
     "rlhfv_jax.train.checkpointing": 0,
     "rlhfv_jax.train.optimizer": 0,
@@ -40,16 +40,16 @@ LAYERS = {
     "rlhfv_jax.train.objectives": 4,
     "rlhfv_jax.train.loop": 4,
     # what a stage is built from
-    "rlhfv_jax.train.model_init": 5,
-    "rlhfv_jax.train.config_validation": 5,
-    "rlhfv_jax.train.defaults": 5,
+    "rlhfv_jax.stages.model_init": 5,
+    "rlhfv_jax.stages.config_validation": 5,
+    "rlhfv_jax.stages.defaults": 5,
     "rlhfv_jax.sampler": 5,
-    "rlhfv_jax.train.answering": 5,
+    "rlhfv_jax.stages.answering": 5,
     # stages
-    "rlhfv_jax.train.runner": 6,
-    "rlhfv_jax.train.hallucination_eval": 6,
-    "rlhfv_jax.train.sampling": 6,
-    "rlhfv_jax.train.export_hf": 6,
+    "rlhfv_jax.stages.runner": 6,
+    "rlhfv_jax.stages.hallucination_eval": 6,
+    "rlhfv_jax.stages.sample": 6,
+    "rlhfv_jax.stages.export_hf": 6,
     "rlhfv_jax.demo": 7,
     # main
     "rlhfv_jax.main": 8,
@@ -100,7 +100,7 @@ def test_no_module_imports_a_higher_layer():
 def test_the_check_sees_a_violation(tmp_path):
   """Guards the test above: a loss module importing the runner is caught."""
   fake = tmp_path / "ddpo.py"
-  fake.write_text("from rlhfv_jax.train import runner\nimport rlhfv_jax.demo.pipeline\n")
+  fake.write_text("from rlhfv_jax.stages import runner\nimport rlhfv_jax.demo.pipeline\n")
   targets = imported_modules(fake)
-  assert targets == {"rlhfv_jax.train.runner", "rlhfv_jax.demo.pipeline"}
+  assert targets == {"rlhfv_jax.stages.runner", "rlhfv_jax.demo.pipeline"}
   assert all(layer(t) > layer("rlhfv_jax.ddpo") for t in targets)

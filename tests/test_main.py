@@ -23,9 +23,9 @@ import config_files
 import main_run_data
 from rlhfv_jax import model as model_lib
 from rlhfv_jax.train import checkpointing
-from rlhfv_jax.train import config_validation
+from rlhfv_jax.stages import config_validation
 from rlhfv_jax.train import metrics as metrics_lib
-from rlhfv_jax.train import runner
+from rlhfv_jax.stages import runner
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = "configs/tiny_cpu.py"

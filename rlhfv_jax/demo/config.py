@@ -15,7 +15,7 @@ from rlhfv_jax import model as model_lib
 from rlhfv_jax.data import factory
 from rlhfv_jax.data import tokenizer as tokenizer_lib
 from rlhfv_jax.demo import tokenizer as demo_tokenizer
-from rlhfv_jax.train import config_validation, defaults
+from rlhfv_jax.stages import config_validation, defaults
 
 SFT_STAGES = ("sft_web", "sft_vqa")
 ARMS = ("dpo", "ddpo_mean", "ddpo_sum", "ddpo_crop")
@@ -222,7 +222,7 @@ def stage_config(config: Any, root: pathlib.Path, seed: int, name: str,
     tokenizer: the loaded tokenizer (its ids fix the model's vocabulary fields).
 
   Returns:
-    A validated-ready config for `rlhfv_jax.train.runner` (stage, init, data, ...).
+    A validated-ready config for `rlhfv_jax.stages.runner` (stage, init, data, ...).
   """
   demo = config.demo
   arm, budget = split_budget(name)

@@ -39,7 +39,7 @@ the control base beside the web base, the VQA-stage candidates of ``demo.sweep``
 on validation scenes (never the held-out ones) with one of them chosen by `select_vqa`,
 and per seed, DPO and DDPO trained on 25 / 50 / 100% of the feedback pairs.
 
-Every training stage is the project's own `rlhfv_jax.train.runner` on the project's
+Every training stage is the project's own `rlhfv_jax.stages.runner` on the project's
 data path (TFDS array_record built from the JSONL files, grain loader, chat
 template, segment masks), so the demo exercises exactly what a real run does.
 
@@ -86,7 +86,8 @@ from rlhfv_jax.demo import tokenizer as demo_tokenizer
 from rlhfv_jax.demo.config import (ARMS, BASE_MODELS, CONTROL, SeedPaths, base_paths,
                                    model_labels, models, seed_paths, stage_config, validate,
                                    with_vqa_candidate)
-from rlhfv_jax.train import checkpointing, config_validation, model_init, runner
+from rlhfv_jax.train import checkpointing
+from rlhfv_jax.stages import config_validation, model_init, runner
 
 
 def evaluate(config: Any, paths: SeedPaths, name: str, params: Any, sample: sampler.Sampler,

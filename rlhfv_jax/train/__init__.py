@@ -1,2 +1,2 @@
-"""Training infrastructure: config validation, optimizer, train step (pmap and FSDP mesh),
-checkpoints, metrics, the train loop and multi-host set-up."""
+"""Training: the train step (pmap and FSDP mesh), objectives, optimizer, checkpoints,
+metrics, the train loop and multi-host set-up."""

@@ -15,7 +15,7 @@ from rlhfv_jax.annotate import store as store_lib
 from rlhfv_jax.data import readers, tfds_builders
 from rlhfv_jax.data.records import ErrorLog
 from rlhfv_jax.train import metrics as metrics_lib
-from rlhfv_jax.train import runner
+from rlhfv_jax.stages import runner
 
 from .helpers import ANSWERS
 

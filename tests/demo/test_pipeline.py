@@ -12,7 +12,7 @@ from rlhfv_jax.annotate import store as store_lib
 from rlhfv_jax.data import factory, readers, records, writers
 from rlhfv_jax.demo import corpora, datasets, labeler, pipeline, world
 from rlhfv_jax.demo import config as demo_config
-from rlhfv_jax.train import config_validation
+from rlhfv_jax.stages import config_validation
 
 TOKENIZER = demo_config.TokenIds.of_model(demo_config.demo_model_config())
 

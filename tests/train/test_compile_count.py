@@ -11,7 +11,7 @@ import pytest
 
 import config_files
 import main_run_data
-from rlhfv_jax.train import runner
+from rlhfv_jax.stages import runner
 
 
 def _write(directory, num_short=12, num_long=4):

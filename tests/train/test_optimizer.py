@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from rlhfv_jax.train import defaults
+from rlhfv_jax.stages import defaults
 from rlhfv_jax.train import optimizer as optimizer_lib
 
 

@@ -9,7 +9,8 @@ import pytest
 
 import config_files
 import main_run_data
-from rlhfv_jax.train import metrics, runner
+from rlhfv_jax.train import metrics
+from rlhfv_jax.stages import runner
 
 KEYS = ("loss", "rewards/margin", "rewards/chosen", "logps/policy_rejected", "logps/ref_chosen")
 

@@ -12,7 +12,7 @@ import pytest
 
 import toy_model
 from rlhfv_jax import ddpo
-from rlhfv_jax.train import defaults
+from rlhfv_jax.stages import defaults
 from rlhfv_jax.train import objectives
 from rlhfv_jax.train import optimizer as optimizer_lib
 from rlhfv_jax.train import sharding

@@ -14,8 +14,8 @@ import config_files
 from rlhfv_jax.annotate import store as store_lib
 from rlhfv_jax.data.records import RecordError
 from rlhfv_jax.evals import objhal
-from rlhfv_jax.train import config_validation
-from rlhfv_jax.train import sampling
+from rlhfv_jax.stages import config_validation
+from rlhfv_jax.stages import sample as sample_stage
 
 
 def _png(seed: int) -> bytes:
@@ -45,7 +45,7 @@ def _config(images, tokenizer, **sample):
 def test_answers_go_to_the_store_with_their_settings(images, llama_tokenizer_path, tmp_path):
   config = _config(images, llama_tokenizer_path)
   config_validation.validate_config(config)
-  result = sampling.run(config, str(tmp_path / "run"))
+  result = sample_stage.run(config, str(tmp_path / "run"))
   assert result == {"questions": 6, "answered": 6, "added": 6,
                     "store": str(tmp_path / "run" / "annotations.sqlite")}
   store = store_lib.AnnotationStore(result["store"])
@@ -61,19 +61,19 @@ def test_answers_go_to_the_store_with_their_settings(images, llama_tokenizer_pat
   assert all(i.answer for i in items)
   assert items[0].answer != items[1].answer  # two samples, not one answer twice
   # Running again adds nothing and answers nothing.
-  again = sampling.run(config, str(tmp_path / "run"))
+  again = sample_stage.run(config, str(tmp_path / "run"))
   assert (again["answered"], again["added"]) == (6, 0)
 
 
 def test_a_killed_run_resumes_with_the_same_answers(images, llama_tokenizer_path, tmp_path):
   config = _config(images, llama_tokenizer_path)
-  sampling.run(config, str(tmp_path / "straight"))
+  sample_stage.run(config, str(tmp_path / "straight"))
   straight = (tmp_path / "straight" / "sample_answers.jsonl").read_text().splitlines()
   killed = tmp_path / "killed"
   killed.mkdir()
   # A kill after the 3rd line, mid-way through writing the 4th.
   (killed / "sample_answers.jsonl").write_text("\n".join(straight[:3]) + "\n" + straight[3][:9])
-  sampling.run(config, str(killed))
+  sample_stage.run(config, str(killed))
   resumed = (killed / "sample_answers.jsonl").read_text().splitlines()
   assert sorted(resumed) == sorted(straight)  # each answer once, and the same answers
   store = store_lib.AnnotationStore(killed / "annotations.sqlite")
@@ -87,9 +87,9 @@ def test_questions_file_and_bad_input(images, llama_tokenizer_path, tmp_path):
   config = _config(images, llama_tokenizer_path, questions=str(questions), num_samples=1,
                    temperature=0.0)
   with pytest.raises(RecordError, match="missing.png"):
-    sampling.run(config, str(tmp_path / "raise"))
+    sample_stage.run(config, str(tmp_path / "raise"))
   config.sample.error_policy = "skip"
-  result = sampling.run(config, str(tmp_path / "skip"))
+  result = sample_stage.run(config, str(tmp_path / "skip"))
   assert (result["questions"], result["answered"]) == (2, 1)
   skipped = (tmp_path / "skip" / "skipped_sample.jsonl").read_text()
   assert "missing.png" in skipped
@@ -98,10 +98,10 @@ def test_questions_file_and_bad_input(images, llama_tokenizer_path, tmp_path):
 
   questions.write_text(json.dumps({"image": "../secret.png", "question": "Hm?"}) + "\n")
   with pytest.raises(store_lib.StoreError, match="relative to the image root"):
-    sampling.questions(config.sample)
+    sample.questions(config.sample)
   questions.write_text('{"image": "a.png"}\n')
   with pytest.raises(ValueError, match="q.jsonl line 1: needs non-empty 'image' and 'question'"):
-    sampling.questions(config.sample)
+    sample.questions(config.sample)
 
 
 def test_validation_names_the_sampling_problems(images, llama_tokenizer_path):
@@ -126,7 +126,7 @@ def test_two_processes_answer_their_shares_into_one_store(images, llama_tokenize
   import sys
   config_file = tmp_path / "sample_tiny.py"
   config_file.write_text(f"""
-from rlhfv_jax.train import defaults
+from rlhfv_jax.stages import defaults
 def get_config():
   config = defaults.base_config("sample", "tiny")
   config.seed = 1

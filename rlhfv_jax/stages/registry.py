@@ -12,7 +12,7 @@ import dataclasses
 import importlib
 from typing import Any, Callable
 
-_VALIDATE_CONFIG = "rlhfv_jax.train.config_validation:validate_config"
+_VALIDATE_CONFIG = "rlhfv_jax.stages.config_validation:validate_config"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,33 +46,33 @@ STAGES: dict[str, Stage] = {
     "sft": Stage(
         "supervised VQA fine-tuning. Needs: data (an SFT dataset: vqav2 / jsonl_sft), "
         "init.params (random | hf | checkpoint), train, optim.",
-        run="rlhfv_jax.train.runner:train_stage", trains=True),
+        run="rlhfv_jax.stages.runner:train_stage", trains=True),
     "precompute_ref": Stage(
         "reference per-token log-probs for every preference example. Needs: data (a "
         "preference dataset), init (the reference), precompute.",
-        run="rlhfv_jax.train.runner:precompute_ref_stage"),
+        run="rlhfv_jax.stages.runner:precompute_ref_stage"),
     "ddpo": Stage(
         "dense DPO on fine-grained corrections. Needs: data (a preference dataset: "
         "rlhfv_parquet / rlaifv_parquet / jsonl_preference), init (hf | checkpoint: the "
         "instruction-tuned model, also the reference), ddpo (gamma, beta, ...), train, optim.",
-        run="rlhfv_jax.train.runner:train_stage", trains=True),
+        run="rlhfv_jax.stages.runner:train_stage", trains=True),
     "eval": Stage(
         "the objective's metrics on eval.split. Needs: data, init, eval.",
-        run="rlhfv_jax.train.runner:eval_stage"),
+        run="rlhfv_jax.stages.runner:eval_stage"),
     "hallucination_eval": Stage(
         "POPE, Object HalBench (CHAIR, rule) and AMBER from local benchmark files. Needs: "
         "init, data.tokenizer, hallucination (benchmarks and their files).",
-        run="rlhfv_jax.train.hallucination_eval:run", reads_dataset=False),
+        run="rlhfv_jax.stages.hallucination_eval:run", reads_dataset=False),
     "sample": Stage(
         "the model's own answers (K per image and prompt) into the annotation store, for "
         "`python -m rlhfv_jax.annotate`. Needs: init, data.tokenizer, sample (images, "
         "questions or prompts, num_samples, temperature, top_p, seed).",
-        run="rlhfv_jax.train.sampling:run", reads_dataset=False),
+        run="rlhfv_jax.stages.sample:run", reads_dataset=False),
     "export_hf": Stage(
         "a run's params -> a llava-hf directory (config, safetensors, tokenizer, image "
         "processor, chat template) that transformers loads. Needs: init (checkpoint), "
         "data.tokenizer, export_hf.out_dir (default <workdir>/hf).",
-        run="rlhfv_jax.train.export_hf:run", reads_dataset=False),
+        run="rlhfv_jax.stages.export_hf:run", reads_dataset=False),
     "demo": Stage(
         "the embedded default (configs/demo.py): the whole miniature experiment, data to "
         "ablation table, on a synthetic world. Needs: nothing.",

@@ -12,7 +12,7 @@ from PIL import Image
 import config_files
 from rlhfv_jax import model as model_lib
 from rlhfv_jax.data import factory
-from rlhfv_jax.train import export_hf, model_init
+from rlhfv_jax.stages import export_hf, model_init
 
 
 def test_transformers_loads_the_export_and_agrees(tmp_path, llama_tokenizer_path):

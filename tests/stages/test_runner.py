@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from rlhfv_jax.train import defaults
-from rlhfv_jax.train import runner
+from rlhfv_jax.stages import defaults
+from rlhfv_jax.stages import runner
 
 
 def test_num_train_steps_from_epochs_or_explicit():

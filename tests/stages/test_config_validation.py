@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 import config_files
-from rlhfv_jax.train import config_validation
-from rlhfv_jax.train import defaults
-from rlhfv_jax.train import stages
+from rlhfv_jax.stages import config_validation
+from rlhfv_jax.stages import defaults
+from rlhfv_jax.stages import registry
 
 
 def valid_config(stage: str = "ddpo"):
@@ -27,7 +27,7 @@ def problems_of(config, num_devices: int = 4, num_processes: int = 1) -> str:
   return str(info.value)
 
 
-@pytest.mark.parametrize("stage", stages.RUNNER_STAGES)
+@pytest.mark.parametrize("stage", registry.RUNNER_STAGES)
 def test_valid_configs_pass(stage):
   config_validation.validate_config(valid_config(stage), num_devices=4, num_processes=1)
 

@@ -41,7 +41,7 @@ from rlhfv_jax.annotate import export as annotate_export
 from rlhfv_jax.annotate import store as store_lib
 from rlhfv_jax.data import readers
 from rlhfv_jax.data.records import ErrorLog, RecordError
-from rlhfv_jax.train import answering, model_init
+from rlhfv_jax.stages import answering, model_init
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 ANSWERS = "sample"  # <workdir>/sample_answers.jsonl

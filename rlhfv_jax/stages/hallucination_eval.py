@@ -49,7 +49,7 @@ from jax.experimental import multihost_utils
 
 from rlhfv_jax.data.records import ErrorLog, RecordError, read_skipped
 from rlhfv_jax.evals import amber, objhal, pope
-from rlhfv_jax.train import answering, model_init
+from rlhfv_jax.stages import answering, model_init
 
 RESULTS_JSON = "hallucination_results.json"
 RESULTS_MD = "hallucination_results.md"

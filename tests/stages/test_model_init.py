@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from rlhfv_jax import model as model_lib
-from rlhfv_jax.train import defaults
-from rlhfv_jax.train import model_init
+from rlhfv_jax.stages import defaults
+from rlhfv_jax.stages import model_init
 
 
 def _hf_dir(tmp_path, size="tiny"):

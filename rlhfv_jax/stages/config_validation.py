@@ -16,7 +16,7 @@ import jax
 
 from rlhfv_jax import ddpo
 from rlhfv_jax import evals
-from rlhfv_jax.train import stages
+from rlhfv_jax.stages import registry
 from rlhfv_jax.train.optimizer import SCHEDULES
 from rlhfv_jax.train.sharding import resolve_mesh_shape
 
@@ -188,7 +188,7 @@ def _problems_checkpoint(cfg: Any) -> list[str]:
 
 def _problems_data_sources(data: Any, stage: str) -> list[str]:
   out = []
-  reads_dataset = stage not in stages.STAGES or stages.STAGES[stage].reads_dataset
+  reads_dataset = stage not in registry.STAGES or registry.STAGES[stage].reads_dataset
   if reads_dataset and not data.get("data_dir"):
     out.append(f"data.data_dir is empty: stage {stage!r} reads its examples from a TFDS data "
                "directory (array_record). Set data.data_dir, and data.source_dir to build it "
@@ -231,14 +231,14 @@ def validate_config(config: Any, *, num_devices: Optional[int] = None,
   num_processes = jax.process_count() if num_processes is None else num_processes
   problems = []
   stage = config.get("stage")
-  if stage not in stages.RUNNER_STAGES:
+  if stage not in registry.RUNNER_STAGES:
     problems.append(f"stage={stage!r} is not a stage of the runner; expected one of "
-                    f"{stages.RUNNER_STAGES}")
+                    f"{registry.RUNNER_STAGES}")
   if "ddpo" in config:
     problems += _problems_ddpo(config.ddpo)
   if "train" in config:
     problems += _problems_batch(config, num_devices, num_processes)
-  if "optim" in config and stage in stages.TRAINING_STAGES:
+  if "optim" in config and stage in registry.TRAINING_STAGES:
     problems += _problems_optim(config.optim)
   if "init" in config:
     problems += _problems_init(config, stage)

@@ -25,7 +25,7 @@ from absl import logging
 
 from rlhfv_jax import sampler as sampler_lib
 from rlhfv_jax.data.records import ErrorLog, RecordError
-from rlhfv_jax.train import model_init
+from rlhfv_jax.stages import model_init
 from rlhfv_jax.train import sharding
 
 

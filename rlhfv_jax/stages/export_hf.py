@@ -35,7 +35,7 @@ import jax
 from rlhfv_jax.data import factory
 from rlhfv_jax.data.records import IMAGE_PLACEHOLDER
 from rlhfv_jax.model import hf_io
-from rlhfv_jax.train import model_init
+from rlhfv_jax.stages import model_init
 
 
 def chat_template(system: str, prompt_template: str) -> str:

@@ -15,8 +15,9 @@ from PIL import Image
 from rlhfv_jax import model as model_lib
 from rlhfv_jax import sampler as sampler_lib
 from rlhfv_jax.evals import pope
-from rlhfv_jax.train import config_validation, defaults, sharding
-from rlhfv_jax.train import hallucination_eval as halluc
+from rlhfv_jax.train import sharding
+from rlhfv_jax.stages import config_validation, defaults
+from rlhfv_jax.stages import hallucination_eval as halluc
 
 
 def _jpeg(seed: int) -> bytes:
@@ -208,7 +209,7 @@ def test_sigkill_then_rerun_answers_each_item_once(files, llama_tokenizer_path, 
   import time
   config_file = tmp_path / "halluc_tiny.py"
   config_file.write_text(f"""
-from rlhfv_jax.train import defaults
+from rlhfv_jax.stages import defaults
 def get_config():
   config = defaults.base_config("hallucination_eval", "tiny")
   config.data.update(tokenizer={str(llama_tokenizer_path)!r}, system_message="A chat.")

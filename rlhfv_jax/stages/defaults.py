@@ -1,6 +1,6 @@
 """The full run config with every field at its default; config files start from it.
 
-Sections (see `rlhfv_jax.train.config_validation` for what is checked):
+Sections (see `rlhfv_jax.stages.config_validation` for what is checked):
 
   stage        "sft" | "precompute_ref" | "ddpo" | "eval"
   seed         run seed (parameter init, the step RNG)
@@ -19,8 +19,8 @@ Sections (see `rlhfv_jax.train.config_validation` for what is checked):
   checkpoint   every_steps, max_to_keep, async_save
   precompute   batch_size (per process) of the reference log-prob pass
   eval         split, batch_size, objective ("ddpo" | "sft")
-  hallucination  the hallucination_eval stage (`rlhfv_jax/train/hallucination_eval.py`)
-  sample       the sample stage: answers to correct (`rlhfv_jax/train/sampling.py`)
+  hallucination  the hallucination_eval stage (`rlhfv_jax/stages/hallucination_eval.py`)
+  sample       the sample stage: answers to correct (`rlhfv_jax/stages/sample.py`)
   export_hf    the export_hf stage: out_dir of the llava-hf directory
 
 Defaults are the paper's DDPO settings (Yu et al. 2024, Sec. 4.1 / App.): beta 0.5,

@@ -30,11 +30,11 @@ from rlhfv_jax.batch import PreferenceBatch, SFTBatch
 from rlhfv_jax.train import checkpointing
 from rlhfv_jax.train import loop
 from rlhfv_jax.train import metrics as metrics_lib
-from rlhfv_jax.train import model_init
+from rlhfv_jax.stages import model_init
 from rlhfv_jax.train import objectives
 from rlhfv_jax.train import optimizer as optimizer_lib
 from rlhfv_jax.train import sharding
-from rlhfv_jax.train import stages
+from rlhfv_jax.stages import registry
 from rlhfv_jax.train import step as step_lib
 from rlhfv_jax.train.train_state import TrainState
 
@@ -249,6 +249,6 @@ def run(config: Any, workdir: str) -> Any:
   """Runs `config.stage` in `workdir` (the config is validated by the caller)."""
   model_init.resolve_model_config(config)
   write_config(config, workdir)
-  _, run_stage = stages.get(config.stage).load()
+  _, run_stage = registry.get(config.stage).load()
   return run_stage(config, workdir)
 
