@@ -19,7 +19,8 @@ from PIL import Image
 
 from benchmarks import common
 from rlhfv_jax.data.images import ImagePreprocessor
-from rlhfv_jax.data.pipeline import Loader, assemble_batch, choose_bucket, tokenize_record
+from rlhfv_jax.data.loader import Loader
+from rlhfv_jax.data.packing import assemble_batch, choose_bucket, tokenize_record
 from rlhfv_jax.data.records import make_preference_record
 from rlhfv_jax.data.tokenizer import ChatTemplate, SentencePieceTokenizer
 

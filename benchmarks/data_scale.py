@@ -95,7 +95,7 @@ def build_in_child(source: pathlib.Path, data_dir: pathlib.Path) -> tuple[float,
 def loader_rate(data_dir: pathlib.Path, examples: int, batch: int, threads: int) -> float:
   from rlhfv_jax.data import tfds_builders
   from rlhfv_jax.data.images import ImagePreprocessor
-  from rlhfv_jax.data.pipeline import Loader
+  from rlhfv_jax.data.loader import Loader
   from rlhfv_jax.data.tokenizer import ChatTemplate, SentencePieceTokenizer
   source = tfds_builders.open_split("rlhfv_parquet", data_dir, "train")
   template = ChatTemplate(SentencePieceTokenizer(common.llama_tokenizer_path()),

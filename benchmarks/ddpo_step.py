@@ -36,7 +36,7 @@ import numpy as np
 
 from rlhfv_jax import ddpo, logps, model
 from rlhfv_jax.batch import PreferenceBatch
-from rlhfv_jax.data import pipeline
+from rlhfv_jax.data import packing
 
 EOS, PAD = 2, 0
 
@@ -65,13 +65,13 @@ def synthetic_batch(cfg, batch: int, answer_len: int, seed: int = 0, prompt_text
     rejected = np.where(corrected, ids(answer_len), chosen)
     prompt = np.concatenate([[cfg.bos_token_id], [cfg.image_token_id] * n_img,
                              ids(prompt_text)]).astype(np.int32)
-    examples.append(pipeline.TokenizedExample(
+    examples.append(packing.TokenizedExample(
         id=str(b), index=b, epoch=0, image=b"", prompt_ids=prompt,
-        answers={"chosen": pipeline.Answer(chosen, corrected),
-                 "rejected": pipeline.Answer(rejected, corrected)}))
+        answers={"chosen": packing.Answer(chosen, corrected),
+                 "rejected": packing.Answer(rejected, corrected)}))
   size = cfg.vision.image_size
   pixels = rng.normal(size=(batch, size, size, cfg.vision.num_channels)).astype(np.float32)
-  host = pipeline.assemble_batch(
+  host = packing.assemble_batch(
       examples, pixels, row_length(cfg, prompt_text, answer_len, shared_prefix),
       eos_id=EOS, pad_id=PAD, shared_prefix=shared_prefix)
   return jax.tree.map(jnp.asarray, host)

@@ -47,21 +47,22 @@ def main() -> None:
   from benchmarks.ddpo_step import encode_per_answer
   from rlhfv_jax import ddpo, model as model_lib
   from rlhfv_jax.batch import PreferenceBatch, TokenSequences
-  from rlhfv_jax.train import objectives, sharding, step as step_lib
+  from rlhfv_jax.train import mesh as mesh_lib
+  from rlhfv_jax.train import objectives, step as step_lib
   from rlhfv_jax.train import optimizer as optimizer_lib
   from rlhfv_jax.train.train_state import TrainState
 
   cfg = model_lib.llava_config(args.size)
   cfg.update(dtype="bfloat16", remat=True)
-  mesh = sharding.make_mesh(data=1, fsdp=args.devices)
+  mesh = mesh_lib.make_mesh(data=1, fsdp=args.devices)
   abstract_params = model_lib.param_shapes(cfg)
   optim = ml_collections.ConfigDict(dict(learning_rate=5e-7, max_grad_norm=1.0,
                                          frozen=("vision_tower",)))
   optimizer, schedule, labels = optimizer_lib.make_optimizer(optim, abstract_params, 1000)
   abstract_state = jax.eval_shape(
       lambda p: TrainState.create(p, optimizer, jax.random.PRNGKey(0)), abstract_params)
-  state_shardings = sharding.fsdp_shardings(mesh, abstract_state, 2 ** 14)
-  param_shardings = sharding.fsdp_shardings(mesh, abstract_params, 2 ** 14)
+  state_shardings = mesh_lib.fsdp_shardings(mesh, abstract_state, 2 ** 14)
+  param_shardings = mesh_lib.fsdp_shardings(mesh, abstract_params, 2 ** 14)
   everywhere = model_lib.make_apply_fn(cfg, skip_prompt_logits=False)
   variants = {"naive": encode_per_answer(everywhere),
               "scored logits": model_lib.make_apply_fn(cfg),
@@ -81,7 +82,7 @@ def main() -> None:
     return PreferenceBatch(pixel_values=pixels, chosen=sequences, rejected=sequences,
                            shared_prefix=shared_prefix)
 
-  batch_sharding = NamedSharding(mesh, P(None, sharding.MeshParallel.BATCH_AXES))
+  batch_sharding = NamedSharding(mesh, P(None, mesh_lib.BATCH_AXES))
   print(f"{args.size}: {args.devices}-device FSDP mesh, rows of {args.length} tokens "
         f"(shared prefix: {packed_length}, a {prompt}-token prompt once), bf16 compute + "
         "remat; per device, GiB")

@@ -36,7 +36,7 @@ import numpy as np
 
 from rlhfv_jax import ddpo, model as model_lib
 from rlhfv_jax.batch import PreferenceBatch
-from rlhfv_jax.data import pipeline
+from rlhfv_jax.data import packing
 from rlhfv_jax.model import hf_io
 from rlhfv_jax.train import objectives, step as step_lib
 from rlhfv_jax.train import optimizer as optimizer_lib
@@ -77,16 +77,16 @@ def make_batches(cfg, pairs: int, text: int, answer: int, seed: int = 0
     prompt = np.concatenate([[cfg.bos_token_id], [cfg.image_token_id] * n, ids(text)])
     chosen = ids(answer)
     rejected = np.where(corrected, ids(answer), chosen)
-    examples.append(pipeline.TokenizedExample(
+    examples.append(packing.TokenizedExample(
         id=str(b), index=b, epoch=0, image=b"", prompt_ids=prompt.astype(np.int32),
-        answers={"chosen": pipeline.Answer(chosen, corrected),
-                 "rejected": pipeline.Answer(rejected, corrected)}))
+        answers={"chosen": packing.Answer(chosen, corrected),
+                 "rejected": packing.Answer(rejected, corrected)}))
   pixels = rng.normal(size=(pairs, cfg.vision.image_size, cfg.vision.image_size, 3))
   pixels = pixels.astype(np.float32)
   batches = []
   for shared in (False, True):
     length = max(e.required_length(shared) for e in examples)
-    batches.append(jax.tree.map(jnp.asarray, pipeline.assemble_batch(
+    batches.append(jax.tree.map(jnp.asarray, packing.assemble_batch(
         examples, pixels, length, eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id,
         shared_prefix=shared)))
   return tuple(batches)

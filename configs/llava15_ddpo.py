@@ -43,22 +43,12 @@ from rlhfv_jax import ddpo
 from rlhfv_jax.model.config import SIZES
 from rlhfv_jax.stages import defaults
 
-VARIANTS = ("", "rlhfv_release", "precompute_ref", "eval")
-
-
-def parse_arg(arg: str) -> tuple[str, str]:
-  """"[size][,variant]" -> (size or "", variant or "")."""
-  parts = [p.strip() for p in arg.split(",") if p.strip()]
-  size = parts.pop(0) if parts and parts[0] in SIZES else ""
-  variant = parts.pop(0) if parts else ""
-  if parts or variant not in VARIANTS:
-    raise ValueError(f"config argument {arg!r}: expected '[size][,variant]' with size in "
-                     f"{SIZES} and variant in {VARIANTS}")
-  return size, variant
+VARIANTS = ("rlhfv_release", "precompute_ref", "eval")
 
 
 def get_config(arg: str = ""):
-  size, variant = parse_arg(arg)
+  arg = defaults.parse_arg(arg, "configs/llava15_ddpo.py", size=SIZES, variant=VARIANTS)
+  size, variant = arg.size, arg.variant
   config = defaults.llava15_base("ddpo", size)
   config.data.dataset = "rlhfv_parquet"
   config.data.use_ref_cache = True  # reference log-probs from the precompute_ref stage

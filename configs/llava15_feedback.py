@@ -15,15 +15,16 @@ model to a llava-hf directory.
   python -m rlhfv_jax.main --config configs/llava15_ddpo.py --workdir /runs/ddpo_round1 \
       --config.data.dataset=jsonl_preference \
       --config.data.source_dir=/data/feedback_round1/preference ...
-  # 4. The trained model as a llava-hf directory, for serving elsewhere:
-  python -m rlhfv_jax.main --config configs/llava15_feedback.py:export_hf,7b \
+  # 4. The trained model as a llava-hf directory, for serving elsewhere (the architecture
+  #    is the run's, from its config.json):
+  python -m rlhfv_jax.main --config configs/llava15_feedback.py:export_hf \
       --workdir /runs/ddpo_round1_hf --config.init.checkpoint_dir=/runs/ddpo_round1 \
       --config.data.tokenizer=/models/llava-1.5-7b-hf/tokenizer.model
 
 Variants: `sample` (default) and `export_hf`, each optionally with a size (",7b" /
-",13b"; `export_hf` of a run's checkpoint needs it: the architecture is not read from
-the checkpoint). Sampling settings are the `sample` section's (temperature 0.7, top-p
-0.9, 512 new tokens); params are replicated on each process's devices
+",13b") that pins the architecture; without one it follows the checkpoint (the llava-hf
+`config.json`, or the `config.json` a run writes into its workdir). Sampling settings
+are the `sample` section's (temperature 0.7, top-p 0.9, 512 new tokens); params are replicated on each process's devices
 (`--config.train.parallelism=fsdp` shards them, for a model too large for one device).
 """
 
@@ -34,15 +35,10 @@ VARIANTS = ("sample", "export_hf")
 
 
 def get_config(arg: str = ""):
-  parts = [p for p in arg.split(",") if p]
-  variant = next((p for p in parts if p in VARIANTS), "sample")
-  size = next((p for p in parts if p in SIZES), "")
-  unknown = [p for p in parts if p not in VARIANTS + SIZES]
-  if unknown:
-    raise ValueError(f"configs/llava15_feedback.py: unknown {unknown}; takes a variant in "
-                     f"{VARIANTS} and/or a size in {SIZES}, e.g. 'export_hf,7b'")
-  config = defaults.llava15_base(variant, size)
+  arg = defaults.parse_arg(arg, "configs/llava15_feedback.py", variant=VARIANTS, size=SIZES)
+  variant = arg.variant or "sample"
+  config = defaults.llava15_base(variant, arg.size)
   config.train.parallelism = "pmap"  # replicated params (see the docstring)
   if variant == "export_hf":
-    config.init.update(params="checkpoint", model_from_checkpoint=False)
+    config.init.params = "checkpoint"  # init.checkpoint_dir: the run to export
   return config

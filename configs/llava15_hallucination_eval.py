@@ -27,10 +27,8 @@ from rlhfv_jax.model.config import SIZES
 from rlhfv_jax.stages import defaults
 
 
-def get_config(size: str = ""):
-  if size not in ("",) + SIZES:
-    raise ValueError(f"configs/llava15_hallucination_eval.py takes a size in {SIZES} or "
-                     f"none, got {size!r}")
+def get_config(arg: str = ""):
+  size = defaults.parse_arg(arg, "configs/llava15_hallucination_eval.py", size=SIZES).size
   config = defaults.llava15_base("hallucination_eval", size)
   config.train.parallelism = "pmap"  # replicated params (see the docstring)
   return config

@@ -18,10 +18,8 @@ from rlhfv_jax.model.config import SIZES
 from rlhfv_jax.stages import defaults
 
 
-def get_config(size: str = ""):
-  if size not in ("",) + SIZES:
-    raise ValueError(f"configs/llava15_vqav2_sft.py takes a size in {SIZES} or none, got "
-                     f"{size!r}")
+def get_config(arg: str = ""):
+  size = defaults.parse_arg(arg, "configs/llava15_vqav2_sft.py", size=SIZES).size
   config = defaults.llava15_base("sft", size)
   config.data.dataset = "vqav2"
   config.train.update(global_batch_size=128, num_epochs=1.0)

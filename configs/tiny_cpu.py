@@ -21,10 +21,8 @@ from rlhfv_jax.stages import defaults
 VARIANTS = ("ddpo", "fsdp", "sft", "precompute_ref", "eval", "sample", "export_hf")
 
 
-def get_config(variant: str = "ddpo"):
-  variant = variant or "ddpo"
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+def get_config(arg: str = ""):
+  variant = defaults.parse_arg(arg, "configs/tiny_cpu.py", variant=VARIANTS).variant or "ddpo"
   config = defaults.base_config("ddpo", "tiny")
   config.seed = 1
   config.data.dataset = "jsonl_preference"

@@ -54,12 +54,12 @@ from IPython.display import HTML, display
 
 from rlhfv_jax import ddpo, logps, segments
 from rlhfv_jax import model as model_lib
-from rlhfv_jax.data import pipeline
+from rlhfv_jax.data import loader
 from rlhfv_jax.data.images import ImagePreprocessor
 from rlhfv_jax.data.records import PreferenceRecord
 from rlhfv_jax.data.tokenizer import ChatTemplate, SentencePieceTokenizer
 
-# Figures are also written to $NOTEBOOK_FIGURES when it is set (the README's come from there).
+# Figures are also written to $NOTEBOOK_FIGURES when it is set (docs/method.md's come from there).
 FIGURES = os.environ.get("NOTEBOOK_FIGURES")
 
 
@@ -74,8 +74,8 @@ candidates = [os.environ.get("RLHFV_LLAMA_TOKENIZER", ""),
               "../shared/data/llama2-tokenizer.model", "../../shared/data/llama2-tokenizer.model"]
 found = next((p for p in candidates if p and pathlib.Path(p).is_file()), None)
 if found is None:
-  from rlhfv_jax.demo import tokenizer as demo_tokenizer
-  found = demo_tokenizer.make_tokenizer_file(
+  from rlhfv_jax.demo import vocabulary
+  found = vocabulary.make_tokenizer_file(
       pathlib.Path(tempfile.mkdtemp()) / "demo.model", "A chat about an image.")
 tokenizer = SentencePieceTokenizer(found)
 print("tokenizer:", found, f"({tokenizer.vocab_size} pieces)")
@@ -246,8 +246,8 @@ def png(seed):
 
 records = [PreferenceRecord(f"ex{k}", png(k), "Describe the image.", chosen, rejected)
            for k in range(2)]
-batch, _ = next(pipeline.ordered_batches(records, template, preprocess, indices=[0, 1],
-                                         batch_size=2, buckets=(160, 256)))
+batch, _ = next(loader.ordered_batches(records, template, preprocess, indices=[0, 1],
+                                       batch_size=2, buckets=(160, 256)))
 apply_fn = model_lib.make_apply_fn(cfg)
 config = ddpo.PAPER_HPARAMS
 
@@ -311,9 +311,9 @@ pairs = [
 ]
 sweep_records = [PreferenceRecord(f"p{k}", png(10 + k), "Describe the image.", good, bad)
                  for k, (bad, good) in enumerate(pairs)]
-sweep_batch, _ = next(pipeline.ordered_batches(sweep_records, template, preprocess,
-                                               indices=range(4), batch_size=4,
-                                               buckets=(96, 160)))
+sweep_batch, _ = next(loader.ordered_batches(sweep_records, template, preprocess,
+                                             indices=range(4), batch_size=4,
+                                             buckets=(96, 160)))
 sweep_ref = answer_logps(reference, sweep_batch)
 optimizer = optax.adam(1e-3)
 

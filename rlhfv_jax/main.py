@@ -78,14 +78,9 @@ def main(argv: list[str]) -> int:
   if config is None:
     print("no --config given.\n" + overview())
     return 1
+  from rlhfv_jax.stages import runner  # after multihost set-up: imports jax
   try:
-    validate, run = registry.get(config.get("stage")).load()
-    from rlhfv_jax.stages import model_init  # after multihost set-up: imports jax
-    try:
-      model_init.resolve_model_config(config)
-    except (OSError, NotImplementedError) as e:  # the checkpoint named by init.*
-      raise ValueError(f"init.model_from_checkpoint: cannot read the model config ({e})") from e
-    validate(config)
+    start = runner.prepare(config)
   except ValueError as e:
     print(f"{e}\n\n{overview()}", file=sys.stderr)
     return 1
@@ -94,7 +89,7 @@ def main(argv: list[str]) -> int:
     return 0
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
-  run(config, _WORKDIR.value)
+  start(_WORKDIR.value)
   return 0
 
 

@@ -18,6 +18,7 @@ LAYERS = {
     "rlhfv_jax": 0,  # the package itself
     "rlhfv_jax.batch": 0,
     "rlhfv_jax.segments": 0,
+    "rlhfv_jax.jsonl": 0,
     "rlhfv_jax.model": 0,
     "rlhfv_jax.stages.registry": 0,  # names only; entries are imported when run
     "rlhfv_jax.train.train_state": 0,
@@ -25,6 +26,7 @@ LAYERS = {
     "rlhfv_jax.train.optimizer": 0,
     "rlhfv_jax.train.multihost": 0,
     "rlhfv_jax.train.metrics": 0,
+    "rlhfv_jax.train.mesh": 0,  # meshes and shardings: imports nothing of the package
     "rlhfv_jax.train": 0,  # the package's __init__
     "rlhfv_jax.evals": 0,  # benchmark scorers: pure Python on answers
     # records -> batches
@@ -35,8 +37,8 @@ LAYERS = {
     "rlhfv_jax.logps": 2,
     "rlhfv_jax.ddpo": 3,
     # loss -> step -> loop
-    "rlhfv_jax.train.sharding": 4,
     "rlhfv_jax.train.step": 4,
+    "rlhfv_jax.train.parallel": 4,  # runs the step on devices
     "rlhfv_jax.train.objectives": 4,
     "rlhfv_jax.train.loop": 4,
     # what a stage is built from
@@ -46,6 +48,9 @@ LAYERS = {
     "rlhfv_jax.sampler": 5,
     "rlhfv_jax.stages.answering": 5,
     # stages
+    "rlhfv_jax.stages.training": 6,
+    "rlhfv_jax.stages.reference": 6,
+    "rlhfv_jax.stages.evaluate": 6,
     "rlhfv_jax.stages.runner": 6,
     "rlhfv_jax.stages.hallucination_eval": 6,
     "rlhfv_jax.stages.sample": 6,
@@ -100,7 +105,7 @@ def test_no_module_imports_a_higher_layer():
 def test_the_check_sees_a_violation(tmp_path):
   """Guards the test above: a loss module importing the runner is caught."""
   fake = tmp_path / "ddpo.py"
-  fake.write_text("from rlhfv_jax.stages import runner\nimport rlhfv_jax.demo.pipeline\n")
+  fake.write_text("from rlhfv_jax.stages import runner\nimport rlhfv_jax.demo.driver\n")
   targets = imported_modules(fake)
-  assert targets == {"rlhfv_jax.stages.runner", "rlhfv_jax.demo.pipeline"}
+  assert targets == {"rlhfv_jax.stages.runner", "rlhfv_jax.demo.driver"}
   assert all(layer(t) > layer("rlhfv_jax.ddpo") for t in targets)

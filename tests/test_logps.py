@@ -12,7 +12,7 @@ import pytest
 from rlhfv_jax import ddpo, logps
 from rlhfv_jax import model as model_lib
 from rlhfv_jax.batch import PreferenceBatch, SFTBatch, TokenSequences
-from rlhfv_jax.data import pipeline
+from rlhfv_jax.data import packing
 from rlhfv_jax.model import layers
 
 T, F = True, False
@@ -104,9 +104,9 @@ def _examples(cfg, rng, lengths):
   for i, (p, c, r) in enumerate(lengths):
     prompt = np.concatenate([[cfg.bos_token_id], [cfg.image_token_id] * n,
                              rng.integers(3, 90, p)]).astype(np.int32)
-    answer = lambda k: pipeline.Answer(rng.integers(3, 90, k).astype(np.int32),
+    answer = lambda k: packing.Answer(rng.integers(3, 90, k).astype(np.int32),
                                        rng.random(k) < 0.3)
-    out.append(pipeline.TokenizedExample(id=f"e{i}", index=i, epoch=0, image=b"",
+    out.append(packing.TokenizedExample(id=f"e{i}", index=i, epoch=0, image=b"",
                                          prompt_ids=prompt,
                                          answers={"chosen": answer(c), "rejected": answer(r)}))
   return out
@@ -122,8 +122,8 @@ def test_shared_prefix_gives_the_unshared_log_probs_loss_and_gradients():
   # rejected answer starts at a different slot in each row.
   examples = _examples(cfg, rng, [(4, 7, 5), (9, 3, 10), (2, 12, 2), (6, 1, 8)])
   pixels = jnp.asarray(rng.normal(size=(4, 32, 32, 3)), jnp.float32)
-  unshared = pipeline.assemble_batch(examples, pixels, 40, eos_id=2, pad_id=0)
-  shared = pipeline.assemble_batch(examples, pixels, 56, eos_id=2, pad_id=0, shared_prefix=True)
+  unshared = packing.assemble_batch(examples, pixels, 40, eos_id=2, pad_id=0)
+  shared = packing.assemble_batch(examples, pixels, 56, eos_id=2, pad_id=0, shared_prefix=True)
   assert shared.chosen.input_ids.shape == (4, 56)  # 4 rows, not 8
   for skip in (True, False):
     both = jax.jit(functools.partial(logps.answer_token_logps,

@@ -25,7 +25,10 @@ from rlhfv_jax import model as model_lib
 from rlhfv_jax.train import checkpointing
 from rlhfv_jax.stages import config_validation
 from rlhfv_jax.train import metrics as metrics_lib
-from rlhfv_jax.stages import runner
+from rlhfv_jax.stages import evaluate
+from rlhfv_jax.stages import reference as reference_stage
+
+pytestmark = pytest.mark.slow  # subprocesses / stages end to end
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = "configs/tiny_cpu.py"
@@ -126,7 +129,7 @@ def test_reference_cache_from_a_trained_run_then_eval(uninterrupted_sft, tmp_pat
   reference = tiny_config("precompute_ref")
   reference.data.update(data)
   reference.init.update(init)
-  shard = runner.precompute_ref_stage(reference, str(tmp_path / "ref"))
+  shard = reference_stage.run(reference, str(tmp_path / "ref"))
   assert pathlib.Path(shard).is_file()
 
   evaluation = tiny_config("eval")
@@ -135,7 +138,7 @@ def test_reference_cache_from_a_trained_run_then_eval(uninterrupted_sft, tmp_pat
   evaluation.data.update(data, use_ref_cache=True, augmentation="photometric")
   evaluation.init.update(init)
   config_validation.validate_config(evaluation)
-  returned = runner.eval_stage(evaluation, str(tmp_path / "eval"))
+  returned = evaluate.run(evaluation, str(tmp_path / "eval"))
   results = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
   assert results == dict(returned, split="train",
                          init=f"checkpoint:{uninterrupted_sft}@-1")
@@ -148,7 +151,7 @@ def test_reference_cache_from_a_trained_run_then_eval(uninterrupted_sft, tmp_pat
   # 24 examples in batches of 16: the padded half of the second batch is masked out, so
   # every example counts exactly once and the means are those of the batches of 4.
   evaluation.eval.batch_size = 16
-  padded = runner.eval_stage(evaluation, str(tmp_path / "eval16"))
+  padded = evaluate.run(evaluation, str(tmp_path / "eval16"))
   assert padded["examples"] == 24
   for key, value in returned.items():
     if key == "rewards/accuracy":  # here a strict ">" between two rewards of ~1e-8
@@ -187,7 +190,7 @@ def test_a_checkpoint_without_a_model_config_is_refused_cleanly(env, tmp_path):
                                      f"--config.init.hf_checkpoint={tmp_path / 'none'}"),
                   check=False)
   assert proc.returncode == 1 and "Traceback" not in proc.stderr
-  assert "init.model_from_checkpoint: cannot read the model config" in proc.stderr
+  assert "init: cannot read the checkpoint" in proc.stderr
 
 
 def test_without_a_config_it_lists_stages_and_configs(env):

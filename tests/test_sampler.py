@@ -10,9 +10,7 @@ from rlhfv_jax import model as model_lib
 from rlhfv_jax.data import images as images_lib
 from rlhfv_jax.data import tokenizer as tokenizer_lib
 from rlhfv_jax import sampler
-from rlhfv_jax.demo import corpora, world
-from rlhfv_jax.demo import config as demo_config
-from rlhfv_jax.demo import tokenizer as demo_tokenizer
+from rlhfv_jax.demo import corpora, settings, vocabulary, world
 
 
 def test_left_pad():
@@ -26,9 +24,9 @@ def test_left_pad():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-  path = demo_tokenizer.make_tokenizer_file(tmp_path_factory.mktemp("t") / "t.model", "Chat.")
+  path = vocabulary.make_tokenizer_file(tmp_path_factory.mktemp("t") / "t.model", "Chat.")
   tok = tokenizer_lib.SentencePieceTokenizer(path)
-  cfg = demo_config.demo_model_config()
+  cfg = settings.demo_model_config()
   cfg.text.vocab_size, cfg.image_token_id, cfg.pad_token_id = (
       tok.vocab_size, tok.image_token_id, tok.pad_id)
   template = tokenizer_lib.ChatTemplate(tok, model_lib.num_image_tokens(cfg), system="Chat.")

@@ -2,5 +2,5 @@
 
 `store` (SQLite: items, leases, annotations), `spans` (the corrected segments of an
 answer and its correction), `server` (the web app), `export` (preference JSONL + RLHF-V
-parquet), and the command line in `__main__`. See the README's "Collecting feedback".
+parquet), and the command line in `__main__`. See docs/annotation.md.
 """

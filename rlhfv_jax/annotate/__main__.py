@@ -22,9 +22,9 @@ import pathlib
 import sys
 from typing import Optional, Sequence
 
+from rlhfv_jax import jsonl
 from rlhfv_jax.annotate import export as export_lib
 from rlhfv_jax.annotate import store as store_lib
-from rlhfv_jax.data import readers
 
 COMMANDS = ("serve", "export", "add")
 
@@ -53,11 +53,11 @@ def _parser(command: str) -> argparse.ArgumentParser:
 def read_items(path: pathlib.Path) -> list[store_lib.Item]:
   """Items from JSON lines (module docstring); a bad line is an error naming it."""
   items = []
-  for where, row in readers.json_objects(path):
+  for number, row in jsonl.read_objects(path):
     missing = [k for k in ("id", "image", "prompt", "answer")
                if not isinstance(row.get(k), (str, int)) or not str(row[k]).strip()]
     if missing:
-      raise ValueError(f"{where}: missing or empty {missing}")
+      raise jsonl.JsonlError(path, number, f"missing or empty {missing}")
     items.append(store_lib.Item(str(row["id"]), str(row["image"]), str(row["prompt"]),
                                 str(row["answer"]), dict(row.get("meta") or {})))
   return items

@@ -144,7 +144,15 @@ def make_app(store: store_lib.AnnotationStore, image_root: str | pathlib.Path, *
   `token`: required on every request when set."""
   app = fastapi.FastAPI(title="rlhfv_jax annotate", docs_url=None, redoc_url=None,
                         openapi_url=None)
-  image_root = pathlib.Path(image_root)
+  _add_guards(app, token)
+  _add_page_routes(app)
+  _add_api_routes(app, store)
+  _add_image_route(app, store, pathlib.Path(image_root))
+  return BodyLimit(app, max_body_bytes)
+
+
+def _add_guards(app: fastapi.FastAPI, token: Optional[str]) -> None:
+  """The token check and safety headers on every request; store refusals as 400/404."""
 
   @app.middleware("http")
   async def require_token(request: fastapi.Request, call_next):
@@ -162,6 +170,10 @@ def make_app(store: store_lib.AnnotationStore, image_root: str | pathlib.Path, *
     status = 404 if isinstance(error, store_lib.UnknownItemError) else 400
     return responses.JSONResponse({"detail": str(error)}, status_code=status)
 
+
+def _add_page_routes(app: fastapi.FastAPI) -> None:
+  """GET / (the page) and GET /healthz."""
+
   @app.get("/", response_class=responses.HTMLResponse)
   def page():
     return responses.HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={
@@ -172,6 +184,10 @@ def make_app(store: store_lib.AnnotationStore, image_root: str | pathlib.Path, *
   @app.get("/healthz")
   def healthz():
     return {"ok": True}
+
+
+def _add_api_routes(app: fastapi.FastAPI, store: store_lib.AnnotationStore) -> None:
+  """The JSON API over `store`: next, submit, spans, annotation, progress."""
 
   @app.post("/api/next")
   def next_item(request: NextRequest):
@@ -203,6 +219,11 @@ def make_app(store: store_lib.AnnotationStore, image_root: str | pathlib.Path, *
   def progress(annotator: Annotator):
     return store.progress(annotator)
 
+
+def _add_image_route(app: fastapi.FastAPI, store: store_lib.AnnotationStore,
+                     image_root: pathlib.Path) -> None:
+  """GET /api/image/{item_id}: the item's image, from under `image_root` only."""
+
   @app.get("/api/image/{item_id:path}")
   def image(item_id: str):
     item = store.item(item_id)
@@ -210,8 +231,6 @@ def make_app(store: store_lib.AnnotationStore, image_root: str | pathlib.Path, *
     if not path.is_file():
       raise fastapi.HTTPException(404, f"item {item_id!r}: image {item.image!r} not found")
     return responses.FileResponse(path)
-
-  return BodyLimit(app, max_body_bytes)
 
 
 def serve(store: store_lib.AnnotationStore, image_root: str | pathlib.Path, *,

@@ -6,13 +6,15 @@
   tfds_builders  TFDS builders -> array_record; `prepare`, `open_split` (tfds.data_source)
   tokenizer      LLaVA-1.5 tokenizer (SentencePiece / HF dir) and the Vicuna v1 ChatTemplate
   images         ImagePreprocessor (transformers CLIP processor), AugmentationPolicy
-  pipeline       tokenize_record, pack_sequence, assemble_batch, Loader (grain),
-                 ordered_batches (every example once, for forward-only passes)
+  packing        tokenize_record, pack_sequence, pack_shared_prefix, choose_bucket,
+                 assemble_batch: records -> batch rows at a bucket length
+  loader         Loader (grain: shuffled, resumable, per-process), ordered_batches (every
+                 example once, for forward-only passes)
   fixed_batches  fixed_size_batches: ordered batches with a validity mask for the tail
   ref_cache      compute_reference_cache, ReferenceCache (reference log-probs keyed by id)
   factory        get_data_config (config.data defaults), make_loader, ordered_batches,
                  precompute_reference
 
-Submodules are imported explicitly (``from rlhfv_jax.data import pipeline``) so that
+Submodules are imported explicitly (``from rlhfv_jax.data import loader``) so that
 importing one piece does not pull in transformers or TFDS.
 """

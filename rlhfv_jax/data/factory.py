@@ -24,9 +24,9 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from rlhfv_jax import segments
-from rlhfv_jax.data import pipeline, tfds_builders
+from rlhfv_jax.data import loader, tfds_builders
 from rlhfv_jax.data.images import AugmentationPolicy, ImagePreprocessor
-from rlhfv_jax.data.pipeline import Loader
+from rlhfv_jax.data.loader import Loader
 from rlhfv_jax.data.records import ErrorLog
 from rlhfv_jax.data.ref_cache import (ReferenceCache, TokenLogpsFn, compute_reference_cache,
                                       default_cache_dir)
@@ -54,7 +54,7 @@ def get_data_config() -> ml_collections.ConfigDict:
       buckets=(768, 1024, 1280, 1536, 2048),
       # One row per preference pair, the prompt (image tokens included) run once: the
       # same log-probs as one row per answer, for ~40% fewer decoder tokens on LLaVA-1.5
-      # shapes (README "Performance"). False: the unshared layout, for comparison.
+      # shapes (docs/performance.md). False: the unshared layout, for comparison.
       shared_prefix=True,
       seed=0,
       shuffle=True,
@@ -219,7 +219,7 @@ def ordered_batches(config: Any, *, global_batch_size: int, source: Any = None,
                     run_dir: Optional[PathLike] = None, facts: Optional[ModelFacts] = None,
                     tokenizer: Optional[Tokenizer] = None,
                     process_index: Optional[int] = None, process_count: Optional[int] = None):
-  """Every example of the split once, in order, un-augmented: `pipeline.ordered_batches`
+  """Every example of the split once, in order, un-augmented: `loader.ordered_batches`
   over this process's share, each process running the same number of batches (the
   evaluation pass; see there for the validity mask of the padded tail).
 
@@ -237,7 +237,7 @@ def ordered_batches(config: Any, *, global_batch_size: int, source: Any = None,
   source = source if source is not None else open_source(config, run_dir)
   host_batch = global_batch_size // process_count
   per_process = -(-len(source) // process_count)
-  return pipeline.ordered_batches(
+  return loader.ordered_batches(
       source, make_template(config, facts, tokenizer),
       make_preprocessor(config, facts, augment=False),
       indices=range(process_index, len(source), process_count), batch_size=host_batch,

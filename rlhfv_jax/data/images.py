@@ -53,8 +53,12 @@ class AugmentationPolicy:
   photometric_strength: float = 0.1
 
   @classmethod
-  def from_config(cls, data_config: Any) -> "AugmentationPolicy":
-    """Validates ``augmentation``, ``allow_flip`` and ``photometric_strength`` of config.data."""
+  def from_config(cls, data_config: Any, warn: bool = True) -> "AugmentationPolicy":
+    """Validates ``augmentation``, ``allow_flip`` and ``photometric_strength`` of config.data.
+
+    `warn`: log the crop ablation's WARNING (config validation checks without it, so the
+    warning comes when a run builds its data, not when a config is checked up front).
+    """
     name = str(data_config.get("augmentation", "none"))
     if name not in AUGMENTATIONS:
       if "crop" in name.lower():
@@ -74,7 +78,7 @@ class AugmentationPolicy:
       raise ValueError(f"config.data.photometric_strength={strength} must be in "
                        f"[0, {MAX_PHOTOMETRIC_STRENGTH}] so jitter cannot change what a "
                        "colour is called")
-    if name == "random_crop_ablation":
+    if warn and name == "random_crop_ablation":
       logging.warning("ABLATION: random crop augmentation is ON (config.data.augmentation="
                       "'random_crop_ablation'). Crops remove objects the answers mention; "
                       "use only to reproduce the paper's cropping ablation.")

@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, TypeVar
 
 import pyarrow.parquet as pq
 
+from rlhfv_jax import jsonl
 from rlhfv_jax.data.records import (ErrorLog, PreferenceRecord, RecordError, SFTRecord,
                                     as_utf8, make_preference_record,
                                     make_sft_record)
@@ -179,48 +180,25 @@ def read_rlaifv_parquet(directory: str | pathlib.Path, errors: ErrorLog
 
 # ----------------------------------------------------------------------------- JSONL
 
-def _jsonl_raw_lines(path: pathlib.Path) -> Iterator[tuple[str, Any]]:
+def _jsonl_raw_lines(path: pathlib.Path, errors: ErrorLog) -> Iterator[tuple[str, Any]]:
   image_root = path.parent
-  with path.open("rb") as f:
-    for line_number, line in enumerate(f, start=1):
-      location = f"{path.name} line {line_number}"
-      if not line.strip():
-        continue
-      try:
-        text = as_utf8(None, "line", line, location)
-        try:
-          raw = json.loads(text)
-        except json.JSONDecodeError as e:
-          raise RecordError(None, f"not valid JSON ({e})", location) from e
-        if not isinstance(raw, dict):
-          raise RecordError(None, f"expected a JSON object, got {type(raw).__name__}", location)
-        record_id = None if raw.get("id") is None else str(raw["id"])
-        if raw.get("image") is not None:
-          raw["image"] = _read_bytes(image_root / str(raw["image"]), record_id, location)
-        yield location, raw
-      except RecordError as e:
-        yield location, e
+  where = lambda number: f"{path.name} line {number}"
 
+  def unreadable(e: jsonl.JsonlError) -> None:
+    # Not a JSON object, so no record to validate: the line goes to `errors` here.
+    error = RecordError(None, e.problem, where(e.line_number))
+    error.__cause__ = e.__cause__
+    errors.handle(error)
 
-def json_objects(path: str | pathlib.Path) -> Iterator[tuple[str, dict[str, Any]]]:
-  """(``"<path> line <n>"``, object) of each non-blank line of a JSON lines file (for
-  small side files: question lists, answers to import).
-
-  Raises:
-    ValueError: naming the line, when it is not valid JSON or not a JSON object.
-  """
-  path = pathlib.Path(path)
-  for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-    if not line.strip():
-      continue
-    where = f"{path} line {number}"
+  for line_number, raw in jsonl.read_objects(path, unreadable):
+    location = where(line_number)
     try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{where}: not valid JSON ({e})") from e
-    if not isinstance(row, dict):
-      raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    yield where, row
+      record_id = None if raw.get("id") is None else str(raw["id"])
+      if raw.get("image") is not None:
+        raw["image"] = _read_bytes(image_root / str(raw["image"]), record_id, location)
+      yield location, raw
+    except RecordError as e:
+      yield location, e
 
 
 def read_jsonl(directory: str | pathlib.Path, split: str, kind: str, errors: ErrorLog
@@ -239,7 +217,7 @@ def read_jsonl(directory: str | pathlib.Path, split: str, kind: str, errors: Err
   path = pathlib.Path(directory) / f"{split}.jsonl"
   if not path.is_file():
     raise FileNotFoundError(f"no JSONL file {str(path)!r}")
-  return validated(_jsonl_raw_lines(path), make_record, errors)
+  return validated(_jsonl_raw_lines(path, errors), make_record, errors)
 
 
 # ----------------------------------------------------------------------------- VQAv2

@@ -51,7 +51,7 @@ import numpy as np
 
 from rlhfv_jax.batch import PreferenceBatch
 from rlhfv_jax.data.images import ImagePreprocessor
-from rlhfv_jax.data.pipeline import ordered_batches
+from rlhfv_jax.data.loader import ordered_batches
 from rlhfv_jax.data.records import ErrorLog
 from rlhfv_jax.data.tokenizer import ChatTemplate
 
@@ -112,7 +112,7 @@ def compute_reference_cache(source: Sequence[Any], template: ChatTemplate,
     process_index, process_count: this process's share.
     errors: policy for prompts that do not fit (as in training).
     metadata: JSON-able facts to store (e.g. the reference checkpoint).
-    shared_prefix: run the pairs in the shared-prefix layout (`pipeline`); the stored
+    shared_prefix: run the pairs in the shared-prefix layout (`packing`); the stored
       values do not depend on it (each answer's sequence is the same in both layouts).
 
   Returns:
@@ -238,7 +238,7 @@ class ReferenceCache:
 
   def lookup(self, example_id: str, name: str, num_scored: int,
              sequence_ids: np.ndarray) -> np.ndarray:
-    """The cached log-probs of answer `name` of `example_id` (a `pipeline.RefLookup`).
+    """The cached log-probs of answer `name` of `example_id` (a `packing.RefLookup`).
 
     Args:
       example_id, name: the example and "chosen" / "rejected".

@@ -326,8 +326,8 @@ def _check_built_from(builder: _LocalSourceBuilder, source_dir: PathLike) -> Non
   current = source_fingerprint(source_dir, builder.not_source_data())
   if stored == current:
     return
-  what = ("was built without a source fingerprint (by an older version of this code), so "
-          "it cannot be checked against" if stored is None else
+  what = ("was built without a source fingerprint, so it cannot be checked against"
+          if stored is None else
           f"was built from different files ({stored['num_files']} files, {stored['num_bytes']} "
           f"bytes then; {current['num_files']} files, {current['num_bytes']} bytes now, or "
           "files renamed or modified) than those now in")

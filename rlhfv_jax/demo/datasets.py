@@ -16,9 +16,9 @@ from rlhfv_jax import sampler
 from rlhfv_jax.annotate import export as export_lib
 from rlhfv_jax.annotate import store as store_lib
 from rlhfv_jax.data import readers, records, writers
-from rlhfv_jax.demo import config as demo_config
-from rlhfv_jax.demo import corpora, labeler, world
-from rlhfv_jax.demo.config import SeedPaths
+from rlhfv_jax.demo import corpora, labeler, runs, settings, world
+from rlhfv_jax.demo.runs import SeedPaths
+
 
 def render_all(scenes: Sequence[world.Scene], image_size: int) -> dict[str, bytes]:
   """PNG bytes per scene id."""
@@ -62,26 +62,26 @@ def write_vqa_data(config: Any, paths: SeedPaths, train_scenes: Sequence[world.S
   """A seed's VQA-SFT dataset: grounded VQA pairs about the training scenes (presence
   questions answered "No" as often as "Yes", counts, colours, shapes, sizes, positions),
   plus replayed captions when ``demo.corpus.vqa_replay == "web"`` (or a sweep
-  candidate's settings: `config.vqa_data_settings`).
+  candidate's settings: `settings.vqa_data_settings`).
 
   The replay mirrors LLaVA-1.5's SFT mix, which keeps its earlier description data next
   to VQAv2; here that data is the base's own captions, mismatches included.
   """
   demo = config.demo
-  settings = demo_config.vqa_data_settings(config, candidate)
-  if settings["replay"] not in ("web", "none"):
-    raise ValueError(f"VQA replay {settings['replay']!r}; expected 'web' or 'none'")
+  data_settings = settings.vqa_data_settings(config, candidate)
+  if data_settings["replay"] not in ("web", "none"):
+    raise ValueError(f"VQA replay {data_settings['replay']!r}; expected 'web' or 'none'")
   types = tuple(t for t in corpora.VQA_TYPES
-                if settings["presence_questions"] or t != "presence")
+                if data_settings["presence_questions"] or t != "presence")
   vqa = corpora.vqa_pairs(train_scenes, seed, per_scene=demo.corpus.vqa_per_scene,
                           types=types)
-  share = settings["caption_share"] if settings["replay"] == "web" else 0.0
+  share = data_settings["caption_share"] if data_settings["replay"] == "web" else 0.0
   replayed = round(share / (1.0 - share) * len(vqa))
-  if not settings["vqa_pairs"]:  # a diagnostic: the replayed captions alone
+  if not data_settings["vqa_pairs"]:  # a diagnostic: the replayed captions alone
     vqa = []
   web = _sft_records(web_captions(config, train_scenes), "web", images)
   order = np.random.default_rng(seed).permutation(len(web))[:replayed]
-  writers.write_jsonl(paths.data(demo_config.vqa_data_name(candidate)),
+  writers.write_jsonl(paths.data(runs.vqa_data_name(candidate)),
                       _sft_records(vqa, "vqa", images) + [web[i] for i in order])
   return {"vqa_pairs": len(vqa), "vqa_stage_replayed_captions": int(len(order))}
 
@@ -90,7 +90,7 @@ def write_budget_subsets(paths: SeedPaths, budgets: Sequence[int], seed: int) ->
   """For each budget b (percent), the first round(b% of N) of the feedback pairs in a
   seeded order, as ``feedback_export/preference%b`` (nested: a smaller budget's pairs
   are in every larger one). Returns b -> pairs."""
-  source = paths.feedback_export / demo_config.preference_data_name(None)
+  source = paths.feedback_export / runs.preference_data_name(None)
   pairs = list(readers.read_jsonl(source, "train", "preference", records.ErrorLog("raise")))
   order = np.random.default_rng(seed).permutation(len(pairs))
   out = {}
@@ -98,7 +98,7 @@ def write_budget_subsets(paths: SeedPaths, budgets: Sequence[int], seed: int) ->
     if not 0 < budget <= 100:
       raise ValueError(f"feedback budget {budget}% must lie in (0, 100]")
     keep = max(1, round(budget / 100 * len(pairs)))
-    writers.write_jsonl(paths.feedback_export / demo_config.preference_data_name(budget),
+    writers.write_jsonl(paths.feedback_export / runs.preference_data_name(budget),
                         [pairs[i] for i in sorted(order[:keep])])
     out[int(budget)] = keep
   return out

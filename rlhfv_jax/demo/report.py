@@ -1,6 +1,6 @@
 """The demo's ablation report: Markdown tables, CSV and a PNG plot.
 
-Input is `results[arm][run] -> {metric: value}` (metrics of `metrics.METRIC_NAMES`),
+Input is `results[arm][run] -> {metric: value}` (metrics of `scoring.METRIC_NAMES`),
 one entry per seed — or a single one for a model shared by all seeds (the demo's
 base models). Spread is the sample standard deviation over the runs (ddof=1); a single
 run has none (empty in the CSV, nothing after the mean in the table, never "± 0.0").

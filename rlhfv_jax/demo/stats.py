@@ -10,7 +10,7 @@ sampling within each seed, with the seeds combined as the table combines them (t
 mean). It does not cover the variation a new seed would bring beyond the seeds run; the
 report says which directions hold in every seed separately.
 
-A metric is a ratio of pooled counts (`metrics.aggregate`'s definitions), computed from
+A metric is a ratio of pooled counts (`scoring.aggregate`'s definitions), computed from
 the per-scene counts in `COUNT_FIELDS`, so a replicate costs one gather and a sum.
 """
 
@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from rlhfv_jax.demo import metrics
+from rlhfv_jax.demo import scoring
 
 # Per-response counts; each metric is sum(numerator) / sum(denominator) over responses.
 COUNT_FIELDS = ("responses", "mentions", "hallucinated", "any_hallucinated", "present",
@@ -37,7 +37,7 @@ RATIOS: dict[str, tuple[str, str]] = {
 }
 
 
-def count_table(scores: Sequence[metrics.ResponseScore]) -> np.ndarray:
+def count_table(scores: Sequence[scoring.ResponseScore]) -> np.ndarray:
   """[responses, len(COUNT_FIELDS)] float64 counts of each response."""
   rows = [(1, s.mentions, s.hallucinated, s.hallucinated > 0, s.mentions - s.hallucinated,
            s.attribute_errors, s.covered, s.objects, s.count_correct is not None,

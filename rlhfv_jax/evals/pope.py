@@ -15,10 +15,10 @@ commit e3e3926, whose `random` split has 2,910 questions; record which file you 
 from __future__ import annotations
 
 import hashlib
-import json
 import pathlib
 from typing import Callable, Iterator, Optional, Sequence
 
+from rlhfv_jax import jsonl
 from rlhfv_jax.evals import binary
 
 SPLITS = ("random", "popular", "adversarial")
@@ -55,26 +55,16 @@ def read_questions(path: str | pathlib.Path,
   A bad line is a ValueError naming the file and line, raised, or passed to `on_error`
   (which may raise it or record it) and the line skipped."""
   path = pathlib.Path(path)
-  with path.open("r", encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        try:
-          item = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path} line {number}: not valid JSON ({e})") from e
-        missing = [k for k in ("question_id", "image", "text", "label") if k not in item]
-        if missing or item.get("label") not in ("yes", "no"):
-          raise ValueError(f"{path} line {number}: needs question_id, image, text and a "
-                           f"label 'yes'/'no'; missing {missing}, label "
-                           f"{item.get('label')!r}")
-      except ValueError as e:
-        if on_error is None:
-          raise
-        on_error(e)
-        continue
-      yield item
+  for number, item in jsonl.read_objects(path, on_error):
+    missing = [k for k in ("question_id", "image", "text", "label") if k not in item]
+    if missing or item.get("label") not in ("yes", "no"):
+      error = jsonl.JsonlError(path, number, f"needs question_id, image, text and a label "
+                               f"'yes'/'no'; missing {missing}, label {item.get('label')!r}")
+      if on_error is None:
+        raise error
+      on_error(error)
+      continue
+    yield item
 
 
 def file_sha256(path: str | pathlib.Path) -> str:

@@ -40,7 +40,7 @@ GenerateFn = Callable[..., jax.Array]
 def first_argmax(logits: jax.Array) -> jax.Array:
   """`jnp.argmax(logits, -1)` (first maximum; first NaN if any) as two plain reductions.
 
-  XLA's CPU argmax (one reduction over (value, index) pairs) took 1.6 ms for a
+  XLA's CPU argmax (one reduction over (value, index) pairs) takes 1.6 ms for a
   [16, 32k] batch, a third of a decode step; a max and a min over indices take 0.4 ms.
   """
   best = jnp.max(logits, axis=-1, keepdims=True)
@@ -71,7 +71,7 @@ def sample_tokens(logits: jax.Array, rng: jax.Array, temperature: jax.Array,
     return jax.random.categorical(rng, nucleus, axis=-1).astype(jnp.int32)
 
   # A real branch: greedy decoding must not pay for sorting the vocabulary every step
-  # (with a 32k vocabulary that sort was ~85% of a small model's decode step on CPU).
+  # (with a 32k vocabulary that sort is ~85% of a small model's decode step on CPU).
   return jax.lax.cond(temperature > 0, sample, greedy, None)
 
 

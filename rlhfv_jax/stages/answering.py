@@ -26,7 +26,7 @@ from absl import logging
 from rlhfv_jax import sampler as sampler_lib
 from rlhfv_jax.data.records import ErrorLog, RecordError
 from rlhfv_jax.stages import model_init
-from rlhfv_jax.train import sharding
+from rlhfv_jax.train import mesh as mesh_lib
 
 
 class Answerable(Protocol):
@@ -45,7 +45,7 @@ def local_sampler(config: Any, batch_size: int) -> tuple[sampler_lib.Sampler, An
   ``train.parallelism="fsdp"``, sharded over them as training shards them
   (``train.mesh`` applied to the process's devices: a model too large for one device)."""
   params = model_init.load_initial_params(config)
-  param_shardings, batch_sharding = sharding.pass_layout(config.train, params,
+  param_shardings, batch_sharding = mesh_lib.pass_layout(config.train, params,
                                                          jax.local_devices())
   if batch_size % batch_sharding.mesh.size:
     raise ValueError(f"batch_size={batch_size} must be a multiple of the "

@@ -13,12 +13,14 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import jax
+import ml_collections
 
 from rlhfv_jax import ddpo
 from rlhfv_jax import evals
+from rlhfv_jax.stages import defaults
 from rlhfv_jax.stages import registry
 from rlhfv_jax.train.optimizer import SCHEDULES
-from rlhfv_jax.train.sharding import resolve_mesh_shape
+from rlhfv_jax.train.mesh import resolve_mesh_shape
 
 PARALLELISMS = ("pmap", "fsdp")
 INIT_SOURCES = ("random", "hf", "checkpoint")
@@ -35,7 +37,7 @@ def _problems_ddpo(cfg: Any) -> list[str]:
     out.append(str(e))
   except TypeError as e:  # a value of the wrong type
     out.append(f"ddpo: {e}")
-  gamma = cfg.get("gamma", ddpo.PAPER_HPARAMS.gamma)
+  gamma = cfg.gamma
   if isinstance(gamma, (int, float)) and 0 < gamma < 1:
     out.append(f"ddpo.gamma={gamma}: gamma < 1 weights corrected tokens LESS than unchanged "
                "ones, the opposite of dense DPO. Use gamma > 1 (paper: 5), or 1 for plain "
@@ -46,7 +48,7 @@ def _problems_ddpo(cfg: Any) -> list[str]:
 def _problems_batch(cfg: Any, num_devices: int, num_processes: int) -> list[str]:
   out = []
   train = cfg.train
-  batch, accum = train.global_batch_size, train.get("grad_accum_steps", 1)
+  batch, accum = train.global_batch_size, train.grad_accum_steps
   if batch <= 0:
     out.append(f"train.global_batch_size={batch} must be > 0")
   if accum < 1:
@@ -58,21 +60,21 @@ def _problems_batch(cfg: Any, num_devices: int, num_processes: int) -> list[str]
         f"whole number of examples per micro-batch. Use a multiple of {num_devices * accum}.")
   if batch > 0 and batch % num_processes:
     out.append(f"train.global_batch_size={batch} is not divisible by {num_processes} processes")
-  parallelism = train.get("parallelism", "pmap")
+  parallelism = train.parallelism
   if parallelism not in PARALLELISMS:
     out.append(f"train.parallelism={parallelism!r}; expected one of {PARALLELISMS}")
   elif parallelism == "fsdp":
     try:
-      resolve_mesh_shape(train.mesh.get("data", -1), train.mesh.get("fsdp", 1), num_devices)
+      resolve_mesh_shape(train.mesh.data, train.mesh.fsdp, num_devices)
     except ValueError as e:
       out.append(str(e))
-  if train.get("num_steps", 0) < 0:
+  if train.num_steps < 0:
     out.append(f"train.num_steps={train.num_steps} must be >= 0 (0: from train.num_epochs)")
-  if train.get("num_steps", 0) == 0 and train.get("num_epochs", 0) <= 0:
+  if train.num_steps == 0 and train.num_epochs <= 0:
     out.append("train.num_steps=0 needs train.num_epochs > 0 to know how long to train")
-  if train.get("log_every", 1) <= 0:
+  if train.log_every <= 0:
     out.append(f"train.log_every={train.log_every} must be > 0")
-  if train.get("max_consecutive_nonfinite", 1) <= 0:
+  if train.max_consecutive_nonfinite <= 0:
     out.append(f"train.max_consecutive_nonfinite={train.max_consecutive_nonfinite} must be > 0")
   return out
 
@@ -82,32 +84,32 @@ def _problems_optim(cfg: Any) -> list[str]:
   lr = cfg.learning_rate
   if not lr > 0:
     out.append(f"optim.learning_rate={lr} must be > 0 (paper DDPO: 5e-7)")
-  warmup = cfg.get("warmup_fraction", 0.0)
+  warmup = cfg.warmup_fraction
   if not 0.0 <= warmup < 1.0:
     out.append(f"optim.warmup_fraction={warmup} must lie in [0, 1) (paper: 0.1)")
   for name in ("b1", "b2"):
-    if not 0.0 <= cfg.get(name, 0.9) < 1.0:
+    if not 0.0 <= cfg[name] < 1.0:
       out.append(f"optim.{name}={cfg[name]} must lie in [0, 1)")
-  if cfg.get("weight_decay", 0.0) < 0:
+  if cfg.weight_decay < 0:
     out.append(f"optim.weight_decay={cfg.weight_decay} must be >= 0")
-  if cfg.get("max_grad_norm", 0.0) < 0:
+  if cfg.max_grad_norm < 0:
     out.append(f"optim.max_grad_norm={cfg.max_grad_norm} must be >= 0 (0 disables clipping)")
-  if cfg.get("schedule", "cosine") not in SCHEDULES:
+  if cfg.schedule not in SCHEDULES:
     out.append(f"optim.schedule={cfg.schedule!r}; expected one of {SCHEDULES}")
-  if not 0.0 <= cfg.get("end_lr_fraction", 0.0) <= 1.0:
+  if not 0.0 <= cfg.end_lr_fraction <= 1.0:
     out.append(f"optim.end_lr_fraction={cfg.end_lr_fraction} must lie in [0, 1]")
   return out
 
 
 def _problems_init(cfg: Any, stage: str) -> list[str]:
   out = []
-  source = cfg.init.get("params", "random")
+  source = cfg.init.params
   if source not in INIT_SOURCES:
     out.append(f"init.params={source!r}; expected one of {INIT_SOURCES}")
-  if source == "hf" and not cfg.init.get("hf_checkpoint"):
+  if source == "hf" and not cfg.init.hf_checkpoint:
     out.append("init.params='hf' needs init.hf_checkpoint: a local llava-hf directory "
                "(config.json + model.safetensors); nothing is downloaded")
-  if source == "checkpoint" and not cfg.init.get("checkpoint_dir"):
+  if source == "checkpoint" and not cfg.init.checkpoint_dir:
     out.append("init.params='checkpoint' needs init.checkpoint_dir: the workdir of an "
                "earlier stage (e.g. the SFT run)")
   return out
@@ -119,12 +121,12 @@ def _problems_pass_batches(config: Any, stage: str, num_devices: int,
   device, the reference pass a per-process batch over the process's devices."""
   out = []
   if stage == "eval" and "eval" in config:
-    size = config.eval.get("batch_size", 0)
+    size = config.eval.batch_size
     if size <= 0 or size % num_devices:
       out.append(f"eval.batch_size={size} must be a positive multiple of the {num_devices} "
                  "devices")
   if stage == "precompute_ref" and "precompute" in config:
-    size, local = config.precompute.get("batch_size", 0), num_devices // num_processes
+    size, local = config.precompute.batch_size, num_devices // num_processes
     if size <= 0 or size % local:
       out.append(f"precompute.batch_size={size} must be a positive multiple of the {local} "
                  "devices of each process")
@@ -141,7 +143,7 @@ def _problems_hallucination(h: Any) -> list[str]:
            "amber": ("amber_dir",)}
   out = [f"hallucination.{field} is empty: benchmark {b!r} reads its local files from it "
          "(nothing is downloaded)" for b in h.benchmarks for field in needs[b]
-         if not h.get(field)]
+         if not h[field]]
   if h.batch_size < 1:
     out.append(f"hallucination.batch_size={h.batch_size} must be >= 1")
   if h.error_policy not in ("raise", "skip"):
@@ -179,9 +181,9 @@ def _problems_sample(s: Any, local_devices: int) -> list[str]:
 
 def _problems_checkpoint(cfg: Any) -> list[str]:
   out = []
-  if cfg.get("every_steps", 1) <= 0:
+  if cfg.every_steps <= 0:
     out.append(f"checkpoint.every_steps={cfg.every_steps} must be > 0")
-  if cfg.get("max_to_keep", 1) < 1:
+  if cfg.max_to_keep < 1:
     out.append(f"checkpoint.max_to_keep={cfg.max_to_keep} must be >= 1")
   return out
 
@@ -189,11 +191,11 @@ def _problems_checkpoint(cfg: Any) -> list[str]:
 def _problems_data_sources(data: Any, stage: str) -> list[str]:
   out = []
   reads_dataset = stage not in registry.STAGES or registry.STAGES[stage].reads_dataset
-  if reads_dataset and not data.get("data_dir"):
+  if reads_dataset and not data.data_dir:
     out.append(f"data.data_dir is empty: stage {stage!r} reads its examples from a TFDS data "
                "directory (array_record). Set data.data_dir, and data.source_dir to build it "
                "from raw files on first use (see rlhfv_jax/data/tfds_builders.py).")
-  if not data.get("tokenizer"):
+  if not data.tokenizer:
     out.append("data.tokenizer is empty: set it to a SentencePiece tokenizer.model file or a "
                "local HF tokenizer directory (nothing is downloaded)")
   return out
@@ -205,7 +207,7 @@ def _problems_data_and_model(config: Any) -> list[str]:
     out += _problems_data_sources(config.data, config.get("stage"))
     from rlhfv_jax.data.images import AugmentationPolicy  # validates the crop/flip rules
     try:
-      AugmentationPolicy.from_config(config.data)
+      AugmentationPolicy.from_config(config.data, warn=False)
     except ValueError as e:
       out.append(str(e))
   if "model" in config:
@@ -215,6 +217,22 @@ def _problems_data_and_model(config: Any) -> list[str]:
     except ValueError as e:
       out.append(f"model: {e}")
   return out
+
+
+def with_defaults(config: Any) -> ml_collections.ConfigDict:
+  """A copy of `config` whose sections have every field: those it lacks are taken from
+  `defaults.base_config`, the one place defaults live (sections it lacks stay absent;
+  `model` is taken whole, it has no defaults of its own)."""
+
+  def merge(base: dict, given: dict) -> dict:
+    return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(
+        base.get(k), dict) else v for k, v in given.items()}}
+
+  base = defaults.base_config().to_dict()
+  given = config.to_dict()
+  return ml_collections.ConfigDict({
+      name: merge(base[name], section) if isinstance(section, dict) and name != "model"
+      and isinstance(base.get(name), dict) else section for name, section in given.items()})
 
 
 def validate_config(config: Any, *, num_devices: Optional[int] = None,
@@ -229,6 +247,7 @@ def validate_config(config: Any, *, num_devices: Optional[int] = None,
   """
   num_devices = jax.device_count() if num_devices is None else num_devices
   num_processes = jax.process_count() if num_processes is None else num_processes
+  config = with_defaults(config)
   problems = []
   stage = config.get("stage")
   if stage not in registry.RUNNER_STAGES:
@@ -244,7 +263,7 @@ def validate_config(config: Any, *, num_devices: Optional[int] = None,
     problems += _problems_init(config, stage)
   if "checkpoint" in config:
     problems += _problems_checkpoint(config.checkpoint)
-  if "eval" in config and config.eval.get("objective", "ddpo") not in EVAL_OBJECTIVES:
+  if "eval" in config and config.eval.objective not in EVAL_OBJECTIVES:
     problems.append(f"eval.objective={config.eval.objective!r}; expected one of "
                     f"{EVAL_OBJECTIVES}")
   problems += _problems_pass_batches(config, stage, num_devices, num_processes)

@@ -30,6 +30,8 @@ is frozen as in LLaVA-1.5.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import ml_collections
 
 from rlhfv_jax import ddpo
@@ -95,3 +97,36 @@ def llava15_base(stage: str, size: str = "") -> ml_collections.ConfigDict:
   config.train.parallelism = "fsdp"
   config.train.mesh.update(data=1, fsdp=-1)
   return config
+
+
+def parse_arg(arg: str, config_file: str, **choices: Sequence[str]) -> ml_collections.ConfigDict:
+  """The argument after ":" of a config file (`configs/x.py:13b,eval`), by its choices.
+
+  Each comma-separated part is a value of exactly one choice, or "name=value"; a choice
+  that no part names is "" (its default). The one parser of every config file's argument.
+
+  Args:
+    arg: the text after ":" (may be empty).
+    config_file: the file's name, for the error message.
+    **choices: choice name -> its allowed values, e.g. size=SIZES, variant=VARIANTS.
+
+  Returns:
+    A ConfigDict with one string field per choice.
+
+  Raises:
+    ValueError: a part is no choice's value, or names a choice twice.
+  """
+  parsed = {name: "" for name in choices}
+  for part in (p.strip() for p in arg.split(",")):
+    if not part:
+      continue
+    name, _, value = part.rpartition("=")
+    names = [name] if name else [n for n, allowed in choices.items() if value in allowed]
+    if len(names) != 1 or names[0] not in choices or value not in choices[names[0]]:
+      raise ValueError(
+          f"{config_file}:{arg}: {part!r} is not one of " + "; ".join(
+              f"{n} in {tuple(v)}" for n, v in choices.items()))
+    if parsed[names[0]]:
+      raise ValueError(f"{config_file}:{arg}: {names[0]} given twice")
+    parsed[names[0]] = value
+  return ml_collections.ConfigDict(parsed)

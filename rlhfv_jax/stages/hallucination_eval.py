@@ -47,6 +47,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from rlhfv_jax import jsonl
 from rlhfv_jax.data.records import ErrorLog, RecordError, read_skipped
 from rlhfv_jax.evals import amber, objhal, pope
 from rlhfv_jax.stages import answering, model_init
@@ -118,11 +119,7 @@ def _objhal_image(value: str, images: pathlib.Path, where: str) -> pathlib.Path 
     raise ValueError(f"{where}: 'image' is neither a file under {images} nor base64") from e
 
 
-def _objhal_question(line: str, where: str, images: pathlib.Path) -> Item:
-  try:
-    q = json.loads(line)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{where}: not valid JSON ({e})") from e
+def _objhal_question(q: dict[str, Any], where: str, images: pathlib.Path) -> Item:
   missing = [k for k in ("image_id", "question", "image") if k not in q]
   if missing:
     raise ValueError(f"{where}: missing {missing}")
@@ -134,12 +131,11 @@ def objhal_items(h: Any, errors: ErrorLog) -> list[Item]:
   images = pathlib.Path(h.coco_images)
   if h.objhal_questions:
     path, items = pathlib.Path(h.objhal_questions), []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-      if line.strip():
-        try:
-          items.append(_objhal_question(line, f"{path} line {number}", images))
-        except ValueError as e:
-          _through(errors)(e)
+    for number, q in jsonl.read_objects(path, _through(errors)):
+      try:
+        items.append(_objhal_question(q, jsonl.location(path, number), images))
+      except ValueError as e:
+        _through(errors)(e)
     return items
   # The reproducible default: `objhal_num_images` COCO images drawn with `seed`.
   files = sorted(p.name for p in images.glob("COCO_val2014_*.jpg"))

@@ -6,6 +6,9 @@
   resolved ``config.json`` (``init.params="checkpoint"``) — keeping the run's execution
   settings (dtype, param_dtype, remat). A pinned size that disagrees with the checkpoint
   stays an error naming the differing parameters (`load_initial_params`).
+* `check_checkpoint_shapes`: a pinned size is compared with the checkpoint's parameter
+  shapes before anything runs (the llava-hf ``config.json``, or the run's orbax metadata),
+  so a mismatch is one line naming the differing parameters and the way out.
 * `load_initial_params`: random, a llava-hf directory, or an earlier stage's checkpoint.
 """
 
@@ -21,10 +24,12 @@ from absl import logging
 
 from rlhfv_jax import model as model_lib
 from rlhfv_jax.train import checkpointing
+from rlhfv_jax.train import mesh as mesh_lib
 from rlhfv_jax.train import optimizer as optimizer_lib
-from rlhfv_jax.train import sharding
 
 CHECKPOINT_DIR = "checkpoints"
+# The resolved config every run writes into its workdir (`runner.run`).
+RUN_CONFIG_FILE = "config.json"
 # Model-config fields that say how the run executes, not what the checkpoint holds.
 RUN_SETTINGS = ("dtype", "param_dtype", "remat")
 
@@ -48,7 +53,7 @@ def resolve_model_config(config: Any) -> Any:
     source = os.path.join(init.hf_checkpoint, "config.json")
     from_checkpoint = model_lib.config_from_hf(init.hf_checkpoint)
   elif init.get("params") == "checkpoint" and init.get("checkpoint_dir"):
-    source = os.path.join(init.checkpoint_dir, "config.json")
+    source = os.path.join(init.checkpoint_dir, RUN_CONFIG_FILE)
     if not os.path.isfile(source):
       raise FileNotFoundError(
           f"init.model_from_checkpoint: no {source} (the resolved config every run writes "
@@ -79,7 +84,13 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
   return out
 
 
+_WAY_OUT = ("Give no size (no ':7b' / ':13b' argument, no --config.model.* overrides) so "
+            "that the architecture follows the checkpoint (init.model_from_checkpoint=True), "
+            "or point init at a checkpoint of the config's size")
+
+
 def _check_param_shapes(params: Any, expected: Any, source: str) -> None:
+  """Raises a ValueError naming the parameters whose shapes differ (first five)."""
   shapes = lambda tree: {optimizer_lib.path_str(path): tuple(x.shape)
                          for path, x in jax.tree_util.tree_leaves_with_path(tree)}
   got, want = shapes(params), shapes(expected)
@@ -87,9 +98,46 @@ def _check_param_shapes(params: Any, expected: Any, source: str) -> None:
            if got.get(name) != shape]
   diffs += [f"{name}: not in config.model" for name in sorted(got.keys() - want.keys())]
   if diffs:
-    raise ValueError(f"{source} does not match config.model; first differences: {diffs[:5]}. "
-                     "Set the config's size to the checkpoint's, or let the architecture "
-                     "follow an HF checkpoint with init.model_from_checkpoint=True")
+    more = f" (+{len(diffs) - 5} more)" if len(diffs) > 5 else ""
+    raise ValueError(f"{source} does not match config.model: {'; '.join(diffs[:5])}{more}. "
+                     f"{_WAY_OUT}.")
+
+
+def _latest_checkpoint(config: Any) -> tuple[checkpointing.Checkpointer, int]:
+  """The Checkpointer of `init.checkpoint_dir` and the step `init.checkpoint_step` names."""
+  init = config.init
+  directory = checkpoint_dir(init.checkpoint_dir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"init.checkpoint_dir={init.checkpoint_dir!r}: no {directory} "
+                            "(the workdir of a finished sft/ddpo run)")
+  ckpt = checkpointing.Checkpointer(directory, save_every_steps=1)
+  step = ckpt.latest_step() if init.checkpoint_step < 0 else init.checkpoint_step
+  if step is None or step not in ckpt.all_steps():
+    raise FileNotFoundError(
+        f"init.checkpoint_dir={init.checkpoint_dir!r}: no checkpoint "
+        f"{'at all' if step is None else f'at step {step}'} under {ckpt.directory}")
+  return ckpt, step
+
+
+def check_checkpoint_shapes(config: Any) -> None:
+  """Compares config.model's parameter shapes with those of the checkpoint `init` names,
+  reading only its config or metadata (no weights).
+
+  Raises:
+    ValueError: the shapes differ (the message names them and the way out).
+    FileNotFoundError: `init` names a checkpoint that is not there.
+  """
+  init = config.get("init")
+  if not init or init.get("params") not in ("hf", "checkpoint"):
+    return
+  expected = model_lib.param_shapes(config.model)
+  if init.params == "hf" and init.get("hf_checkpoint"):
+    stored = model_lib.param_shapes(model_lib.config_from_hf(init.hf_checkpoint))
+    _check_param_shapes(stored, expected, f"init.hf_checkpoint={init.hf_checkpoint}")
+  elif init.params == "checkpoint" and init.get("checkpoint_dir"):
+    ckpt, step = _latest_checkpoint(config)
+    _check_param_shapes(ckpt.param_shapes(step), expected,
+                        f"init.checkpoint_dir={init.checkpoint_dir} (step {step})")
 
 
 def load_initial_params(config: Any, target_shardings: Any = None) -> Any:
@@ -106,20 +154,14 @@ def load_initial_params(config: Any, target_shardings: Any = None) -> Any:
   if init.params == "hf":
     from rlhfv_jax.model import hf_io  # local: safetensors + transformers config
     _, params = hf_io.load_hf_llava(init.hf_checkpoint, param_dtype=cfg.param_dtype)
-    _check_param_shapes(params, expected, f"HF checkpoint {init.hf_checkpoint}")
+    _check_param_shapes(params, expected, f"init.hf_checkpoint={init.hf_checkpoint}")
     return params
-  directory = checkpoint_dir(init.checkpoint_dir)
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"init.checkpoint_dir={init.checkpoint_dir!r}: no {directory} "
-                            "(the workdir of a finished sft/ddpo run)")
-  ckpt = checkpointing.Checkpointer(directory, save_every_steps=1)
-  step = ckpt.latest_step() if init.checkpoint_step < 0 else init.checkpoint_step
-  if step is None or step not in ckpt.all_steps():
-    raise FileNotFoundError(
-        f"init.checkpoint_dir={init.checkpoint_dir!r}: no checkpoint "
-        f"{'at all' if step is None else f'at step {step}'} under {ckpt.directory}")
+  ckpt, step = _latest_checkpoint(config)
+  # Before orbax: a restore into other shapes fails deep inside it, in many tracebacks.
+  _check_param_shapes(ckpt.param_shapes(step), expected,
+                      f"init.checkpoint_dir={init.checkpoint_dir} (step {step})")
   if target_shardings is None:
-    target_shardings = jax.tree.map(lambda _: sharding.replicated(), expected)
+    target_shardings = jax.tree.map(lambda _: mesh_lib.replicated(), expected)
   logging.info("initial params: %s step %d", ckpt.directory, step)
   return ckpt.restore_params(step, checkpointing.abstract_with_shardings(expected,
                                                                         target_shardings))

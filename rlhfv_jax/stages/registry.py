@@ -1,7 +1,7 @@
 """The stage registry: the one list of what `python -m rlhfv_jax.main` can run.
 
-`config.stage` names an entry. `main` prints the help texts and calls the entry's
-`validate` and `run`; `config_validation` reads which stages train. Entries name their
+`config.stage` names an entry. `main` prints the help texts; `runner.run` calls the
+entry's `validate` and `run`; `config_validation` reads which stages train. Entries name their
 functions as "module:function" and are imported only when used, so this module stays a
 leaf that any layer may read (the demo's chain of stages lives above the runner).
 """
@@ -46,19 +46,19 @@ STAGES: dict[str, Stage] = {
     "sft": Stage(
         "supervised VQA fine-tuning. Needs: data (an SFT dataset: vqav2 / jsonl_sft), "
         "init.params (random | hf | checkpoint), train, optim.",
-        run="rlhfv_jax.stages.runner:train_stage", trains=True),
+        run="rlhfv_jax.stages.training:run", trains=True),
     "precompute_ref": Stage(
         "reference per-token log-probs for every preference example. Needs: data (a "
         "preference dataset), init (the reference), precompute.",
-        run="rlhfv_jax.stages.runner:precompute_ref_stage"),
+        run="rlhfv_jax.stages.reference:run"),
     "ddpo": Stage(
         "dense DPO on fine-grained corrections. Needs: data (a preference dataset: "
         "rlhfv_parquet / rlaifv_parquet / jsonl_preference), init (hf | checkpoint: the "
         "instruction-tuned model, also the reference), ddpo (gamma, beta, ...), train, optim.",
-        run="rlhfv_jax.stages.runner:train_stage", trains=True),
+        run="rlhfv_jax.stages.training:run", trains=True),
     "eval": Stage(
         "the objective's metrics on eval.split. Needs: data, init, eval.",
-        run="rlhfv_jax.stages.runner:eval_stage"),
+        run="rlhfv_jax.stages.evaluate:run"),
     "hallucination_eval": Stage(
         "POPE, Object HalBench (CHAIR, rule) and AMBER from local benchmark files. Needs: "
         "init, data.tokenizer, hallucination (benchmarks and their files).",
@@ -76,7 +76,7 @@ STAGES: dict[str, Stage] = {
     "demo": Stage(
         "the embedded default (configs/demo.py): the whole miniature experiment, data to "
         "ablation table, on a synthetic world. Needs: nothing.",
-        run="rlhfv_jax.demo.pipeline:run", validate="rlhfv_jax.demo.config:validate"),
+        run="rlhfv_jax.demo.driver:run", validate="rlhfv_jax.demo.settings:validate"),
 }
 # Stages that `config_validation.validate_config` accepts (the demo validates its own
 # config and each of its stage configs through it).

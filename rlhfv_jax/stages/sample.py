@@ -37,9 +37,9 @@ import jax
 from absl import logging
 from jax.experimental import multihost_utils
 
+from rlhfv_jax import jsonl
 from rlhfv_jax.annotate import export as annotate_export
 from rlhfv_jax.annotate import store as store_lib
-from rlhfv_jax.data import readers
 from rlhfv_jax.data.records import ErrorLog, RecordError
 from rlhfv_jax.stages import answering, model_init
 
@@ -69,7 +69,8 @@ def _asked(s: Any, root: pathlib.Path) -> list[tuple[str, str, str]]:
   """(question id, image, prompt) of everything to ask, in a fixed order."""
   if s.questions:
     path, out = pathlib.Path(s.questions), []
-    for number, (where, row) in enumerate(readers.json_objects(path), start=1):
+    for number, (line_number, row) in enumerate(jsonl.read_objects(path), start=1):
+      where = jsonl.location(path, line_number)
       if not row.get("image") or not row.get("question"):
         raise ValueError(f"{where}: needs non-empty 'image' and 'question'")
       image = store_lib.check_image_path(str(row.get("id", where)), str(row["image"]))

@@ -156,6 +156,16 @@ class Checkpointer:
                                       partial_restore=True))
     return restored["params"]
 
+  def param_shapes(self, step: int) -> Any:
+    """`state.params` of step `step` as `jax.ShapeDtypeStruct`s, read from the checkpoint's
+    metadata (no array is read)."""
+    with ocp.PyTreeCheckpointer() as reader:
+      metadata = reader.metadata(self.directory / str(step) / STATE_ITEM)
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree["params"],
+                        is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
     self._manager.wait_until_finished()

@@ -17,7 +17,7 @@ from absl import logging
 
 from rlhfv_jax.train import checkpointing
 from rlhfv_jax.train import metrics as metrics_lib
-from rlhfv_jax.train.sharding import Parallel
+from rlhfv_jax.train.parallel import Parallel
 
 
 class NonFiniteLossError(RuntimeError):
@@ -86,6 +86,88 @@ def _shape_signature(batch: Any) -> tuple:
   return tuple(tuple(getattr(x, "shape", ())) for x in jax.tree.leaves(batch))
 
 
+def _next_batch(data_iterator: Iterator[Any], step: int, start_step: int,
+                num_steps: int) -> Any:
+  """The iterator's next host batch; DataExhaustedError when it has none."""
+  try:
+    return next(data_iterator)
+  except StopIteration:
+    raise DataExhaustedError(
+        f"the data iterator ended after {step - start_step} batches, at step {step} of "
+        f"{num_steps}: lower train.num_steps / train.num_epochs or check the "
+        "dataset size") from None
+
+
+class _CompileWatch:
+  """Batch shapes seen and compilations of the train step, to tell an expected
+  compilation (one per shape bucket) from a retrace."""
+
+  def __init__(self):
+    self.shapes_seen: set[tuple] = set()
+    self.compiles = metrics_lib.CompileCounter()
+
+  def see(self, step: int, host_batch: Any) -> None:
+    signature = _shape_signature(host_batch)
+    if signature not in self.shapes_seen:
+      self.shapes_seen.add(signature)
+      logging.info("step %d: compiling the train step for a new batch shape bucket (%d so far)",
+                   step, len(self.shapes_seen))
+
+  def log_summary(self) -> None:
+    logging.info("the train step compiled %d time(s) for %d batch shape(s)",
+                 self.compiles.count, len(self.shapes_seen))
+    if self.compiles.count > len(self.shapes_seen):
+      logging.warning("the train step compiled %d times for only %d batch shapes: something "
+                      "retraces it (a Python value that changes between steps?)",
+                      self.compiles.count, len(self.shapes_seen))
+
+
+class _StepReporter:
+  """The host's side of each finished step: the non-finite check, window means,
+  throughput, the console line and the metrics record."""
+
+  def __init__(self, parallel: Parallel, settings: LoopSettings, start_step: int,
+               checkpointer: Optional[checkpointing.Checkpointer],
+               writer: Optional[metrics_lib.MetricsWriter]):
+    self.parallel = parallel
+    self.settings = settings
+    self.checkpointer = checkpointer
+    self.writer = writer
+    self.throughput = metrics_lib.Throughput(settings.num_steps, start_step)
+    self.window = metrics_lib.WindowMean()
+
+  def __call__(self, step: int, device_metrics: dict, examples: int, tokens: int) -> None:
+    """Reports the step that ended at `step` (blocks until its metrics are computed)."""
+    values = self.parallel.host_metrics(device_metrics)
+    self.window.add(values)
+    self.throughput.add(examples, tokens)
+    self._check_finite(step, values)
+    if step % self.settings.log_every == 0 or step == self.settings.num_steps:
+      rates = self.throughput.rates(step)
+      record = dict(self.window.pop(), **rates)
+      logging.info("%s", self.throughput.line(step, rates, record.get("loss")))
+      if self.writer is not None:
+        self.writer.write(step, record)
+
+  def _check_finite(self, step: int, values: dict[str, float]) -> None:
+    """Warns of a skipped update; NonFiniteLossError after too many in a row."""
+    limit = self.settings.max_consecutive_nonfinite
+    if values["update_skipped"]:
+      logging.warning(
+          "step %d: non-finite loss (%s) or gradient norm (%s); update skipped "
+          "(%d in a row, %d in total)", step, values["loss"], values["grad_norm"],
+          values["nonfinite_consecutive"], values["nonfinite_total"])
+    if values["nonfinite_consecutive"] >= limit:
+      newest = self.checkpointer.latest_step() if self.checkpointer is not None else None
+      raise NonFiniteLossError(
+          f"stopping at step {step}: {int(values['nonfinite_consecutive'])} consecutive "
+          f"updates had a non-finite loss or gradient norm (loss={values['loss']}, "
+          f"grad_norm={values['grad_norm']}; limit train.max_consecutive_nonfinite={limit}). "
+          "The params are still those of the last finite update; newest checkpoint: "
+          f"{newest}. Check the data for empty or corrupt examples, or lower "
+          "optim.learning_rate / set optim.max_grad_norm.")
+
+
 def train(parallel: Parallel, state: Any, frozen_inputs: Any, data_iterator: Iterator[Any], *,
           start_step: int, settings: LoopSettings,
           checkpointer: Optional[checkpointing.Checkpointer] = None,
@@ -110,59 +192,21 @@ def train(parallel: Parallel, state: Any, frozen_inputs: Any, data_iterator: Ite
     NonFiniteLossError: `settings.max_consecutive_nonfinite` skipped updates in a row.
     DataExhaustedError: the iterator ran out before `settings.num_steps`.
   """
-  throughput = metrics_lib.Throughput(settings.num_steps, start_step)
-  window = metrics_lib.WindowMean()
-  shapes_seen: set[tuple] = set()
-  step_compiles = metrics_lib.CompileCounter()
+  report = _StepReporter(parallel, settings, start_step, checkpointer, writer)
+  watch = _CompileWatch()
   last_saved = start_step if checkpointer is not None and start_step > 0 else None
-
-  def check_and_log(step: int, device_metrics: dict, examples: int, tokens: int) -> None:
-    values = parallel.host_metrics(device_metrics)
-    window.add(values)
-    throughput.add(examples, tokens)
-    if values["update_skipped"]:
-      logging.warning(
-          "step %d: non-finite loss (%s) or gradient norm (%s); update skipped "
-          "(%d in a row, %d in total)", step, values["loss"], values["grad_norm"],
-          values["nonfinite_consecutive"], values["nonfinite_total"])
-    if values["nonfinite_consecutive"] >= settings.max_consecutive_nonfinite:
-      newest = checkpointer.latest_step() if checkpointer is not None else None
-      raise NonFiniteLossError(
-          f"stopping at step {step}: {int(values['nonfinite_consecutive'])} consecutive "
-          f"updates had a non-finite loss or gradient norm (loss={values['loss']}, "
-          f"grad_norm={values['grad_norm']}; limit "
-          f"train.max_consecutive_nonfinite={settings.max_consecutive_nonfinite}). The "
-          "params are still those of the last finite update; newest checkpoint: "
-          f"{newest}. Check the data for empty or corrupt examples, or lower "
-          "optim.learning_rate / set optim.max_grad_norm.")
-    if step % settings.log_every == 0 or step == settings.num_steps:
-      rates = throughput.rates(step)
-      record = dict(window.pop(), **rates)
-      logging.info("%s", throughput.line(step, rates, record.get("loss")))
-      if writer is not None:
-        writer.write(step, record)
 
   pending = None
   for step in range(start_step, settings.num_steps):
-    try:
-      host_batch = next(data_iterator)
-    except StopIteration:
-      raise DataExhaustedError(
-          f"the data iterator ended after {step - start_step} batches, at step {step} of "
-          f"{settings.num_steps}: lower train.num_steps / train.num_epochs or check the "
-          "dataset size") from None
+    host_batch = _next_batch(data_iterator, step, start_step, settings.num_steps)
     iterator_state = _iterator_state(data_iterator)
-    signature = _shape_signature(host_batch)
-    if signature not in shapes_seen:
-      shapes_seen.add(signature)
-      logging.info("step %d: compiling the train step for a new batch shape bucket (%d so far)",
-                   step, len(shapes_seen))
+    watch.see(step, host_batch)
     examples, tokens = metrics_lib.batch_size_and_tokens(host_batch)
     device_batch = parallel.put_batch(host_batch)
-    with step_compiles.counting():
+    with watch.compiles.counting():
       state, device_metrics = parallel.step(state, device_batch, frozen_inputs)
     if pending is not None:
-      check_and_log(*pending)
+      report(*pending)
     # Every process holds an equal share of the global batch; tokens are extrapolated.
     pending = (step + 1, device_metrics, examples * jax.process_count(),
                tokens * jax.process_count())
@@ -170,13 +214,8 @@ def train(parallel: Parallel, state: Any, frozen_inputs: Any, data_iterator: Ite
         step + 1, lambda: parallel.checkpointable(state), iterator_state):
       last_saved = step + 1
   if pending is not None:
-    check_and_log(*pending)
-  logging.info("the train step compiled %d time(s) for %d batch shape(s)",
-               step_compiles.count, len(shapes_seen))
-  if step_compiles.count > len(shapes_seen):
-    logging.warning("the train step compiled %d times for only %d batch shapes: something "
-                    "retraces it (a Python value that changes between steps?)",
-                    step_compiles.count, len(shapes_seen))
+    report(*pending)
+  watch.log_summary()
   if checkpointer is not None:
     if last_saved != settings.num_steps:
       checkpointer.save(settings.num_steps, parallel.checkpointable(state),

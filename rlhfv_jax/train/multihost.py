@@ -12,7 +12,7 @@ Three ways a run finds its peers, in order of precedence:
 3. Neither: a single-process run, nothing to do.
 
 After initialisation `jax.devices()` lists every process's devices; each process feeds
-its own share of the global batch (`rlhfv_jax.data.pipeline.Loader` slices it).
+its own share of the global batch (`rlhfv_jax.data.loader.Loader` slices it).
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ def driver():
   browser.quit()
 
 
+@pytest.mark.slow
 def test_annotate_in_a_real_browser_then_export(driver, live_server, store, image_root,
                                                 tmp_path):
   from selenium.webdriver.common.action_chains import ActionChains

@@ -15,7 +15,7 @@ from rlhfv_jax.annotate import store as store_lib
 from rlhfv_jax.data import readers, tfds_builders
 from rlhfv_jax.data.records import ErrorLog
 from rlhfv_jax.train import metrics as metrics_lib
-from rlhfv_jax.stages import runner
+from rlhfv_jax.stages import training
 
 from .helpers import ANSWERS
 
@@ -101,6 +101,7 @@ def test_command_line_add_then_export(tmp_path, image_root, capsys):
     cli.main(["add", "--store", database, "--items", str(answers)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["jsonl_preference", "rlhfv_parquet"])
 def test_exported_annotations_train_in_the_ddpo_stage(store, image_root, tmp_path,
                                                       llama_tokenizer_path, dataset):
@@ -119,7 +120,7 @@ def test_exported_annotations_train_in_the_ddpo_stage(store, image_root, tmp_pat
                      buckets=(64, 96))
   config.train.update(global_batch_size=4, num_steps=3)
   workdir = tmp_path / "run"
-  runner.train_stage(config, str(workdir))
+  training.run(config, str(workdir))
   split = tfds_builders.open_split(dataset, tmp_path / "tfds", "train")
   assert len(split) == 8  # every exported pair was read
   steps = [r for r in metrics_lib.read_jsonl(workdir) if "loss" in r]

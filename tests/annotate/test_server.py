@@ -116,6 +116,7 @@ def test_the_page_inserts_text_never_html(client):
   assert "script-src" in client.get("/").headers["content-security-policy"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
 def test_command_line_serves_and_prints_its_url(store, image_root, host):
   """`python -m rlhfv_jax.annotate` prints the URL; on a non-loopback address the URL holds

@@ -13,7 +13,15 @@ from rlhfv_jax.data.tokenizer import SentencePieceTokenizer
 
 
 @pytest.fixture(scope="session")
-def tokenizer(llama_tokenizer_path):
+def tokenizer(sentencepiece_tokenizer_path):
+  """A SentencePiece tokenizer with LLaVA-1.5's ids, trained in code: what the data tests
+  need, on any clone."""
+  return SentencePieceTokenizer(sentencepiece_tokenizer_path)
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer(llama_tokenizer_path):
+  """The real Llama-2 tokenizer, for the tests about its ids (skips when it is absent)."""
   return SentencePieceTokenizer(llama_tokenizer_path)
 
 

@@ -8,9 +8,9 @@ import pytest
 from raw_files import GOOD_ROWS, image_bytes
 from rlhfv_jax import segments
 from rlhfv_jax.batch import PreferenceBatch, SFTBatch
-from rlhfv_jax.data.pipeline import (Answer, TokenizedExample, assemble_batch, choose_bucket,
-                                     pack_sequence, pack_shared_prefix,
-                                     shared_prefix_budgets, tokenize_record)
+from rlhfv_jax.data.packing import (Answer, TokenizedExample, assemble_batch, choose_bucket,
+                                    pack_sequence, pack_shared_prefix,
+                                    shared_prefix_budgets, tokenize_record)
 from rlhfv_jax.data.records import make_preference_record, make_sft_record
 from rlhfv_jax.data.tokenizer import ChatTemplate
 

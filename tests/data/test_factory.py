@@ -12,12 +12,12 @@ from rlhfv_jax.data import factory
 
 
 @pytest.fixture
-def config(make_jsonl_dir, tmp_path, llama_tokenizer_path):
+def config(make_jsonl_dir, tmp_path, sentencepiece_tokenizer_path):
   lines = [dict(id=f"j{i}", image=image_bytes(i), **GOOD_ROWS[i % 3]) for i in range(6)]
   lines.append(dict(id="bad", image=b"broken", **GOOD_ROWS[0]))
   data = factory.get_data_config()
   data.update(dataset="jsonl_preference", source_dir=str(make_jsonl_dir(lines)),
-              data_dir=str(tmp_path / "tfds"), tokenizer=str(llama_tokenizer_path),
+              data_dir=str(tmp_path / "tfds"), tokenizer=str(sentencepiece_tokenizer_path),
               buckets=(96, 128), error_policy="skip", num_threads=2)
   return ml_collections.ConfigDict(dict(
       data=data, model=model.llava_config("tiny"),
@@ -74,7 +74,7 @@ def test_config_errors(config, tmp_path):
     factory.make_loader(config, global_batch_size=2, run_dir=tmp_path)
   config.data.augmentation = "none"
   assert factory.ModelFacts.from_config(config).vocab_size == config.model.text.vocab_size
-  # The Llama-2 tokenizer has 32001 ids with <image>; a smaller model vocabulary is refused.
+  # A LLaVA-1.5 tokenizer has 32001 ids with <image>; a smaller model vocabulary is refused.
   with pytest.raises(ValueError, match="32001 ids but the model's embedding table has only "
                                        "text.vocab_size=1000"):
     factory.make_template(config, factory.ModelFacts(

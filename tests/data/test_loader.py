@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from raw_files import GOOD_ROWS, image_bytes
-from rlhfv_jax.data import pipeline, tfds_builders
+from rlhfv_jax.data import tfds_builders
 from rlhfv_jax.data.images import AugmentationPolicy, ImagePreprocessor
-from rlhfv_jax.data.pipeline import Loader
+from rlhfv_jax.data.loader import Loader
 from rlhfv_jax.data.records import (ErrorLog, RecordError, make_preference_record,
                                     read_skipped)
 from rlhfv_jax.data.tokenizer import ChatTemplate
@@ -31,7 +31,7 @@ def records(n: int, long_every: int = 0):
   for i in range(n):
     fields = dict(GOOD_ROWS[i % 3])
     if long_every and i % long_every == long_every - 1:
-      tail = " It sits near a window with white curtains and a small green plant." * 3
+      tail = " It sits near a window with white curtains and a small green plant." * 4
       fields = dict(fields, chosen=fields["chosen"] + tail, rejected=fields["rejected"] + tail)
     out.append(make_preference_record(dict(fields, id=f"r{i}", image=image_bytes(i, (20, 16)))))
   return out
@@ -54,6 +54,10 @@ def make_loader(source, template, preprocessor, **kwargs):
 
 def take(iterator, k):
   return [next(iterator) for _ in range(k)]
+
+
+def truncation_logs(caplog):
+  return [r for r in caplog.records if "cut to the largest bucket" in r.getMessage()]
 
 
 def assert_same_batches(a, b):
@@ -116,18 +120,25 @@ def test_batches_use_the_smallest_bucket_that_fits_their_longest_example(templat
     assert length == min(b for b in BUCKETS if b >= needed)
     assert (length == 160) == bool(set(ids) & long_ids)
   assert not loader.truncated_ids  # every example fits a bucket
+  assert loader.truncation_summary() is None
 
 
 def test_long_answers_are_truncated_to_the_largest_bucket(template, preprocessor, tokenizer,
                                                           caplog):
   source = records(4, long_every=1)
-  loader = make_loader(source, template, preprocessor, buckets=(80, 96), shuffle=False)
-  with caplog.at_level(logging.WARNING):
+  loader = make_loader(source, template, preprocessor, buckets=(80, 96), shuffle=False,
+                       num_epochs=1)
+  with caplog.at_level(logging.DEBUG):
     ids, batch = next(iter(loader.dataset(with_ids=True)))
-  # Nothing is cut silently: every cut example is counted and logged by id.
+    assert not truncation_logs(caplog)  # an expected cut: no warning per batch
+    loader.close()
+  # Nothing is cut silently: every cut example is counted, kept by id and summarized.
   assert loader.truncated_ids == {r.id for r in source}
-  assert any("cut to the largest bucket (96 tokens" in r.message and "r3" in r.message
-             for r in caplog.records)
+  summary, listed = truncation_logs(caplog)
+  assert summary.levelno == logging.INFO and summary.getMessage().startswith(
+      "answers cut to the largest bucket (96 tokens, EOS dropped) for 4 of 4 examples "
+      "packed (100.0%): 4 distinct ids (r0, r1, r2, r3)")
+  assert listed.levelno == logging.DEBUG and "['r0', 'r1', 'r2', 'r3']" in listed.getMessage()
   assert batch.chosen.input_ids.shape == (4, 96)
   assert batch.chosen.attention_mask.all()  # full: cut to fit
   assert not (batch.chosen.input_ids == tokenizer.eos_id).any()  # the EOS was dropped
@@ -214,43 +225,59 @@ def test_constructor_rejects_bad_layouts(template, preprocessor):
     make_loader([], template, preprocessor)
 
 
-def test_truncation_log_is_bounded_but_every_id_is_kept(template, preprocessor, caplog):
+def test_truncation_is_one_summary_with_count_and_share_and_every_id_kept(template,
+                                                                          preprocessor, caplog):
   loader = make_loader(records(4), template, preprocessor, buckets=(80, 96), shuffle=False)
-  cut = [types.SimpleNamespace(id=f"long-{i}", required_length=lambda shared_prefix: 500)
-         for i in range(300)]
-  with caplog.at_level(logging.WARNING):
-    for example in cut:
-      loader._note_truncated([example], 96)
-    loader._note_truncated(cut[:5], 96)  # already counted: no new log line
+  example = lambda i, needed: types.SimpleNamespace(id=f"e{i}",
+                                                    required_length=lambda shared_prefix: needed)
+  cut = [example(i, 500) for i in range(300)]
+  fits = [example(300 + i, 90) for i in range(700)]
+  with caplog.at_level(logging.DEBUG):
+    for k in range(0, 300, 3):  # host batches of 3 cut and 7 whole examples
+      loader._note_truncated(cut[k:k + 3] + fits[7 * k // 3:7 * (k + 3) // 3], 96)
+    loader._note_truncated(cut[:5], 96)  # a second epoch: counted again, not a new id
+    assert not truncation_logs(caplog)  # nothing per batch, however many are cut
+    loader.close()
+    loader.close()  # once per loader
   assert loader.truncated_ids == {e.id for e in cut}
-  messages = [r.message for r in caplog.records]
-  named = [m for m in messages if "cut to the largest bucket" in m]
-  assert len(named) == pipeline._TRUNCATION_IDS_LOGGED
-  # After that, one count line each time the total passes a power of two (32 ... 256).
-  assert [m.split()[0] for m in messages if "so far; all ids" in m] == ["32", "64", "128", "256"]
+  summary, listed = truncation_logs(caplog)
+  assert summary.levelno == logging.INFO and summary.getMessage() == (
+      "answers cut to the largest bucket (96 tokens, EOS dropped) for 305 of 1005 examples "
+      "packed (30.3%): 300 distinct ids (e0, e1, e2, e3, e4, ...), all in "
+      "Loader.truncated_ids and at DEBUG")
+  assert listed.levelno == logging.DEBUG
+  assert all(f"'{e.id}'" in listed.getMessage() for e in cut)
+  # Each process counts its own share and says which process it is.
+  shard = make_loader(records(4), template, preprocessor, buckets=(80, 96), process_index=1,
+                      process_count=2)
+  shard._note_truncated(cut[:1] + fits[:1], 96)
+  assert "for 1 of 2 examples packed on process 1 of 2 (50.0%)" in shard.truncation_summary()
+  shard.close()
 
 
+@pytest.mark.slow
 def test_closed_iterators_stop_and_a_process_exits_clean(template, preprocessor,
-                                                         llama_tokenizer_path):
+                                                         sentencepiece_tokenizer_path):
   loader = make_loader(records(8), template, preprocessor)
   iterator = iter(loader)
   next(iterator)
   loader.close()
   with pytest.raises(RuntimeError, match="closed"):
     next(iterator)
-  # At interpreter exit an iterator still open is closed before module teardown (grain's
-  # prefetch thread used to fail there with "'NoneType' object has no attribute 'Empty'").
+  # At interpreter exit an iterator still open is closed before module teardown (else
+  # grain's prefetch thread fails there with "'NoneType' object has no attribute 'Empty'").
   script = f"""
 import sys
 sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})
 from raw_files import image_bytes
-from rlhfv_jax.data import images, pipeline, records
+from rlhfv_jax.data import images, records
+from rlhfv_jax.data.loader import Loader
 from rlhfv_jax.data.tokenizer import ChatTemplate, SentencePieceTokenizer
 recs = [records.PreferenceRecord(f"r{{i}}", image_bytes(i), "Q?", "A red cup.", "A blue cup.")
         for i in range(16)]
-template = ChatTemplate(SentencePieceTokenizer({str(llama_tokenizer_path)!r}), 1)
-loader = pipeline.Loader(recs, template, images.ImagePreprocessor(16), global_batch_size=4,
-                         buckets=(96,), num_epochs=None)
+template = ChatTemplate(SentencePieceTokenizer({str(sentencepiece_tokenizer_path)!r}), 1)
+loader = Loader(recs, template, images.ImagePreprocessor(16), global_batch_size=4,
+                buckets=(96,), num_epochs=None)
 iterator = iter(loader)
 next(iterator), next(iterator)
 print("iterated")

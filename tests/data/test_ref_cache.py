@@ -11,7 +11,7 @@ import pytest
 
 from raw_files import GOOD_ROWS, image_bytes
 from rlhfv_jax.data.images import ImagePreprocessor
-from rlhfv_jax.data.pipeline import Loader
+from rlhfv_jax.data.loader import Loader
 from rlhfv_jax.data.records import make_preference_record
 from rlhfv_jax.data.ref_cache import (ReferenceCache, compute_reference_cache,
                                       default_cache_dir, shard_path)
@@ -84,7 +84,7 @@ def test_missing_id_and_changed_tokenization_are_clear_errors(source, template, 
                      shuffle=False, num_threads=2, ref_lookup=cache.lookup)))
   # A smaller largest bucket truncates answers: the cached lengths no longer match.
   with pytest.raises(ValueError, match=r"example 'r\d' has \d+ cached log-probs .* scores \d+"):
-    next(iter(Loader(source[:4], template, preprocessor, global_batch_size=4, buckets=(72,),
+    next(iter(Loader(source[:4], template, preprocessor, global_batch_size=4, buckets=(64,),
                      shuffle=False, num_threads=2, ref_lookup=cache.lookup)))
 
 

@@ -1,4 +1,8 @@
-"""The LLaVA-1.5 chat template and tokenizers, against hand-written ids and transformers."""
+"""The LLaVA-1.5 chat template and tokenizers, against hand-written ids and transformers.
+
+The tests about Llama-2's ids use the real tokenizer (`llama_tokenizer`); the others
+the one trained in code (`tokenizer`).
+"""
 
 from __future__ import annotations
 
@@ -28,8 +32,8 @@ def test_rendered_prompt_is_the_vicuna_v1_conversation(tokenizer):
   assert PROMPT_TEMPLATE.count("<image>") == 1 and VICUNA_V1_SYSTEM.startswith("A chat")
 
 
-def test_prompt_ids_by_hand(tokenizer):
-  template = ChatTemplate(tokenizer, num_image_tokens=3, system="Hi.")
+def test_prompt_ids_by_hand(llama_tokenizer):
+  template = ChatTemplate(llama_tokenizer, num_image_tokens=3, system="Hi.")
   # "Hi. USER: " | <image> x3 | "\nWhat? ASSISTANT:"  (Llama-2 SentencePiece ids)
   assert template.encode_prompt("What?") == [
       1,                                   # <s>
@@ -40,17 +44,19 @@ def test_prompt_ids_by_hand(tokenizer):
   assert template.encode_answer("The cat.") == [450, 6635, 29889]
 
 
-def test_prompt_plus_answer_equals_llava_hf_encoding_of_the_whole_text(tokenizer, hf_tokenizer):
+def test_prompt_plus_answer_equals_llava_hf_encoding_of_the_whole_text(llama_tokenizer,
+                                                                       hf_tokenizer):
   """llava-hf tokenizes the whole conversation with <image> as a special token."""
-  template = ChatTemplate(tokenizer, num_image_tokens=1)
+  template = ChatTemplate(llama_tokenizer, num_image_tokens=1)
   for question, answer in [("What is on the table?", "A blue mug, next to a red book."),
                            ("Describe it.", "Two dogs (one brown) run; the sky is grey.")]:
     ours = template.encode_prompt(question) + template.encode_answer(answer)
     whole = template.render_prompt(question) + " " + answer
-    assert ours == [tokenizer.bos_id] + hf_tokenizer.encode(whole)
+    assert ours == [llama_tokenizer.bos_id] + hf_tokenizer.encode(whole)
 
 
-def test_hf_and_sentencepiece_backends_agree(tokenizer, hf_tokenizer):
+def test_hf_and_sentencepiece_backends_agree(llama_tokenizer, hf_tokenizer):
+  tokenizer = llama_tokenizer
   assert (hf_tokenizer.bos_id, hf_tokenizer.eos_id, hf_tokenizer.image_token_id) == (1, 2, 32000)
   assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.image_token_id) == (1, 2, 32000)
   assert tokenizer.pad_id == hf_tokenizer.pad_id == 0  # Llama has no pad token
@@ -59,7 +65,8 @@ def test_hf_and_sentencepiece_backends_agree(tokenizer, hf_tokenizer):
     assert tokenizer.decode(tokenizer.encode(text)) == hf_tokenizer.decode(hf_tokenizer.encode(text))
 
 
-def test_offsets_are_character_spans(tokenizer, hf_tokenizer):
+def test_offsets_are_character_spans(llama_tokenizer, hf_tokenizer):
+  tokenizer = llama_tokenizer
   text = "héllo wörld"
   ids, offsets = tokenizer.encode_with_offsets(text)
   assert ids == tokenizer.encode(text)
@@ -70,11 +77,24 @@ def test_offsets_are_character_spans(tokenizer, hf_tokenizer):
       text[s:e].strip() for s, e in offsets]
 
 
-def test_load_tokenizer_dispatch_and_template_validation(llama_tokenizer_path, tmp_path, tokenizer):
-  assert load_tokenizer(llama_tokenizer_path).encode("a b") == tokenizer.encode("a b")
+def test_load_tokenizer_dispatch_and_template_validation(sentencepiece_tokenizer_path, tmp_path,
+                                                         tokenizer):
+  assert load_tokenizer(sentencepiece_tokenizer_path).encode("a b") == tokenizer.encode("a b")
   with pytest.raises(FileNotFoundError, match="no tokenizer"):
     load_tokenizer(tmp_path / "missing")
   with pytest.raises(ValueError, match="exactly once"):
     ChatTemplate(tokenizer, 1, template="USER: {{ question }} ASSISTANT:")
   with pytest.raises(ValueError, match="num_image_tokens"):
     ChatTemplate(tokenizer, 0)
+
+
+def test_the_tokenizer_trained_for_the_tests_has_the_llava_ids(tokenizer):
+  """What lets the data tests run on it in place of Llama-2's: the same special ids and
+  vocabulary size, and any text encodes (byte fallback) and decodes back."""
+  assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) == (1, 2, 0)
+  assert (tokenizer.image_token_id, tokenizer.vocab_size) == (32000, 32001)
+  for text in TEXTS + [VICUNA_V1_SYSTEM]:
+    ids = tokenizer.encode(text)
+    assert 0 not in ids  # no <unk>
+    assert tokenizer.decode(ids) == text
+  assert len(tokenizer.encode("There is a blue mug on the wooden table.")) == 10  # words

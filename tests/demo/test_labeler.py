@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rlhfv_jax.annotate import store as store_lib
-from rlhfv_jax.demo import corpora, labeler, metrics, oracle, world
+from rlhfv_jax.demo import corpora, labeler, oracle, scoring, world
 
 SCENE = world.Scene("l", (
     world.SceneObject("circle", "red", "large", 0),      # top left
@@ -73,7 +73,7 @@ def test_nothing_to_correct_gives_none(text):
 
 
 @pytest.mark.parametrize("rejected, chosen, reasons", [
-    # The case: a second, mis-placed mention of a described object is deleted,
+    # A second, mis-placed mention of a described object is deleted,
     # not moved onto the first mention (which would make the chosen answer repeat itself).
     (f"{COUNT} In the center, there is a small blue square. At the bottom, there is a "
      "small blue square.",
@@ -92,7 +92,7 @@ def test_repeated_mentions_are_deleted(rejected, chosen, reasons):
   correction = labeler.correct_description(rejected, SCENE)
   assert correction.chosen == chosen
   assert tuple(sorted(correction.reasons)) == tuple(sorted(reasons))
-  assert metrics.score_response(chosen, SCENE).repeated == 0
+  assert scoring.score_response(chosen, SCENE).repeated == 0
 
 
 def _sampled_like(scene: world.Scene, rng: np.random.Generator) -> str:
@@ -136,13 +136,13 @@ def test_every_chosen_answer_of_sampled_descriptions_is_faithful_and_repeats_not
     rejected = _sampled_like(scene, rng)
     correction = labeler.correct_description(rejected, scene)
     if correction is None:
-      score = metrics.score_response(rejected, scene)
+      score = scoring.score_response(rejected, scene)
       assert (score.hallucinated, score.attribute_errors, score.repeated) == (0, 0, 0)
       continue
     kinds["corrected"] += 1
     kinds["repeated_mention"] += "repeated_mention" in correction.reasons
     chosen = correction.chosen
-    score = metrics.score_response(chosen, scene)
+    score = scoring.score_response(chosen, scene)
     assert (score.hallucinated, score.attribute_errors, score.repeated) == (0, 0, 0), (
         rejected, chosen)
     assert score.count_correct in (None, True), (rejected, chosen)
@@ -174,10 +174,10 @@ def test_corrects_mismatched_captions_to_faithful_ones():
       assert correction is None, caption.response
       continue
     if correction is None:  # a recolouring that found no free colour changes nothing
-      assert metrics.score_response(caption.response, scene).hallucinated == 0
+      assert scoring.score_response(caption.response, scene).hallucinated == 0
       continue
     corrected += 1
-    score = metrics.score_response(correction.chosen, scene)
+    score = scoring.score_response(correction.chosen, scene)
     assert score.hallucinated == 0 and score.attribute_errors == 0
     assert score.count_correct
     # Everything a faithful caption says about real objects survives.
@@ -188,7 +188,7 @@ def test_corrects_mismatched_captions_to_faithful_ones():
     # a count claim is kept verbatim.
     for sentence in caption.response.split(". "):
       sentence = sentence.rstrip(".")
-      sentence_score = metrics.score_response(sentence, scene)
+      sentence_score = scoring.score_response(sentence, scene)
       if (sentence_score.hallucinated == 0 and sentence_score.attribute_errors == 0
           and sentence_score.count_correct is None):
         assert sentence in correction.chosen

@@ -7,8 +7,7 @@ import pytest
 
 from rlhfv_jax import model as model_lib
 from rlhfv_jax.data import images as images_lib
-from rlhfv_jax.demo import datasets, perception, world
-from rlhfv_jax.demo import config as demo_config
+from rlhfv_jax.demo import datasets, perception, settings, world
 
 
 def test_cell_labels_hand_computed():
@@ -22,7 +21,7 @@ def test_cell_labels_hand_computed():
 
 
 def test_pretrained_tower_reads_held_out_cells_and_fits_the_llava():
-  cfg = demo_config.demo_model_config()
+  cfg = settings.demo_model_config()
   preprocessor = images_lib.ImagePreprocessor(cfg.vision.image_size)
   val = world.sample_scenes(7, 128, "val")
   train = world.sample_scenes(8, 1000, "train", exclude=val)
@@ -41,7 +40,7 @@ def test_pretrained_tower_reads_held_out_cells_and_fits_the_llava():
 
 
 def test_needs_one_patch_per_cell():
-  cfg = demo_config.demo_model_config()
+  cfg = settings.demo_model_config()
   cfg.vision.patch_size = 8
   with pytest.raises(ValueError, match="one patch per world cell"):
     perception.pretrain_vision_tower(cfg, images_lib.ImagePreprocessor(48), [], {}, [], {},

@@ -1,4 +1,4 @@
-"""Paired bootstrap of metric differences: the pooled metrics equal `metrics.aggregate`,
+"""Paired bootstrap of metric differences: the pooled metrics equal `scoring.aggregate`,
 the bootstrap equals a plain loop over `aggregate`, and the intervals cover the truth."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from rlhfv_jax.demo import metrics, stats
+from rlhfv_jax.demo import scoring, stats
 
 
 def _scores(rng, n, hallucination=0.2):
@@ -19,7 +19,7 @@ def _scores(rng, n, hallucination=0.2):
     present = mentions - hallucinated
     objects = int(rng.integers(1, 5))
     claim = rng.random()
-    out.append(metrics.ResponseScore(
+    out.append(scoring.ResponseScore(
         mentions=mentions, hallucinated=hallucinated,
         attribute_errors=int(rng.integers(0, present + 1)),
         covered=min(present, objects), objects=objects,
@@ -31,12 +31,12 @@ def _scores(rng, n, hallucination=0.2):
 def test_pooled_metrics_equal_aggregate():
   scores = _scores(np.random.default_rng(0), 60)
   sums = stats.count_table(scores).sum(0)
-  expected = metrics.aggregate(scores)
+  expected = scoring.aggregate(scores)
   for metric in stats.RATIOS:
     np.testing.assert_allclose(stats.metric_from_sums(sums, metric), expected[metric])
-  assert set(stats.RATIOS) == set(metrics.METRIC_NAMES)
+  assert set(stats.RATIOS) == set(scoring.METRIC_NAMES)
   # Undefined stays undefined: no mention at all gives CHAIR_i NaN, as in aggregate.
-  silent = [metrics.ResponseScore(0, 0, 0, 0, 2, None, 3)]
+  silent = [scoring.ResponseScore(0, 0, 0, 0, 2, None, 3)]
   assert math.isnan(stats.metric_from_sums(stats.count_table(silent).sum(0), "chair_i"))
 
 
@@ -48,16 +48,16 @@ def test_bootstrap_equals_a_plain_loop_over_aggregate(metric):
   got = stats.paired_difference([stats.count_table(s) for s in a],
                                 [stats.count_table(s) for s in b], metric, resamples=200,
                                 seed=5)
-  # The same draws, each replicate through metrics.aggregate on the resampled responses.
+  # The same draws, each replicate through scoring.aggregate on the resampled responses.
   draws = np.random.default_rng(5)
   replicates = []
   for seed_a, seed_b in zip(a, b):
     index = draws.integers(0, 40, size=(200, 40))
-    replicates.append([metrics.aggregate([seed_a[i] for i in row])[metric]
-                       - metrics.aggregate([seed_b[i] for i in row])[metric] for row in index])
+    replicates.append([scoring.aggregate([seed_a[i] for i in row])[metric]
+                       - scoring.aggregate([seed_b[i] for i in row])[metric] for row in index])
   combined = np.mean(replicates, axis=0)
   combined = combined[np.isfinite(combined)]
-  per_seed = [metrics.aggregate(x)[metric] - metrics.aggregate(y)[metric] for x, y in zip(a, b)]
+  per_seed = [scoring.aggregate(x)[metric] - scoring.aggregate(y)[metric] for x, y in zip(a, b)]
   np.testing.assert_allclose(got.per_seed, per_seed)
   np.testing.assert_allclose(got.estimate, np.mean(per_seed))
   np.testing.assert_allclose([got.low, got.high], np.percentile(combined, [2.5, 97.5]))

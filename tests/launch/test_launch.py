@@ -9,6 +9,10 @@ import stat
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocesses / stages end to end
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 LIBTPU = "https://storage.googleapis.com/jax-releases/libtpu_releases.html"
 

@@ -57,6 +57,7 @@ def test_formula_agrees_on_a_tied_gqa_variant():
   assert dry_run.param_counts(cfg)["total"] == formula_count(hf) == torch_meta_count(hf)
 
 
+@pytest.mark.slow
 def test_cli_prints_the_report():
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-m", "rlhfv_jax.model.dry_run", "--size", "7b",

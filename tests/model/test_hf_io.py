@@ -191,6 +191,7 @@ def test_export_of_params_sharded_over_devices_equals_the_host_export(tmp_path):
   assert {t.dtype.name for t in _exported_tensors(tmp_path / "bf16").values()} == {"bfloat16"}
 
 
+@pytest.mark.slow
 def test_export_of_params_sharded_across_processes(tmp_path):
   """2 processes x 2 CPU devices: no process can address a whole parameter."""
   with socket.socket() as s:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pathlib
 
+import pytest
+
 NOTEBOOK = (pathlib.Path(__file__).resolve().parents[2] / "notebooks"
             / "ddpo_loss_experiments.ipynb")
 PAIRED = NOTEBOOK.with_suffix(".py")
@@ -23,6 +25,7 @@ def test_stored_without_outputs_and_in_sync_with_its_py():
           "notebooks/ddpo_loss_experiments.py`")
 
 
+@pytest.mark.slow
 def test_runs_top_to_bottom(tmp_path, monkeypatch):
   """In the notebook's folder, as a user opens it (it finds the Llama-2 tokenizer as the
   tests do, else trains the demo's)."""

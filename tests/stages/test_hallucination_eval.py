@@ -15,9 +15,9 @@ from PIL import Image
 from rlhfv_jax import model as model_lib
 from rlhfv_jax import sampler as sampler_lib
 from rlhfv_jax.evals import pope
-from rlhfv_jax.train import sharding
 from rlhfv_jax.stages import config_validation, defaults
 from rlhfv_jax.stages import hallucination_eval as halluc
+from rlhfv_jax.train import mesh as mesh_lib
 
 
 def _jpeg(seed: int) -> bytes:
@@ -199,9 +199,10 @@ def test_objhal_images_the_annotations_do_not_cover(files, llama_tokenizer_path,
   assert (result["scored"], result["total"], result["skipped"]) == (1, 3, 2)
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_answers_each_item_once(files, llama_tokenizer_path, tmp_path,
                                                    user_env):
-  """The README's command killed after its first batch, then run again: every item is
+  """The config's command killed after its first batch, then run again: every item is
   answered exactly once, and the answers are those of an uninterrupted run."""
   import signal
   import subprocess
@@ -256,7 +257,7 @@ def test_fsdp_sharded_generation_equals_one_device(files, llama_tokenizer_path, 
   config.train.parallelism = "fsdp"
   config.train.mesh.update(data=1, fsdp=-1, min_fsdp_size=0)
   params = model_lib.init_params(config.model, jax.random.key(0))
-  shardings, batch = sharding.pass_layout(config.train, params, jax.local_devices())
+  shardings, batch = mesh_lib.pass_layout(config.train, params, jax.local_devices())
   assert batch.mesh.shape == {"data": 1, "fsdp": 4}
   placed = jax.device_put(params, shardings)
   assert sum(not x.is_fully_replicated for x in jax.tree.leaves(placed)) > 10

@@ -98,10 +98,10 @@ def test_questions_file_and_bad_input(images, llama_tokenizer_path, tmp_path):
 
   questions.write_text(json.dumps({"image": "../secret.png", "question": "Hm?"}) + "\n")
   with pytest.raises(store_lib.StoreError, match="relative to the image root"):
-    sample.questions(config.sample)
+    sample_stage.questions(config.sample)
   questions.write_text('{"image": "a.png"}\n')
   with pytest.raises(ValueError, match="q.jsonl line 1: needs non-empty 'image' and 'question'"):
-    sample.questions(config.sample)
+    sample_stage.questions(config.sample)
 
 
 def test_validation_names_the_sampling_problems(images, llama_tokenizer_path):
@@ -115,6 +115,7 @@ def test_validation_names_the_sampling_problems(images, llama_tokenizer_path):
     assert expected in message
 
 
+@pytest.mark.slow
 def test_two_processes_answer_their_shares_into_one_store(images, llama_tokenizer_path,
                                                           tmp_path, user_env):
   """`python -m rlhfv_jax.main` as 2 processes x 2 devices over loopback: each answers its

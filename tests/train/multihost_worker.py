@@ -52,7 +52,8 @@ def main() -> None:
   from rlhfv_jax.train import checkpointing, loop, objectives
   from rlhfv_jax.train import metrics as metrics_lib
   from rlhfv_jax.train import optimizer as optimizer_lib
-  from rlhfv_jax.train import sharding
+  from rlhfv_jax.train import mesh as mesh_lib
+  from rlhfv_jax.train import parallel as parallel_lib
   from rlhfv_jax.train import step as step_lib
   from rlhfv_jax.train.train_state import TrainState
 
@@ -87,9 +88,9 @@ def main() -> None:
   def train(parallelism: str, workdir: str, num_steps: int):
     """Trains (or resumes) up to `num_steps`; returns the final params (host numpy)."""
     if parallelism == "pmap":
-      parallel = sharding.PmapParallel(make_step)
+      parallel = parallel_lib.PmapParallel(make_step)
     else:
-      parallel = sharding.MeshParallel(make_step(axis_name=None), sharding.make_mesh(2, 2))
+      parallel = parallel_lib.MeshParallel(make_step(axis_name=None), mesh_lib.make_mesh(2, 2))
     init_state = lambda: TrainState.create(params, optimizer, jax.random.PRNGKey(0))
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), save_every_steps=2)
     batches = ProcessSlice()

@@ -13,7 +13,8 @@ import pytest
 import toy_model
 from rlhfv_jax.train import checkpointing
 from rlhfv_jax.train import optimizer as optimizer_lib
-from rlhfv_jax.train import sharding
+from rlhfv_jax.train import mesh as mesh_lib
+from rlhfv_jax.train import parallel as parallel_lib
 from rlhfv_jax.train.train_state import TrainState
 
 
@@ -34,7 +35,7 @@ def host_state() -> TrainState:
   return state
 
 
-def abstract_for(parallel: sharding.Parallel, state):
+def abstract_for(parallel: parallel_lib.Parallel, state):
   abstract = jax.eval_shape(lambda: state)
   return checkpointing.abstract_with_shardings(abstract,
                                                parallel.checkpoint_shardings(abstract))
@@ -47,13 +48,13 @@ def assert_tree_equal(a, b):
 
 @pytest.mark.parametrize("iterator_state", [b"\x00grain-bytes\xff", {"position": 5, "epoch": 1}])
 def test_round_trip_from_pmap_layout_into_fsdp_layout(tmp_path, host_state, iterator_state):
-  pmap = sharding.PmapParallel(lambda axis_name: unused_step)
+  pmap = parallel_lib.PmapParallel(lambda axis_name: unused_step)
   ckpt = checkpointing.Checkpointer(tmp_path, save_every_steps=1)
   ckpt.save(4, pmap.checkpointable(pmap.put_state(host_state)), iterator_state)
   ckpt.wait()
   assert ckpt.latest_step() == 4
 
-  mesh = sharding.MeshParallel(unused_step, sharding.make_mesh(1, 4))
+  mesh = parallel_lib.MeshParallel(unused_step, mesh_lib.make_mesh(1, 4))
   restored, restored_iterator = checkpointing.Checkpointer(tmp_path, save_every_steps=1).restore(
       4, abstract_for(mesh, host_state))
   assert restored_iterator == iterator_state
@@ -65,7 +66,7 @@ def test_round_trip_from_pmap_layout_into_fsdp_layout(tmp_path, host_state, iter
 
 
 def test_params_only_restore_and_retention(tmp_path, host_state):
-  mesh = sharding.MeshParallel(unused_step, sharding.make_mesh(2, 2))
+  mesh = parallel_lib.MeshParallel(unused_step, mesh_lib.make_mesh(2, 2))
   ckpt = checkpointing.Checkpointer(tmp_path, save_every_steps=2, max_to_keep=2)
   device_state = mesh.put_state(host_state)
   saved = [s for s in range(1, 8) if ckpt.maybe_save(s, lambda: device_state, None)]
@@ -78,7 +79,7 @@ def test_params_only_restore_and_retention(tmp_path, host_state):
 
 
 def test_restore_with_another_process_count_is_refused(tmp_path, host_state):
-  mesh = sharding.MeshParallel(unused_step, sharding.make_mesh(2, 2))
+  mesh = parallel_lib.MeshParallel(unused_step, mesh_lib.make_mesh(2, 2))
   ckpt = checkpointing.Checkpointer(tmp_path, save_every_steps=1)
   ckpt.save(3, mesh.put_state(host_state), {"position": 1})
   ckpt.close()

@@ -11,7 +11,9 @@ import pytest
 
 import config_files
 import main_run_data
-from rlhfv_jax.stages import runner
+from rlhfv_jax.stages import training
+
+pytestmark = pytest.mark.slow  # subprocesses / stages end to end
 
 
 def _write(directory, num_short=12, num_long=4):
@@ -37,7 +39,7 @@ def test_the_train_step_compiles_once_per_bucket(tmp_path, llama_tokenizer_path,
   config.train.update(num_steps=8, log_every=100)
   config.checkpoint.every_steps = 100
   with caplog.at_level(logging.INFO):
-    runner.train_stage(config, str(tmp_path / "run"))
+    training.run(config, str(tmp_path / "run"))
   (line,) = [r.getMessage() for r in caplog.records if "the train step compiled" in
              r.getMessage()]
   compiles, shapes = map(int, re.findall(r"(\d+) (?:time|batch shape)", line))

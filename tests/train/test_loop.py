@@ -16,7 +16,7 @@ from rlhfv_jax.train import checkpointing
 from rlhfv_jax.train import loop
 from rlhfv_jax.train import metrics as metrics_lib
 from rlhfv_jax.train import optimizer as optimizer_lib
-from rlhfv_jax.train import sharding
+from rlhfv_jax.train import parallel as parallel_lib
 from rlhfv_jax.train import step as step_lib
 from rlhfv_jax.train.train_state import TrainState
 
@@ -65,7 +65,7 @@ def setup():
       params, TOTAL_STEPS)
   make_step = functools.partial(step_lib.make_train_step, noisy_ddpo_loss(), optimizer,
                                 schedule, trainable=optimizer_lib.trainable_mask(labels))
-  parallel = sharding.PmapParallel(make_step)
+  parallel = parallel_lib.PmapParallel(make_step)
   init_state = lambda: TrainState.create(params, optimizer, jax.random.PRNGKey(42))
   return parallel, init_state, params
 
@@ -154,7 +154,7 @@ def test_one_compilation_per_shape_bucket():
   params = {"w": np.ones((4, 3), np.float32)}
   optimizer, schedule, _ = optimizer_lib.make_optimizer(
       ml_collections.ConfigDict(dict(learning_rate=1e-2)), params, 6)
-  parallel = sharding.PmapParallel(functools.partial(
+  parallel = parallel_lib.PmapParallel(functools.partial(
       step_lib.make_train_step, loss_fn, optimizer, schedule))
   lengths = [8, 16, 8, 16, 16, 8]
   batches = ToyBatches(lambda i: {"x": np.full((4, lengths[i]), i, np.float32)})

@@ -17,6 +17,8 @@ import pytest
 from rlhfv_jax.train import metrics as metrics_lib
 from rlhfv_jax.train import multihost
 
+pytestmark = pytest.mark.slow  # subprocesses / stages end to end
+
 WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
 
 

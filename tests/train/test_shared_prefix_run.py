@@ -10,7 +10,9 @@ import pytest
 import config_files
 import main_run_data
 from rlhfv_jax.train import metrics
-from rlhfv_jax.stages import runner
+from rlhfv_jax.stages import runner, training
+
+pytestmark = pytest.mark.slow  # subprocesses / stages end to end
 
 KEYS = ("loss", "rewards/margin", "rewards/chosen", "logps/policy_rejected", "logps/ref_chosen")
 
@@ -24,7 +26,7 @@ def _run(tmp_path, name, variant, data, **data_overrides):
     precompute = config_files.load("tiny_cpu.py", "precompute_ref")
     precompute.data.update(data)  # default layout: shared prefix
     runner.run(precompute, str(tmp_path / f"{name}_ref"))
-  runner.train_stage(config, str(tmp_path / name))
+  training.run(config, str(tmp_path / name))
   rows = [r for r in metrics.read_jsonl(tmp_path / name) if "loss" in r]
   assert [r["step"] for r in rows] == [1, 2, 3], rows
   return {k: np.array([r[k] for r in rows]) for k in KEYS}

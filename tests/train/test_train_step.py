@@ -15,7 +15,8 @@ from rlhfv_jax import ddpo
 from rlhfv_jax.stages import defaults
 from rlhfv_jax.train import objectives
 from rlhfv_jax.train import optimizer as optimizer_lib
-from rlhfv_jax.train import sharding
+from rlhfv_jax.train import mesh as mesh_lib
+from rlhfv_jax.train import parallel as parallel_lib
 from rlhfv_jax.train import step as step_lib
 from rlhfv_jax.train.train_state import TrainState
 
@@ -53,7 +54,7 @@ def run_single_device(make_step, state, batches, frozen_inputs, num_micro=1):
   return jax.tree.map(np.asarray, state), metrics
 
 
-def run_parallel(parallel: sharding.Parallel, state, batches, frozen_inputs):
+def run_parallel(parallel: parallel_lib.Parallel, state, batches, frozen_inputs):
   device_state = parallel.put_state(state)
   device_frozen_inputs = parallel.put_frozen_inputs(frozen_inputs)
   metrics = []
@@ -86,7 +87,7 @@ def ddpo_setup():
 @pytest.fixture(scope="module")
 def pmap_parallel(ddpo_setup):
   """One compiled pmap step shared by the tests that use the DDPO set-up."""
-  return sharding.PmapParallel(ddpo_setup[0])
+  return parallel_lib.PmapParallel(ddpo_setup[0])
 
 
 def test_single_device_step_matches_direct_gradient(ddpo_setup):
@@ -112,7 +113,7 @@ def test_pmap_step_equals_single_device(ddpo_setup, pmap_parallel):
 def test_fsdp_mesh_step_equals_single_device(ddpo_setup):
   """2-way data x 2-way FSDP, with 2 accumulation micro-batches per update."""
   make_step, state, batches, ref_params, ref_state, ref_metrics = ddpo_setup
-  parallel = sharding.MeshParallel(make_step(axis_name=None), sharding.make_mesh(2, 2),
+  parallel = parallel_lib.MeshParallel(make_step(axis_name=None), mesh_lib.make_mesh(2, 2),
                                    grad_accum_steps=2)
   device_state, params, metrics = run_parallel(parallel, state, batches, ref_params)
   assert_same_run(params, metrics, ref_state.params, ref_metrics)
@@ -127,7 +128,7 @@ def test_fsdp_mesh_step_equals_single_device(ddpo_setup):
 
 def test_fsdp_init_state_is_created_sharded(ddpo_setup):
   _, host_state, _, _, _, _ = ddpo_setup
-  parallel = sharding.MeshParallel(unused_step, sharding.make_mesh(1, 4))
+  parallel = parallel_lib.MeshParallel(unused_step, mesh_lib.make_mesh(1, 4))
   optimizer, _, _ = optimizer_lib.make_optimizer(optim_config(), host_state.params, 10)
   make_state = lambda p: TrainState.create(p, optimizer, jax.random.PRNGKey(0))
   state = parallel.init_state(make_state, host_state.params)
@@ -144,23 +145,23 @@ def unused_step(*_):
 
 def test_fsdp_partition_spec_rule():
   P = jax.sharding.PartitionSpec
-  assert sharding.fsdp_partition_spec((4096, 11008), 4) == P(None, "fsdp")
-  assert sharding.fsdp_partition_spec((32064, 4096), 4) == P("fsdp", None)
-  assert sharding.fsdp_partition_spec((3, 5), 4) == P()          # nothing divisible
-  assert sharding.fsdp_partition_spec((8, 8), 4) == P("fsdp", None)  # tie: first axis
-  assert sharding.fsdp_partition_spec((), 4) == P()
-  assert sharding.fsdp_partition_spec((4096,), 1) == P()
+  assert mesh_lib.fsdp_partition_spec((4096, 11008), 4) == P(None, "fsdp")
+  assert mesh_lib.fsdp_partition_spec((32064, 4096), 4) == P("fsdp", None)
+  assert mesh_lib.fsdp_partition_spec((3, 5), 4) == P()          # nothing divisible
+  assert mesh_lib.fsdp_partition_spec((8, 8), 4) == P("fsdp", None)  # tie: first axis
+  assert mesh_lib.fsdp_partition_spec((), 4) == P()
+  assert mesh_lib.fsdp_partition_spec((4096,), 1) == P()
   # Below the minimum size a tensor stays replicated (big_vision's rule).
-  assert sharding.fsdp_partition_spec((4096,), 4, min_size=2 ** 14) == P()
-  assert sharding.fsdp_partition_spec((128, 128), 4, min_size=2 ** 14) == P("fsdp", None)
+  assert mesh_lib.fsdp_partition_spec((4096,), 4, min_size=2 ** 14) == P()
+  assert mesh_lib.fsdp_partition_spec((128, 128), 4, min_size=2 ** 14) == P("fsdp", None)
 
 
 def test_split_leading():
   x = np.arange(12).reshape(6, 2)
-  np.testing.assert_array_equal(sharding.split_leading(x, (3, "a")), x.reshape(3, 2, 2))
-  assert sharding.split_leading(x, (3, "a"), (2, "b")).shape == (3, 2, 1, 2)
+  np.testing.assert_array_equal(step_lib.split_leading(x, (3, "a")), x.reshape(3, 2, 2))
+  assert step_lib.split_leading(x, (3, "a"), (2, "b")).shape == (3, 2, 1, 2)
   with pytest.raises(ValueError, match="batch of 6 examples is not divisible by 4 a x 1 b"):
-    sharding.split_leading(x, (4, "a"), (1, "b"))
+    step_lib.split_leading(x, (4, "a"), (1, "b"))
 
 
 def test_gradient_accumulation_equals_one_big_batch(ddpo_setup):
@@ -178,7 +179,7 @@ def test_token_weighted_sft_loss_is_exact_across_devices_and_microbatches():
   counts = batches[0].tokens.loss_mask.reshape(4, 2, -1).sum(axis=(1, 2))
   assert len(set(counts.tolist())) > 1  # shards really hold different token counts
   ref_state, ref_metrics = run_single_device(make_step, state, batches, None)
-  parallel = sharding.PmapParallel(make_step, grad_accum_steps=2)
+  parallel = parallel_lib.PmapParallel(make_step, grad_accum_steps=2)
   _, params, metrics = run_parallel(parallel, state, batches, None)
   assert_same_run(params, metrics, ref_state.params, ref_metrics)
   assert metrics[0]["num_tokens"] == batches[0].tokens.loss_mask.sum()
@@ -233,19 +234,19 @@ def test_split_microbatches_rejects_uneven():
 
 
 def test_pmap_put_batch_names_the_mismatch():
-  parallel = sharding.PmapParallel(lambda axis_name: lambda *args: args, grad_accum_steps=2)
+  parallel = parallel_lib.PmapParallel(lambda axis_name: lambda *args: args, grad_accum_steps=2)
   with pytest.raises(ValueError, match="12 examples is not divisible by 4 devices x 2"):
     parallel.put_batch({"x": np.zeros((12, 2))})
 
 
 def test_mesh_shape_resolution():
-  assert sharding.resolve_mesh_shape(-1, 2, 8) == (4, 2)
-  assert sharding.resolve_mesh_shape(2, -1, 8) == (2, 4)
+  assert mesh_lib.resolve_mesh_shape(-1, 2, 8) == (4, 2)
+  assert mesh_lib.resolve_mesh_shape(2, -1, 8) == (2, 4)
   with pytest.raises(ValueError, match="data=3 x fsdp=-1 does not match the 8 devices"):
-    sharding.resolve_mesh_shape(3, -1, 8)
+    mesh_lib.resolve_mesh_shape(3, -1, 8)
   with pytest.raises(ValueError, match="at most one"):
-    sharding.resolve_mesh_shape(-1, -1, 8)
-  mesh = sharding.make_mesh(-1, 2)
+    mesh_lib.resolve_mesh_shape(-1, -1, 8)
+  mesh = mesh_lib.make_mesh(-1, 2)
   assert dict(mesh.shape) == {"data": 2, "fsdp": 2}
 
 

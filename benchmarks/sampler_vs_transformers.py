@@ -1,6 +1,6 @@
 """Answering benchmark items: the project's sampler vs. transformers' `generate`.
 
-  python -m benchmarks.hallucination_eval [--items 32] [--max_new_tokens 24] \
+  python -m benchmarks.sampler_vs_transformers [--items 32] [--max_new_tokens 24] \
       [--race_lengths 1,24,192] [--repeats 3]
 
 One small LLaVA-proportioned model (random weights), exported through the project's HF
@@ -9,8 +9,9 @@ answer with the same weights, prompts (the LLaVA-1.5 template, left-padded) and 
 Prints answered items/s and generated tokens/s of the sampler (greedy, KV cache) at batch
 sizes 1..32; then, at batch 16, races it against transformers' greedy `generate` for
 several answer lengths (1 new token = the prompt's forward alone; random weights never
-emit EOS, so every answer runs to the limit) and checks the two produce the same answers. Needs the Llama-2 tokenizer
-(RLHFV_LLAMA_TOKENIZER or ../shared/data) and torch (requirements-dev.txt).
+emit EOS, so every answer runs to the limit) and checks the two produce the same answers.
+Needs the Llama-2 tokenizer (RLHFV_LLAMA_TOKENIZER or ../shared/data) and torch
+(requirements-dev.txt).
 """
 
 from __future__ import annotations

@@ -1,19 +1,16 @@
-"""Device layouts: meshes, parameter shardings, and the two ways a step runs on devices.
+"""The two ways a train step runs on devices.
 
 * `PmapParallel`: `jax.pmap` over the local devices, the state replicated on each,
   gradients and metrics averaged with `lax.psum` over the device axis (which spans all
   processes' devices in a multi-host run). For models whose params and optimizer state
   fit one device.
-* `MeshParallel`: `jax.jit` on a `jax.sharding.Mesh` with axes ("data", "fsdp"). Each
-  parameter (and its Adam moments) is sharded over "fsdp" along its largest divisible
-  axis, unless it is smaller than `min_fsdp_size` elements (big_vision's rule: sharding
-  a bias or a norm scale saves nothing and costs a collective); the batch is sharded
-  over both axes. XLA inserts the all-gathers and reduce-scatters (ZeRO-3 / FSDP style),
-  for models that do not fit one device.
+* `MeshParallel`: `jax.jit` on a `jax.sharding.Mesh` with axes ("data", "fsdp"), the
+  params and optimizer state sharded by the FSDP rules of `rlhfv_jax.train.mesh` and the
+  batch over both axes. XLA inserts the all-gathers and reduce-scatters (ZeRO-3 / FSDP
+  style), for models that do not fit one device.
 
-Both take host batches shaped [local_batch, ...] (this process's share of the global
-batch). Every mesh of the project is built here (`make_mesh`, `local_data_mesh`), and
-every [B, ...] -> [k, B/k, ...] split goes through `split_leading`.
+Both run the same pure step (`step.make_train_step`) and take host batches shaped
+[local_batch, ...] (this process's share of the global batch).
 """
 
 from __future__ import annotations
@@ -26,76 +23,20 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from rlhfv_jax.train import mesh as mesh_lib
+from rlhfv_jax.train.step import StepFn, split_leading
 from rlhfv_jax.train.train_state import TrainState
-
-DEVICE_AXIS = "devices"
-# Parameters with fewer elements stay replicated on an FSDP mesh (see the docstring).
-DEFAULT_MIN_FSDP_SIZE = 2 ** 14
-
-StepFn = Callable[[TrainState, Any, Any], tuple[TrainState, dict[str, jax.Array]]]
-
-
-def split_leading(x: Any, *factors: tuple[int, str]) -> np.ndarray:
-  """[B, ...] -> [n_1, ..., n_k, B / (n_1 ... n_k), ...] (host numpy).
-
-  Args:
-    x: the array.
-    *factors: (n_i, what n_i counts), e.g. (4, "devices"), (2, "accumulation steps").
-
-  Raises:
-    ValueError: "batch of 12 examples is not divisible by 4 devices x 2 accumulation
-      steps" when B is not a multiple of the product.
-  """
-  x = np.asarray(x)
-  sizes = tuple(n for n, _ in factors)
-  total = int(np.prod(sizes))
-  if x.shape[0] % total:
-    raise ValueError(f"batch of {x.shape[0]} examples is not divisible by "
-                     + " x ".join(f"{n} {what}" for n, what in factors))
-  return x.reshape(sizes + (x.shape[0] // total,) + x.shape[1:])
-
-
-def local_data_mesh() -> Mesh:
-  """A 1-D ("data",) mesh over this process's devices, for per-process passes (the
-  reference log-prob pass: each process computes its own share)."""
-  return Mesh(np.array(jax.local_devices()), ("data",))
-
-
-def replicated(mesh: Optional[Mesh] = None) -> NamedSharding:
-  """Full replication over `mesh` (default: every global device)."""
-  mesh = mesh if mesh is not None else Mesh(np.array(jax.devices()), (DEVICE_AXIS,))
-  return NamedSharding(mesh, P())
 
 
 def make_parallel(train_config: Any, make_step: Callable[..., StepFn]) -> "Parallel":
   """PmapParallel or MeshParallel, per `train.parallelism` (`train` section of a config)."""
   if train_config.parallelism == "pmap":
     return PmapParallel(make_step, grad_accum_steps=train_config.grad_accum_steps)
-  mesh = make_mesh(train_config.mesh.data, train_config.mesh.fsdp)
+  mesh = mesh_lib.make_mesh(train_config.mesh.data, train_config.mesh.fsdp)
   return MeshParallel(make_step(axis_name=None), mesh,
                       grad_accum_steps=train_config.grad_accum_steps,
                       min_fsdp_size=train_config.mesh.get("min_fsdp_size",
-                                                          DEFAULT_MIN_FSDP_SIZE))
-
-
-def pass_layout(train_config: Any, abstract_params: Any,
-                devices: Optional[list[jax.Device]] = None) -> tuple[Any, NamedSharding]:
-  """(param shardings, batch sharding) of a forward-only pass over `devices` (default:
-  every global device), params placed as training places them: FSDP-sharded on the
-  run's mesh shape with `train.parallelism="fsdp"` (a 13B model fits nowhere else), else
-  replicated; the batch split over every device of the mesh.
-
-  With `devices=jax.local_devices()` each process gets its own mesh of the same shape
-  rules (e.g. `mesh.fsdp=-1` shards over all its local devices), for passes in which
-  each process works on its own share (generation in the benchmark stage)."""
-  if train_config.parallelism == "fsdp":
-    mesh = make_mesh(train_config.mesh.data, train_config.mesh.fsdp, devices)
-    params = fsdp_shardings(mesh, abstract_params,
-                            train_config.mesh.get("min_fsdp_size", DEFAULT_MIN_FSDP_SIZE))
-  else:
-    mesh = make_mesh(-1, 1, devices)
-    params = jax.tree.map(lambda _: replicated(mesh), abstract_params)
-  return params, NamedSharding(mesh, P(MeshParallel.BATCH_AXES))
+                                                          mesh_lib.DEFAULT_MIN_FSDP_SIZE))
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -179,9 +120,11 @@ class PmapParallel(Parallel):
     """
     self.devices = list(devices or jax.local_devices())
     self.grad_accum_steps = grad_accum_steps
-    self._local = NamedSharding(Mesh(np.array(self.devices), (DEVICE_AXIS,)), P(DEVICE_AXIS))
-    self._global_replicated = replicated()
-    self._step = jax.pmap(train_step_fn(axis_name=DEVICE_AXIS), axis_name=DEVICE_AXIS,
+    self._local = NamedSharding(Mesh(np.array(self.devices), (mesh_lib.DEVICE_AXIS,)),
+                                P(mesh_lib.DEVICE_AXIS))
+    self._global_replicated = mesh_lib.replicated()
+    self._step = jax.pmap(train_step_fn(axis_name=mesh_lib.DEVICE_AXIS),
+                          axis_name=mesh_lib.DEVICE_AXIS,
                           devices=self.devices if jax.process_count() == 1 else None,
                           donate_argnums=(0,))
 
@@ -224,59 +167,14 @@ class PmapParallel(Parallel):
     return jax.tree.map(_first_replica, state.params)
 
 
-def fsdp_partition_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int = 0) -> P:
-  """Shards the largest axis divisible by `fsdp_size` over "fsdp"; replicates when none
-  divides or the tensor has fewer than `min_size` elements."""
-  if fsdp_size <= 1 or not shape or int(np.prod(shape)) < min_size:
-    return P()
-  candidates = [(size, -axis) for axis, size in enumerate(shape) if size % fsdp_size == 0]
-  if not candidates:
-    return P()
-  _, neg_axis = max(candidates)
-  spec = [None] * len(shape)
-  spec[-neg_axis] = "fsdp"
-  return P(*spec)
-
-
-def resolve_mesh_shape(data: int, fsdp: int, num_devices: int) -> tuple[int, int]:
-  """(data, fsdp) sizes with a -1 ("the rest") filled in; ValueError if they cannot fit."""
-  if data == -1 and fsdp == -1:
-    raise ValueError("train.mesh: at most one of data/fsdp may be -1")
-  if fsdp == -1 and data > 0 and num_devices % data == 0:
-    fsdp = num_devices // data
-  if data == -1 and fsdp > 0 and num_devices % fsdp == 0:
-    data = num_devices // fsdp
-  if data <= 0 or fsdp <= 0 or data * fsdp != num_devices:
-    raise ValueError(f"train.mesh data={data} x fsdp={fsdp} does not match the {num_devices} "
-                     "devices (use -1 for one axis to take the rest)")
-  return data, fsdp
-
-
-def fsdp_shardings(mesh: Mesh, tree: Any, min_size: int = 0) -> Any:
-  """FSDP shardings on `mesh` for a pytree of arrays or shape structs."""
-  return jax.tree.map(lambda x: NamedSharding(
-      mesh, fsdp_partition_spec(tuple(x.shape), mesh.shape["fsdp"], min_size)), tree)
-
-
-def make_mesh(data: int = -1, fsdp: int = 1,
-              devices: Optional[list[jax.Device]] = None) -> Mesh:
-  """A ("data", "fsdp") mesh over all (global) devices; -1 means "the rest"."""
-  devices = list(devices or jax.devices())
-  data, fsdp = resolve_mesh_shape(data, fsdp, len(devices))
-  return Mesh(np.array(devices).reshape(data, fsdp), ("data", "fsdp"),
-              axis_types=(jax.sharding.AxisType.Auto,) * 2)
-
-
 class MeshParallel(Parallel):
   """`jax.jit` on a ("data", "fsdp") mesh: FSDP-sharded params and optimizer state."""
-
-  BATCH_AXES = ("data", "fsdp")
 
   def __init__(self, train_step: StepFn, mesh: Mesh, grad_accum_steps: int = 1,
                min_fsdp_size: int = 0):
     """Args:
       train_step: from `make_train_step(..., axis_name=None)`.
-      mesh: from `make_mesh`.
+      mesh: from `mesh.make_mesh`.
       grad_accum_steps: micro-batches per update.
       min_fsdp_size: tensors with fewer elements stay replicated.
     """
@@ -289,7 +187,7 @@ class MeshParallel(Parallel):
 
   def shardings(self, tree: Any) -> Any:
     """FSDP shardings for a pytree of arrays or shape structs."""
-    return fsdp_shardings(self.mesh, tree, self.min_fsdp_size)
+    return mesh_lib.fsdp_shardings(self.mesh, tree, self.min_fsdp_size)
 
   def _put(self, tree: Any) -> Any:
     def put(x, sharding):
@@ -323,7 +221,7 @@ class MeshParallel(Parallel):
 
   def put_batch(self, host_batch: Any) -> Any:
     k = self.grad_accum_steps
-    sharding = NamedSharding(self.mesh, P(None, self.BATCH_AXES))
+    sharding = NamedSharding(self.mesh, P(None, mesh_lib.BATCH_AXES))
     num_shards = self.mesh.size // jax.process_count()
 
     def put(x):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rlhfv_jax.demo import metrics, world
+from rlhfv_jax.demo import scoring, world
 
 SCENE = world.Scene("m", (
     world.SceneObject("circle", "red", "large", 0),      # top left
@@ -21,19 +21,19 @@ INVENTED = "A blue circle and a red square."
 
 
 def test_response_scores_by_hand():
-  assert metrics.score_response(FAITHFUL, SCENE) == metrics.ResponseScore(
+  assert scoring.score_response(FAITHFUL, SCENE) == scoring.ResponseScore(
       mentions=3, hallucinated=0, attribute_errors=0, covered=3, objects=3,
       count_correct=True, words=7 + 9 + 8 + 9)
-  assert metrics.score_response(WRONG, SCENE) == metrics.ResponseScore(
+  assert scoring.score_response(WRONG, SCENE) == scoring.ResponseScore(
       mentions=2, hallucinated=1, attribute_errors=1, covered=1, objects=3,
       count_correct=False, words=7 + 8 + 7)
-  assert metrics.score_response(INVENTED, SCENE) == metrics.ResponseScore(
+  assert scoring.score_response(INVENTED, SCENE) == scoring.ResponseScore(
       mentions=2, hallucinated=2, attribute_errors=0, covered=0, objects=3,
       count_correct=None, words=7)
 
 
 def test_aggregate_by_hand():
-  got = metrics.aggregate(metrics.score_responses([FAITHFUL, WRONG, "", INVENTED], [SCENE] * 4))
+  got = scoring.aggregate(scoring.score_responses([FAITHFUL, WRONG, "", INVENTED], [SCENE] * 4))
   want = {
       "chair_s": 2 / 4,                  # WRONG and INVENTED hallucinate
       "chair_i": (1 + 2) / (3 + 2 + 2),  # hallucinated mentions / mentions
@@ -44,27 +44,27 @@ def test_aggregate_by_hand():
       "responses": 4.0,
   }
   assert got.keys() == want.keys()
-  assert set(metrics.METRIC_NAMES) <= got.keys()
+  assert set(scoring.METRIC_NAMES) <= got.keys()
   for key, value in want.items():
     assert got[key] == pytest.approx(value), key
 
 
 def test_silence_does_not_look_good():
-  got = metrics.aggregate(metrics.score_responses(["", "Nothing to see."], [SCENE] * 2))
+  got = scoring.aggregate(scoring.score_responses(["", "Nothing to see."], [SCENE] * 2))
   assert got["chair_s"] == 0.0 and got["recall"] == 0.0 and got["avg_words"] == 1.5
   assert math.isnan(got["chair_i"]) and math.isnan(got["count_accuracy"])
   assert math.isnan(got["attribute_error_rate"])
-  faithful = metrics.aggregate(metrics.score_responses([FAITHFUL], [SCENE]))
+  faithful = scoring.aggregate(scoring.score_responses([FAITHFUL], [SCENE]))
   assert faithful["recall"] == 1.0 and faithful["chair_i"] == 0.0
 
 
 def test_repeated_mentions_cover_an_object_once():
-  got = metrics.score_response("A red circle. A red circle. A large red circle.", SCENE)
+  got = scoring.score_response("A red circle. A red circle. A large red circle.", SCENE)
   assert (got.mentions, got.covered, got.hallucinated) == (3, 1, 0)
 
 
 def test_errors():
   with pytest.raises(ValueError, match="2 descriptions for 1 scenes"):
-    metrics.score_responses(["a", "b"], [SCENE])
+    scoring.score_responses(["a", "b"], [SCENE])
   with pytest.raises(ValueError, match="no responses"):
-    metrics.aggregate([])
+    scoring.aggregate([])

@@ -1,4 +1,4 @@
-"""The demo's tokenizer: a small SentencePiece BPE model trained in code on the world's text.
+"""The demo's vocabulary: a small SentencePiece BPE model trained in code on the world's text.
 
 Why not the LLaVA-1.5 (Llama-2) tokenizer? Three reasons, in order of weight:
 

@@ -5,30 +5,30 @@ from __future__ import annotations
 import pytest
 
 from rlhfv_jax.data import tokenizer as tokenizer_lib
-from rlhfv_jax.demo import corpora, tokenizer, world
+from rlhfv_jax.demo import corpora, vocabulary, world
 
 SYSTEM = "A chat about an image."
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-  return tokenizer.make_tokenizer_file(tmp_path_factory.mktemp("tok") / "demo.model", SYSTEM)
+  return vocabulary.make_tokenizer_file(tmp_path_factory.mktemp("tok") / "demo.model", SYSTEM)
 
 
 def test_training_is_deterministic(model_path, tmp_path):
-  again = tokenizer.make_tokenizer_file(tmp_path / "again.model", SYSTEM)
+  again = vocabulary.make_tokenizer_file(tmp_path / "again.model", SYSTEM)
   assert again.read_bytes() == model_path.read_bytes()
 
 
 def test_project_tokenizer_round_trips_every_demo_text(model_path):
   tok = tokenizer_lib.SentencePieceTokenizer(model_path)
   assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 0)
-  assert tok.image_token_id == tok.vocab_size - 1 <= tokenizer.DEFAULT_VOCAB_SIZE
+  assert tok.image_token_id == tok.vocab_size - 1 <= vocabulary.DEFAULT_VOCAB_SIZE
   # Fresh scenes (another seed than the tokenizer's own text), up to 6 objects.
   scenes = world.sample_scenes(99, 300, "fresh", max_objects=6)
   texts = [c.response for c in corpora.web_captions(scenes, 5, mismatch_rate=0.5)]
   texts += [p.prompt for p in corpora.vqa_pairs(scenes, 5)] + list(corpora.DESCRIPTION_PROMPTS)
-  assert tokenizer.unknown_pieces(model_path, texts) == []
+  assert vocabulary.unknown_pieces(model_path, texts) == []
   for text in texts:
     assert tok.decode(tok.encode(text)) == text
   # Closed-vocabulary words are single pieces (short sequences for the tiny model).
@@ -40,10 +40,10 @@ def test_project_tokenizer_round_trips_every_demo_text(model_path):
 
 
 def test_out_of_world_text_is_reported(model_path):
-  assert tokenizer.unknown_pieces(model_path, ["a red circle", "ein Kreis über €"]) == [
+  assert vocabulary.unknown_pieces(model_path, ["a red circle", "ein Kreis über €"]) == [
       "ein Kreis über €"]
 
 
 def test_empty_corpus_is_an_error(tmp_path):
   with pytest.raises(ValueError, match="no text"):
-    tokenizer.train_sentencepiece(["", "  "], tmp_path / "x.model")
+    vocabulary.train_sentencepiece(["", "  "], tmp_path / "x.model")

@@ -1,0 +1,198 @@
+"""The demo's runs: what each is called, what an arm trains, its label, where it lives.
+
+A `Run` names one runner invocation of the demo: a stage (one of `STAGES`) and, in
+the sweep, a VQA-stage candidate or a feedback budget. Its `name` is the run's
+directory, evaluation log and report key ("sft_vqa", "sft_vqa#1", "dpo%25").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Callable
+
+SFT_WEB = "sft_web"
+# The control base: trained like sft_web on the same scenes, with every caption faithful.
+CONTROL = "sft_web_clean"
+SFT_VQA = "sft_vqa"
+REFERENCE = "reference"  # sft_vqa's log-probs of the feedback (runner "precompute_ref")
+SFT_STAGES = (SFT_WEB, SFT_VQA)
+ARMS = ("dpo", "ddpo_mean", "ddpo_sum", "ddpo_crop")
+BASE_MODELS = (SFT_WEB, CONTROL)  # trained once, shared by every seed
+MODELS = SFT_STAGES + ARMS
+STAGES = (SFT_WEB, CONTROL, SFT_VQA, REFERENCE) + ARMS
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One runner invocation of the demo.
+
+  Attributes:
+    stage: one of `STAGES`.
+    candidate: for "sft_vqa" in the sweep, the index into ``demo.sweep.vqa_candidates``
+      whose settings the run trains with.
+    budget: for an arm in the sweep, the percentage of the feedback pairs it trains on.
+  """
+
+  stage: str
+  candidate: int | None = None
+  budget: int | None = None
+
+  def __post_init__(self):
+    if self.stage not in STAGES:
+      raise ValueError(f"demo stage {self.stage!r}; expected one of {STAGES}")
+    if self.candidate is not None and self.stage != SFT_VQA:
+      raise ValueError(f"a VQA-stage candidate is a setting of {SFT_VQA!r}, not of "
+                       f"{self.stage!r}")
+    if self.budget is not None and self.stage not in ARMS:
+      raise ValueError(f"a feedback budget is a setting of an arm {ARMS}, not of "
+                       f"{self.stage!r}")
+
+  @property
+  def name(self) -> str:
+    """The run's directory, evaluation log and report key: "dpo", "sft_vqa#1" (the
+    candidate), "dpo%25" (the budget)."""
+    name = self.stage
+    if self.candidate is not None:
+      name += f"#{self.candidate}"
+    if self.budget is not None:
+      name += f"%{self.budget}"
+    return name
+
+  @property
+  def validation_name(self) -> str:
+    """The key of the run's evaluation on the validation scenes ("sft_vqa#1@val")."""
+    return f"{self.name}@val"
+
+  @property
+  def runner_stage(self) -> str:
+    """The `rlhfv_jax.stages` stage that trains (or precomputes) it."""
+    if self.stage in (SFT_WEB, CONTROL, SFT_VQA):
+      return "sft"
+    return "precompute_ref" if self.stage == REFERENCE else "ddpo"
+
+  @property
+  def is_base(self) -> bool:
+    """Whether it is a base model (trained once, from ``demo.base_seed``)."""
+    return self.stage in BASE_MODELS
+
+
+def vqa_candidate_runs(config: Any) -> tuple[Run, ...]:
+  """The sweep's VQA-stage candidates, one run each."""
+  return tuple(Run(SFT_VQA, candidate=k)
+               for k in range(len(config.demo.sweep.vqa_candidates)))
+
+
+def budget_runs(config: Any) -> tuple[Run, ...]:
+  """The sweep's preference runs: each arm of ``demo.sweep.arms`` on each budget."""
+  sweep = config.demo.sweep
+  return tuple(Run(arm, budget=b) for arm in sweep.arms for b in sweep.budgets)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmSpec:
+  """A preference-training arm of the ablation."""
+
+  label: str
+  ddpo_overrides: Callable[[Any], dict]
+  augmentation: str = "none"
+
+
+ARM_SPECS: dict[str, ArmSpec] = {
+    "dpo": ArmSpec("+ DPO (γ=1)", lambda d: dict(gamma=1.0, normalize=True)),
+    "ddpo_mean": ArmSpec("+ DDPO (γ={gamma:g}, weighted mean)",
+                         lambda d: dict(gamma=d.gamma, normalize=True)),
+    "ddpo_sum": ArmSpec("+ DDPO (γ={gamma:g}, weighted sum)",
+                        lambda d: dict(gamma=d.gamma, normalize=False)),
+    "ddpo_crop": ArmSpec("+ DDPO (γ={gamma:g}) with random crop",
+                         lambda d: dict(gamma=d.gamma, normalize=d.normalize),
+                         augmentation="random_crop_ablation"),
+}
+SFT_LABELS = {SFT_WEB: "SFT on web captions", CONTROL: "SFT on clean captions (control)",
+              SFT_VQA: "+ VQA SFT"}
+
+
+def models(config: Any) -> tuple[str, ...]:
+  """The table's rows, in order: the control base if ``demo.control_base``, then
+  `MODELS`."""
+  return ((CONTROL,) if config.demo.control_base else ()) + MODELS
+
+
+def model_labels(config: Any) -> dict[str, str]:
+  """Row labels of the reports, by run name."""
+  labels = dict(SFT_LABELS)
+  labels.update({arm: spec.label.format(gamma=config.ddpo.gamma)
+                 for arm, spec in ARM_SPECS.items()})
+  for run, candidate in zip(vqa_candidate_runs(config), config.demo.sweep.vqa_candidates):
+    labels[run.name] = "+ VQA SFT, " + ", ".join(f"{key}={value}" for key, value
+                                                 in sorted(dict(candidate).items()))
+  for run in budget_runs(config):
+    labels[run.name] = f"{labels[run.stage]}, {run.budget}% of the pairs"
+  return labels
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedPaths:
+  """Where one seed's data and runs live."""
+
+  root: pathlib.Path
+
+  def data(self, name: str) -> pathlib.Path:
+    return self.root / "data" / name
+
+  @property
+  def feedback_samples(self) -> pathlib.Path:
+    """Every sampled description with the oracle's verdict (outside the dataset dir:
+    each ``*.jsonl`` there is a split)."""
+    return self.root / "feedback_samples.jsonl"
+
+  @property
+  def annotations(self) -> pathlib.Path:
+    """The annotation store the sampled descriptions and the oracle's verdicts go to."""
+    return self.root / "annotations.sqlite"
+
+  @property
+  def feedback_images(self) -> pathlib.Path:
+    """The image root of the annotation store."""
+    return self.root / "feedback_images"
+
+  @property
+  def feedback_export(self) -> pathlib.Path:
+    """The store's export (`rlhfv_jax.annotate.export`); DDPO reads its preference/."""
+    return self.root / "feedback_export"
+
+  @property
+  def tfds(self) -> pathlib.Path:
+    return self.root / "tfds"
+
+  @property
+  def perception(self) -> pathlib.Path:
+    """The pretrained vision tower in a random LLaVA: sft_web's initial checkpoint."""
+    return self.root / "perception"
+
+  def run(self, run: Run) -> pathlib.Path:
+    return self.root / run.name
+
+  def eval(self, name: str) -> pathlib.Path:
+    """The evaluation log of `name` (a run's `name`, or its `validation_name`)."""
+    return self.root / "eval" / f"{name}.jsonl"
+
+
+def base_paths(root: pathlib.Path) -> SeedPaths:
+  """The shared base model's directories (web data, perception, sft_web)."""
+  return SeedPaths(root / "base")
+
+
+def seed_paths(root: pathlib.Path, seed: int) -> SeedPaths:
+  """One seed's directories (VQA data, feedback, sft_vqa, reference, arms)."""
+  return SeedPaths(root / f"seed_{seed}")
+
+
+def vqa_data_name(candidate: int | None) -> str:
+  """The VQA stage's dataset, or a sweep candidate's."""
+  return "vqa" if candidate is None else f"vqa#{candidate}"
+
+
+def preference_data_name(budget: int | None) -> str:
+  """The export's preference dataset, or a budget's subset of it (written by the sweep)."""
+  return "preference" if budget is None else f"preference%{budget}"

@@ -1,0 +1,57 @@
+"""Tests of the demo's run names, labels and paths."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from rlhfv_jax.demo import runs, settings
+from rlhfv_jax.demo.runs import Run
+
+
+def test_run_names_are_the_directory_names():
+  assert Run("dpo").name == "dpo"
+  assert Run("sft_vqa", candidate=1).name == "sft_vqa#1"
+  assert Run("dpo", budget=25).name == "dpo%25"
+  assert Run("sft_vqa", candidate=1).validation_name == "sft_vqa#1@val"
+  assert Run("sft_web").validation_name == "sft_web@val"
+  assert [Run(s).runner_stage for s in runs.STAGES] == (
+      ["sft"] * 3 + ["precompute_ref"] + ["ddpo"] * len(runs.ARMS))
+  assert [s for s in runs.STAGES if Run(s).is_base] == list(runs.BASE_MODELS)
+  paths = runs.seed_paths(pathlib.Path("/w"), 3)
+  assert paths.run(Run("ddpo_mean", budget=50)) == pathlib.Path("/w/seed_3/ddpo_mean%50")
+  assert paths.eval(Run("sft_web").validation_name) == pathlib.Path(
+      "/w/seed_3/eval/sft_web@val.jsonl")
+  assert runs.base_paths(pathlib.Path("/w")).perception == pathlib.Path("/w/base/perception")
+
+
+@pytest.mark.parametrize("stage, kwargs, match", [
+    ("sft", {}, "expected one of"),
+    ("dpo", dict(candidate=0), "candidate is a setting of 'sft_vqa'"),
+    ("sft_vqa", dict(budget=25), "budget is a setting of an arm"),
+])
+def test_run_refuses_what_no_stage_has(stage, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    Run(stage, **kwargs)
+
+
+def test_sweep_runs_follow_the_config():
+  config = settings.default_config()
+  sweep = config.demo.sweep
+  assert [r.name for r in runs.vqa_candidate_runs(config)] == [
+      f"sft_vqa#{k}" for k in range(len(sweep.vqa_candidates))]
+  assert [r.name for r in runs.budget_runs(config)] == [
+      f"{arm}%{b}" for arm in sweep.arms for b in sweep.budgets]
+
+
+def test_arm_labels_follow_gamma():
+  config = settings.default_config()
+  config.ddpo.gamma = 3.0
+  labels = runs.model_labels(config)
+  assert labels["ddpo_mean"] == "+ DDPO (γ=3, weighted mean)"
+  assert set(runs.MODELS) | {runs.CONTROL} <= set(labels)
+  assert labels["ddpo_mean%25"] == "+ DDPO (γ=3, weighted mean), 25% of the pairs"
+  assert runs.models(config) == (runs.CONTROL,) + runs.MODELS
+  config.demo.control_base = False
+  assert runs.models(config) == runs.MODELS
