@@ -11,18 +11,19 @@ mean). It does not cover the variation a new seed would bring beyond the seeds r
 report says which directions hold in every seed separately.
 
 A metric is a ratio of pooled counts (`scoring.aggregate`'s definitions), computed from
-the per-scene counts in `COUNT_FIELDS`, so a replicate costs one gather and a sum.
+the per-scene counts in `COUNT_FIELDS`, so a replicate costs one gather and a sum. The
+resampling is `rlhfv_jax.evals.bootstrap`'s (shared with `rlhfv_jax.evals.compare`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional, Sequence
 
 import numpy as np
 
 from rlhfv_jax.demo import scoring
+from rlhfv_jax.evals import bootstrap
 
 # Per-response counts; each metric is sum(numerator) / sum(denominator) over responses.
 COUNT_FIELDS = ("responses", "mentions", "hallucinated", "any_hallucinated", "present",
@@ -48,30 +49,23 @@ def count_table(scores: Sequence[scoring.ResponseScore]) -> np.ndarray:
 def metric_from_sums(sums: np.ndarray, metric: str) -> np.ndarray:
   """A metric from summed counts [..., len(COUNT_FIELDS)]; NaN where undefined."""
   numerator, denominator = (sums[..., COUNT_FIELDS.index(f)] for f in RATIOS[metric])
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1),
-                    np.nan)
+  return bootstrap.ratio(numerator, denominator)
 
 
 @dataclasses.dataclass(frozen=True)
-class Difference:
-  """metric(a) − metric(b), averaged over seeds, with a bootstrap interval.
+class Difference(bootstrap.Difference):
+  """metric(a) − metric(b), averaged over seeds, with a bootstrap interval: the groups of
+  `bootstrap.Difference` are the seeds.
 
   Attributes:
     estimate: the mean over seeds of the per-seed differences on all scenes.
     low, high: the (alpha/2, 1 − alpha/2) percentiles of the bootstrap replicates.
-    per_seed: each seed's difference on all scenes.
+    per_group: each seed's difference on all scenes (also `per_seed`).
   """
 
-  estimate: float
-  low: float
-  high: float
-  per_seed: tuple[float, ...]
-
   @property
-  def excludes_zero(self) -> bool:
-    """The interval lies strictly on one side of 0."""
-    return self.low > 0 or self.high < 0
+  def per_seed(self) -> tuple[float, ...]:
+    return self.per_group
 
   @property
   def same_sign_every_seed(self) -> bool:
@@ -83,7 +77,8 @@ class Difference:
 def paired_difference(a: Sequence[np.ndarray], b: Optional[Sequence[np.ndarray]],
                       metric: str, *, resamples: int = 2000, alpha: float = 0.05,
                       seed: int = 0) -> Difference:
-  """The paired bootstrap of metric(a) − metric(b) (module docstring).
+  """The paired bootstrap of metric(a) − metric(b) (module docstring;
+  `rlhfv_jax.evals.bootstrap` resamples).
 
   Args:
     a, b: per seed, the `count_table` of each model's responses to the same scenes in
@@ -97,32 +92,9 @@ def paired_difference(a: Sequence[np.ndarray], b: Optional[Sequence[np.ndarray]]
   Returns:
     The difference; NaN fields where a metric is undefined in every replicate.
   """
-  against = b is not None
-  b = b if against else a
-  if len(a) != len(b) or not a:
-    raise ValueError(f"need the same number (>= 1) of seeds on both sides, got {len(a)} "
-                     f"and {len(b)}")
-  rng = np.random.default_rng(seed)
-  per_seed, replicates = [], []
-  for table_a, table_b in zip(a, b):
-    if table_a.shape != table_b.shape:
-      raise ValueError(f"unpaired tables: {table_a.shape} vs {table_b.shape} (the same "
-                       "scenes in the same order are needed)")
-    n = len(table_a)
-    index = rng.integers(0, n, size=(resamples, n))
-    full = metric_from_sums(table_a.sum(0), metric)
-    reps = metric_from_sums(table_a[index].sum(1), metric)
-    if against:
-      full = full - metric_from_sums(table_b.sum(0), metric)
-      reps = reps - metric_from_sums(table_b[index].sum(1), metric)
-    per_seed.append(float(full))
-    replicates.append(reps)
-  combined = np.mean(replicates, axis=0)
-  finite = combined[np.isfinite(combined)]
-  if not finite.size:
-    return Difference(math.nan, math.nan, math.nan, tuple(per_seed))
-  low, high = np.percentile(finite, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-  return Difference(float(np.mean(per_seed)), float(low), float(high), tuple(per_seed))
+  d = bootstrap.paired_difference(a, b, lambda sums: metric_from_sums(sums, metric),
+                                  resamples=resamples, alpha=alpha, seed=seed)
+  return Difference(d.estimate, d.low, d.high, d.per_group)
 
 
 def interval(a: Sequence[np.ndarray], metric: str, **kwargs) -> Difference:

@@ -144,6 +144,9 @@ def _problems_hallucination(h: Any) -> list[str]:
   out = [f"hallucination.{field} is empty: benchmark {b!r} reads its local files from it "
          "(nothing is downloaded)" for b in h.benchmarks for field in needs[b]
          if not h[field]]
+  if h.repope_dir and "pope" not in h.benchmarks:
+    out.append("hallucination.repope_dir is set but 'pope' is not in "
+               "hallucination.benchmarks: RePOPE is scored from POPE's answers (add 'pope')")
   if h.batch_size < 1:
     out.append(f"hallucination.batch_size={h.batch_size} must be >= 1")
   if h.error_policy not in ("raise", "skip"):

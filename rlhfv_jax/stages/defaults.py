@@ -72,7 +72,7 @@ def base_config(stage: str = "ddpo", model_size: str = "7b") -> ml_collections.C
       short_answer_suffix="\nAnswer the question using a single word or phrase.",
       pope_dir="", pope_splits=("random", "popular", "adversarial"), coco_images="",
       coco_annotations="", objhal_questions="", objhal_num_images=300, seed=0,
-      amber_dir="", amber_images=""))
+      amber_dir="", amber_images="", repope_dir=""))
   config.sample = ml_collections.ConfigDict(dict(
       images="", questions="", prompts=objhal.PROMPTS, num_samples=2, temperature=0.7,
       top_p=0.9, seed=0, max_new_tokens=512, batch_size=8, prompt_multiple=32, store="",

@@ -1,7 +1,12 @@
-"""Object HalBench, rule-based CHAIR: mention extraction cases and hand-computed metrics."""
+"""Object HalBench, rule-based CHAIR: mention extraction cases and hand-computed metrics,
+and the lemmas against nltk's WordNetLemmatizer over the WordNet 3.0 database."""
 
 import json
 import math
+import os
+import pathlib
+import shutil
+import warnings
 
 import pytest
 
@@ -28,6 +33,13 @@ def vocabulary():
     ("A hot-dog stand by the train tracks near home plate.", []),
     ("A TEDDY BEAR on a Couch.", ["teddy bear", "couch"]),
     ("The man's surfboard.", ["person", "surfboard"]),
+    # WordNet 3.0 holds "men" as a noun of its own (the work force), so the official scorer
+    # finds no person in it; "women" has no entry and becomes "woman".
+    ("In the image, a men is near a toilet seat.", ["toilet"]),
+    ("Men and women.", ["person"]),
+    # "vases" -> "vas" (a WordNet noun, the shortest candidate); "bikers" stays "bikers"
+    # (WordNet has no "biker"), so neither is an object.
+    ("Two vases and three bikers, a biker and a vase.", ["person", "vase"]),
 ])
 def test_mentions(vocabulary, text, want):
   assert vocabulary.mentions(text) == want
@@ -80,3 +92,106 @@ def test_a_synonyms_file_of_your_own(tmp_path):
   vocabulary = objhal.Vocabulary(objhal.read_synonyms(tmp_path / "syn.txt"))
   assert vocabulary.mentions("Two puppies and a kitten on a bench.") == ["dog", "cat"]
   assert len(objhal.COCO_SYNONYMS) == 80 and len(objhal.PROMPTS) == 8
+
+
+# Debian's wordnet-base package: the Princeton WordNet 3.0 database.
+WORDNET_DIR = pathlib.Path("/usr/share/wordnet")
+REQUIRE_WORDNET_VAR = "RLHFV_REQUIRE_WORDNET"
+# WordNet's lexicographer file names (lexnames(5WN)), which Debian does not ship as a file
+# and nltk's reader opens; the third column is the part of speech (1 noun ... 4 adverb).
+_LEXNAMES = (
+    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute "
+    "noun.body noun.cognition noun.communication noun.event noun.feeling noun.food "
+    "noun.group noun.location noun.motive noun.object noun.person noun.phenomenon "
+    "noun.plant noun.possession noun.process noun.quantity noun.relation noun.shape "
+    "noun.state noun.substance noun.time verb.body verb.change verb.cognition "
+    "verb.communication verb.competition verb.consumption verb.contact verb.creation "
+    "verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative "
+    "verb.weather adj.ppl").split()
+_POS_NUMBER = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+
+
+@pytest.fixture(scope="module")
+def wordnet(tmp_path_factory):
+  """nltk's WordNetCorpusReader over Debian's database, installed as `nltk.corpus.wordnet`
+  so that nltk's own WordNetLemmatizer uses it (nothing is downloaded)."""
+  if not (WORDNET_DIR / "data.noun").is_file():
+    message = (f"needs the WordNet 3.0 database in {WORDNET_DIR}: apt-get install "
+               "wordnet-base (Debian/Ubuntu; nltk's data cannot be downloaded offline)")
+    if os.environ.get(REQUIRE_WORDNET_VAR) == "1":
+      pytest.fail(message)
+    pytest.skip(message)
+  import nltk.corpus
+  import nltk.data
+  from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+  class Reader(WordNetCorpusReader):
+
+    def map_wn(self, version="wordnet"):
+      # Sense mapping for the multilingual data, which would load nltk_data's own copy of
+      # WordNet; the lemmatizer never uses it.
+      return None
+
+  # nltk opens corpus files only below its data paths and refuses links out of them,
+  # hence copies in a folder added to those paths.
+  root = tmp_path_factory.mktemp("wordnet")
+  for name in WordNetCorpusReader._FILES:
+    if (WORDNET_DIR / name).is_file():
+      shutil.copyfile(WORDNET_DIR / name, root / name)
+  (root / "lexnames").write_text("".join(
+      f"{i:02d}\t{name}\t{_POS_NUMBER[name.split('.')[0]]}\n"
+      for i, name in enumerate(_LEXNAMES)))
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(nltk.data, "path", [*nltk.data.path, str(root)])
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # no multilingual data: expected here
+      reader = Reader(str(root), None)
+    patch.setattr(nltk.corpus, "wordnet", reader)
+    yield reader
+
+
+def test_the_database_is_wordnet_3_0(wordnet):
+  from nltk.stem import WordNetLemmatizer
+  assert wordnet.get_version() == "3.0"
+  lemmatize = WordNetLemmatizer().lemmatize
+  assert [lemmatize(w) for w in ("men", "women", "vases", "mice", "glasses", "was")] == [
+      "men", "woman", "vas", "mouse", "glass", "wa"]
+
+
+def _reachable_forms(wordnet, vocabulary):
+  """Every lower-case token that nltk's lemmatizer or the project's could turn into a word
+  the extraction looks at (a vocabulary word or a part of a two-word phrase).
+
+  nltk's noun lemma of a token is the token itself, one of its noun.exc entries, or one
+  suffix rule applied once, so the tokens that can reach a word are the word, the word
+  with each rule reversed, and the noun.exc keys that name it; the project's rules draw
+  from the same candidates. Tokens are lower-cased first, so "iPhone" reaches nothing.
+  """
+  words = {w for w in vocabulary.to_class if " " not in w}
+  words |= {part for phrase in vocabulary.double_words for part in phrase.split()}
+  forms = set(words)
+  for word in words:
+    for old, new in wordnet.MORPHOLOGICAL_SUBSTITUTIONS["n"]:
+      if word.endswith(new):
+        forms.add(word[:len(word) - len(new)] + old)
+  exceptions = wordnet._exception_map["n"]
+  forms |= {form for form, lemmas in exceptions.items() if set(lemmas) & words}
+  return words, sorted(f for f in forms if f == f.lower())
+
+
+def test_lemmas_equal_nltk_wordnet_on_every_reachable_form(wordnet, vocabulary):
+  from nltk.stem import WordNetLemmatizer
+  lemmatize = WordNetLemmatizer().lemmatize
+  words, forms = _reachable_forms(wordnet, vocabulary)
+  assert len(forms) == 887  # the count the module docstring gives
+  official = {form: lemmatize(form) for form in forms}
+  assert {f: (vocabulary.lemmatize(f), official[f]) for f in forms
+          if vocabulary.lemmatize(f) != official[f]} == {}
+  # The committed table holds exactly the forms where the rules alone go wrong.
+  assert objhal._WORDNET_LEMMAS == {f: official[f] for f in forms
+                                    if vocabulary.rule_lemma(f) != official[f]}
+  # The rules' exceptions are noun.exc's entries for these words, as WordNet has them.
+  exceptions = wordnet._exception_map["n"]
+  assert objhal._IRREGULAR_PLURALS == {
+      form: next(l for l in lemmas if l in words) for form, lemmas in exceptions.items()
+      if set(lemmas) & words}

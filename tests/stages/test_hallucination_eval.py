@@ -14,7 +14,8 @@ from PIL import Image
 
 from rlhfv_jax import model as model_lib
 from rlhfv_jax import sampler as sampler_lib
-from rlhfv_jax.evals import pope
+from rlhfv_jax.data.records import ErrorLog, RecordError
+from rlhfv_jax.evals import amber, compare, pope
 from rlhfv_jax.stages import config_validation, defaults
 from rlhfv_jax.stages import hallucination_eval as halluc
 from rlhfv_jax.train import mesh as mesh_lib
@@ -48,19 +49,19 @@ def files(tmp_path_factory):
       "annotations": [{"image_id": 1, "category_id": 18}]}))
   (annotations / "captions_val2014.json").write_text(json.dumps({"annotations": [
       {"image_id": i, "caption": "A cat on a couch."} for i in (1, 2, 3)]}))
-  amber = root / "amber"
-  (amber / "data" / "query").mkdir(parents=True)
-  (amber / "image").mkdir()
-  (amber / "image" / "AMBER_1.jpg").write_bytes(_jpeg(9))
-  (amber / "data" / "query" / "query_discriminative.json").write_text(json.dumps(
+  amber_root = root / "amber"
+  (amber_root / "data" / "query").mkdir(parents=True)
+  (amber_root / "image").mkdir()
+  (amber_root / "image" / "AMBER_1.jpg").write_bytes(_jpeg(9))
+  (amber_root / "data" / "query" / "query_discriminative.json").write_text(json.dumps(
       [{"id": 1005 + k, "image": "AMBER_1.jpg", "query": f"Is there a {w} in this image?"}
        for k, w in enumerate(("dog", "cat", "tree"))]))
-  (amber / "data" / "annotations.json").write_text(json.dumps(
+  (amber_root / "data" / "annotations.json").write_text(json.dumps(
       [{"id": 1005 + k, "type": t, "truth": v} for k, (t, v) in enumerate((
-          ("discriminative-existence", "no"), ("discriminative-attribute-state", "yes"),
-          ("discriminative-relation", "no")))]))
+          ("discriminative-hallucination", "no"), ("discriminative-attribute-state", "yes"),
+          ("relation", "no")))]))
   return dict(pope_dir=str(pope_dir), coco_images=str(coco),
-              coco_annotations=str(annotations), amber_dir=str(amber))
+              coco_annotations=str(annotations), amber_dir=str(amber_root))
 
 
 def tiny_config(files, tokenizer):
@@ -101,6 +102,21 @@ def test_answers_scores_and_resume(files, llama_tokenizer_path, tmp_path):
       pathlib.Path(files["pope_dir"]) / "coco_pope_random.json")
   table = (run / halluc.RESULTS_MD).read_text()
   assert "LLaVA-1.5-7B (published)" in table and "| this run |" in table
+  # AMBER: the scorer's official and normalized figures on the written answers, per block.
+  amber_answers = _lines(run / "amber_answers.jsonl")
+  assert [a["type"] for a in amber_answers] == [
+      "discriminative-hallucination", "discriminative-attribute-state", "relation"]
+  want = amber.score([a["answer"] for a in amber_answers], [a["label"] for a in amber_answers],
+                     [a["type"] for a in amber_answers])
+  got = saved["benchmarks"]["amber"]
+  assert {k: got[k] for k in want} == want and set(got["official"]) == set(amber.BLOCKS)
+  assert got["files"]["annotations.json"] == pope.file_sha256(
+      pathlib.Path(files["amber_dir"]) / "data" / "annotations.json")
+  for block in ("| this run | existence |", "| this run | attribute |",
+                "| this run | state |", "| this run | relation |",
+                "| LLaVA-1.5-7B (published) | overall | 73.5 |  |  | 77.6 | |"):
+    assert block in table
+  assert "| this run | number |" not in table  # no number items in this subset
 
   # Killed mid-write: two answers kept, the third cut mid-line. The re-run answers the rest
   # once each, and (greedy) the same as the uninterrupted run.
@@ -265,3 +281,128 @@ def test_fsdp_sharded_generation_equals_one_device(files, llama_tokenizer_path, 
   assert (_lines(tmp_path / "fsdp" / "pope_answers.jsonl")
           == _lines(tmp_path / "replicated" / "pope_answers.jsonl"))
   assert sharded["benchmarks"] == replicated["benchmarks"]
+
+
+# ------------------------------------------------------------------------------- RePOPE
+
+# POPE's files: (question_id, image, object, label) per split.
+POPE_QUESTIONS = {"random": [(1, 1, "dog", "yes"), (2, 1, "cat", "no"), (3, 2, "car", "yes"),
+                             (4, 2, "bus", "no")],
+                  "popular": [(1, 3, "person", "yes"), (2, 3, "chair", "no")]}
+# RePOPE's: the dog relabelled "no" (POPE's wrong "yes"), the cat removed (ambiguous), the
+# car under another question id, the bus relabelled "yes" (POPE's wrong "no"), and a
+# question POPE's random file does not ask.
+REPOPE_QUESTIONS = {"random": [(1, 1, "dog", "no"), (7, 2, "car", "yes"),
+                               (4, 2, "bus", "yes"), (9, 3, "dog", "no")],
+                    "popular": [(1, 3, "person", "yes"), (2, 3, "chair", "no")]}
+
+
+def _question_files(directory, name, questions):
+  """Question files in the official format (JSON lines, no newline after the last)."""
+  directory.mkdir()
+  for split, rows in questions.items():
+    (directory / f"coco_{name}_{split}.json").write_text("\n".join(json.dumps(
+        {"question_id": q, "image": f"COCO_val2014_{i:012d}.jpg",
+         "text": f"Is there a {o} in the image?", "label": label})
+        for q, i, o, label in rows))
+
+
+def test_repope_is_scored_from_pope_answers(tmp_path):
+  _question_files(tmp_path / "pope", "pope", POPE_QUESTIONS)
+  _question_files(tmp_path / "repope", "repope", REPOPE_QUESTIONS)
+  h = defaults.base_config("hallucination_eval", "tiny").hallucination
+  h.update(pope_dir=str(tmp_path / "pope"), repope_dir=str(tmp_path / "repope"),
+           coco_images="/coco", pope_splits=("random", "popular"))
+  errors = ErrorLog("raise", tmp_path, name="repope", process_index=0, process_count=1)
+  pope_items = halluc.pope_items(h, errors)
+  questions = halluc.repope_items(h, errors)
+  # Matched by split, image and text (not by question id); only the new one is answered.
+  matched, unasked = halluc.match_repope(questions, pope_items)
+  assert matched == {"random/1": "random/1", "random/7": "random/3", "random/4": "random/4",
+                     "popular/1": "popular/1", "popular/2": "popular/2"}
+  assert [q.id for q in unasked] == ["random/9"]
+  said = {"random/1": "Yes", "random/2": "No", "random/3": "Yes",
+          "random/4": "No, there is not.", "popular/1": "Yes", "popular/2": "Yes"}
+  pope_answers = {i.id: halluc.answer_row("pope")(i, said[i.id], True) for i in pope_items}
+  own = {q.id: halluc.answer_row("repope")(q, "No", True) for q in unasked}
+  rows = halluc.repope_rows(questions, matched, pope_answers, own, errors)
+  scored = {"pope": [], "repope": []}
+  results = {"benchmarks": {
+      "pope": dict(halluc.score("pope", list(pope_answers.values()), h, errors,
+                                scored["pope"]), total=6),
+      "repope": dict(halluc.score("repope", rows, h, errors, scored["repope"]), total=6,
+                     matched_to_pope=5, answered_separately=1)}}
+  pope_result, repope_result = results["benchmarks"]["pope"], results["benchmarks"]["repope"]
+  # POPE random: all four right; popular: "Yes", "Yes" against yes, no.
+  assert pope_result["splits"]["random"] == pytest.approx(dict(
+      accuracy=1, precision=1, recall=1, f1=1, yes_ratio=0.5, tp=2, fp=0, tn=2, fn=0))
+  # RePOPE random: dog "Yes" vs no (FP), car "Yes" (TP), bus "No" vs yes (FN), the new
+  # dog question "No" (TN); the removed cat question is not scored.
+  assert repope_result["splits"]["random"] == pytest.approx(dict(
+      accuracy=0.5, precision=0.5, recall=0.5, f1=0.5, yes_ratio=0.5, tp=1, fp=1, tn=1, fn=1))
+  assert repope_result["splits"]["popular"] == pytest.approx(dict(
+      accuracy=0.5, precision=0.5, recall=1, f1=2 / 3, yes_ratio=1, tp=1, fp=1, tn=0, fn=0))
+  assert (pope_result["f1"], repope_result["f1"]) == (pytest.approx(5 / 6),
+                                                      pytest.approx(7 / 12))
+  assert repope_result["scored"] == 6 and repope_result["files"] == {
+      s: pope.file_sha256(tmp_path / "repope" / f"coco_repope_{s}.json")
+      for s in ("random", "popular")}
+  assert sorted(r["answered_as"] for r in scored["repope"]) == [
+      "pope/popular/1", "pope/popular/2", "pope/random/1", "pope/random/3", "pope/random/4",
+      "repope/random/9"]
+
+  # The results Markdown: POPE and RePOPE per split as papers print them, and the mean.
+  table = halluc.markdown(results)
+  pope_part, repope_part = table.split("## RePOPE")
+  for row in ("| this run | random | 100.0 | 100.0 | 100.0 | 100.0 | 50.0 | 4 |",
+              "| this run | popular | 50.0 | 50.0 | 100.0 | 66.7 | 100.0 | 2 |",
+              "| this run | mean | 75.0 | 75.0 | 100.0 | 83.3 | 75.0 | 6 |",
+              "| LLaVA-1.5-7B (published) | mean |  |  |  | 85.9 |  | |"):
+    assert row in pope_part
+  for row in ("| this run | random | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 | 4 |",
+              "| this run | popular | 50.0 | 50.0 | 100.0 | 66.7 | 100.0 | 2 |",
+              "| this run | mean | 50.0 | 50.0 | 75.0 | 58.3 | 75.0 | 6 |"):
+    assert row in repope_part
+  assert "5 questions answered as POPE's, 1 answered on their own" in repope_part
+
+  # What the stage writes is what `compare` reads: the same figures, zero against itself.
+  (tmp_path / "run").mkdir()
+  halluc.write_results(tmp_path / "run", results, scored)
+  c = compare.compare([tmp_path / "run", tmp_path / "run"], resamples=50)
+  assert c.values["run"]["RePOPE F1"] == pytest.approx(7 / 12) and not c.warnings
+  assert all((d.low, d.high) == (0.0, 0.0) for d in c.differences["run #2"].values())
+
+  # A matched question whose POPE answer is missing (its item skipped) is named.
+  del pope_answers["random/3"]
+  with pytest.raises(RecordError, match="random/7.*POPE item random/3"):
+    halluc.repope_rows(questions, matched, pope_answers, own, errors)
+
+
+def test_repope_beside_pope_in_a_run(files, llama_tokenizer_path, tmp_path):
+  """RePOPE's questions POPE asks are not answered again; the others are, once."""
+  questions = {"random": [(0, 1, "dog", "yes"), (5, 2, "cat", "no")],
+               "popular": [(0, 2, "dog", "no")]}
+  _question_files(tmp_path / "repope", "repope", questions)
+  config = tiny_config(files, llama_tokenizer_path)
+  config.hallucination.update(benchmarks=("objhal",), repope_dir=str(tmp_path / "repope"))
+  with pytest.raises(ValueError, match="repope_dir is set but 'pope' is not in"):
+    config_validation.validate_config(config)
+  config.hallucination.benchmarks = ("pope",)
+  config_validation.validate_config(config)
+  run = tmp_path / "run"
+  results = halluc.run(config, str(run))["benchmarks"]
+  assert [r["id"] for r in _lines(run / "repope_answers.jsonl")] == ["random/5"]
+  result = results["repope"]
+  assert (result["scored"], result["total"], result["matched_to_pope"],
+          result["answered_separately"]) == (3, 3, 2, 1)
+  by_id = {r["id"]: r for r in _lines(run / "pope_answers.jsonl")}
+  own = _lines(run / "repope_answers.jsonl")[0]
+  answers = {"random": [by_id["random/0"]["answer"], own["answer"]],
+             "popular": [by_id["popular/0"]["answer"]]}  # popular/0: image 2's dog
+  for split, labels in (("random", ["yes", "no"]), ("popular", ["no"])):
+    assert result["splits"][split] == pope.score(answers[split], labels)
+  assert "## RePOPE" in (run / halluc.RESULTS_MD).read_text()
+  assert len(_lines(run / "repope_scored.jsonl")) == 3
+  assert len(_lines(run / "pope_scored.jsonl")) == 6
+  c = compare.compare([run, run], resamples=20)
+  assert c.values["run"]["RePOPE F1"] == pytest.approx(result["f1"]) and not c.warnings
