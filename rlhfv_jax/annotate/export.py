@@ -15,14 +15,19 @@
 * ``no_hallucination/train.jsonl``: answers an annotator found free of hallucination.
   They make no pair; they are SFT records (``data.dataset=jsonl_sft``).
 * ``unclear.jsonl``: the items an annotator skipped as unclear (item id, annotator, when).
-* ``export_report.json``: counts, items not annotated yet, and annotator agreement where
+* ``export_report.json``: counts, items not annotated yet, the annotations left out
+  (``skipped``: item, annotator, image, problem), and annotator agreement where
   an item has two or more annotations (other than "unclear"): the share of annotator
   pairs whose corrected spans in the answer are identical ("no hallucination" = no span),
   and their mean character overlap (Jaccard of the marked characters; 1 when both mark
   nothing).
 
-Every image is read from under the image root; a missing one is an error naming the item
-and the file (an export never silently leaves a pair out).
+Every image is read from under the image root. An annotation whose image cannot be read
+(missing, or resolving outside the root) is left out and listed, never silently: in the
+report's ``skipped`` and in ``skipped_export.jsonl`` (the data layer's error policy,
+`records.ErrorLog`), so that one bad item never stops the export. With
+``error_policy="raise"`` the first one is an error naming it. Messages name images by
+their path relative to the root.
 """
 
 from __future__ import annotations
@@ -49,17 +54,20 @@ def image_file(image_root: str | pathlib.Path, image: str) -> pathlib.Path:
   root = pathlib.Path(image_root).resolve()
   path = (root / store_lib.check_image_path("?", image)).resolve()
   if not path.is_relative_to(root):
-    raise store_lib.StoreError(f"image {image!r} resolves outside the image root {root}")
+    # The root stays out of the message: the server shows it to annotators.
+    raise store_lib.StoreError(f"image {image!r} resolves outside the image root")
   return path
 
 
 def _image_bytes(image_root: pathlib.Path, item: store_lib.Item) -> bytes:
+  """The item's image; a StoreError naming it by its relative path when unreadable."""
   path = image_file(image_root, item.image)
   try:
     return path.read_bytes()
+  except FileNotFoundError:
+    raise store_lib.StoreError(f"image {item.image!r} not found") from None
   except OSError as e:
-    raise FileNotFoundError(f"item {item.id!r}: cannot read its image {path} "
-                            f"({e.strerror})") from e
+    raise store_lib.StoreError(f"cannot read image {item.image!r} ({e.strerror})") from None
 
 
 def _origin(item: store_lib.Item, annotation: store_lib.Annotation) -> dict[str, str]:
@@ -97,7 +105,8 @@ def agreement(annotations: list[store_lib.Annotation]) -> dict[str, Any]:
 
 
 def export(store: store_lib.AnnotationStore, image_root: str | pathlib.Path,
-           out: str | pathlib.Path, *, with_spans: bool = True) -> dict[str, Any]:
+           out: str | pathlib.Path, *, with_spans: bool = True,
+           error_policy: str = "skip") -> dict[str, Any]:
   """Writes the files of the module docstring; returns the report.
 
   Args:
@@ -107,31 +116,45 @@ def export(store: store_lib.AnnotationStore, image_root: str | pathlib.Path,
     with_spans: keep the annotated character spans in the pairs (default). Without
       them the training pipeline finds the corrected segments by the paper's token
       diff of the two answers (`rlhfv_jax.segments`).
+    error_policy: "skip" (leave out and list an annotation whose record cannot be made,
+      e.g. its image is missing; module docstring) or "raise".
+
+  Raises:
+    records.RecordError: with "raise", the first such annotation.
   """
   out, image_root = pathlib.Path(out), pathlib.Path(image_root)
+  records_lib.skipped_path(out, "export").unlink(missing_ok=True)  # an earlier run's
+  errors = records_lib.ErrorLog(error_policy, out, "export", process_index=0,
+                                process_count=1)
   items = {item.id: item for item in store.items()}
   annotations = store.annotations()
-  pairs, clean, unclear = [], [], []
+  pairs, clean, unclear, skipped = [], [], [], []
   for a in annotations:
     item = items[a.item_id]
     origin = _origin(item, a)
     record_id = f"{item.id}@{a.annotator}"
-    if a.verdict == "corrected":
-      pairs.append(records_lib.make_preference_record(
-          {"id": record_id, "image": _image_bytes(image_root, item), "question": item.prompt,
-           "chosen": a.corrected, "rejected": a.original, "origin": origin,
-           **({"segments": {"chosen": [list(s) for s in a.chosen_spans],
-                            "rejected": [list(s) for s in a.rejected_spans]}}
-              if with_spans else {})},
-          f"annotation of {item.id!r} by {a.annotator!r}"))
-    elif a.verdict == "no_hallucination":
-      clean.append(records_lib.make_sft_record(
-          {"id": record_id, "image": _image_bytes(image_root, item), "question": item.prompt,
-           "answer": a.original, "origin": origin},
-          f"annotation of {item.id!r} by {a.annotator!r}"))
-    else:
-      unclear.append({"item_id": item.id, "annotator": a.annotator,
-                      "annotated_at": a.updated_at})
+    location = f"annotation of {item.id!r} by {a.annotator!r}"
+    try:
+      if a.verdict == "corrected":
+        pairs.append(records_lib.make_preference_record(
+            {"id": record_id, "image": _image_bytes(image_root, item),
+             "question": item.prompt, "chosen": a.corrected, "rejected": a.original,
+             "origin": origin,
+             **({"segments": {"chosen": [list(s) for s in a.chosen_spans],
+                              "rejected": [list(s) for s in a.rejected_spans]}}
+                if with_spans else {})}, location))
+      elif a.verdict == "no_hallucination":
+        clean.append(records_lib.make_sft_record(
+            {"id": record_id, "image": _image_bytes(image_root, item),
+             "question": item.prompt, "answer": a.original, "origin": origin}, location))
+      else:
+        unclear.append({"item_id": item.id, "annotator": a.annotator,
+                        "annotated_at": a.updated_at})
+    except (store_lib.StoreError, records_lib.RecordError) as e:
+      problem = e.problem if isinstance(e, records_lib.RecordError) else str(e)
+      errors.handle(records_lib.RecordError(record_id, problem, location))
+      skipped.append({"item_id": item.id, "annotator": a.annotator, "image": item.image,
+                      "problem": problem})
   writers.write_jsonl(out / "preference", pairs)
   writers.write_rlhfv_parquet(out / "rlhfv_parquet", pairs)
   writers.write_jsonl(out / "no_hallucination", clean)
@@ -141,7 +164,7 @@ def export(store: store_lib.AnnotationStore, image_root: str | pathlib.Path,
   report = {"items": len(items), "annotations": len(annotations), "pairs": len(pairs),
             "no_hallucination": len(clean), "unclear": len(unclear),
             "items_not_annotated": len(set(items) - annotated),
-            "annotators": sorted({a.annotator for a in annotations}),
+            "annotators": sorted({a.annotator for a in annotations}), "skipped": skipped,
             "agreement": agreement(annotations)}
   (out / REPORT).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
   return report

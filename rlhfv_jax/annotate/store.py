@@ -14,18 +14,25 @@ One SQLite file (WAL journal, so readers never block the writer) holds:
   and when. Submitting again for the same item revises it (``revision`` counts up), so
   an annotator never has two annotations of one item.
 * ``settings``: the image root the item paths are relative to (`image_root`).
-* ``submissions``: every submission ever accepted, append-only, keyed by the client's
-  ``submission_id``: a double submission (a double click, a retried request) returns
-  the first one's result and changes nothing.
+* ``submissions``: every submission ever accepted, append-only, with what it stored
+  (verdict, text, spans), keyed by the annotator and the client's ``submission_id``.
+  Ids are each annotator's own (two annotators may use the same one). A double
+  submission (a double click, a retried request) is answered with what the first one
+  stored, even after a later revision, and changes nothing; an id its annotator already
+  used for another item is refused (`ConflictError`). Stores made when ids were global
+  are brought to this layout when opened (`AnnotationStore._migrate`).
 
-A submission whose lease was lost (expired, maybe leased to someone else since) is
-still stored: the annotator's work is never lost. If both annotate the item, it simply
-has two annotations (which the export's agreement uses). An item is done when it has
-``annotations_per_item`` annotations that are not ``unclear``; ``unclear`` hands it to
-another annotator.
+A first annotation made without a live lease of the annotator's own (expired, maybe
+leased to someone else since) is still stored, flagged ``lease_lost``: the annotator's
+work is never lost. A revision of one's own annotation needs no lease and is never
+flagged. If both annotate the item, it simply has two annotations (which the export's
+agreement uses). An item is done when it has ``annotations_per_item`` annotations that
+are not ``unclear``; ``unclear`` hands it to another annotator.
 
 Every method runs in one transaction (``BEGIN IMMEDIATE`` for writes) on a connection of
-the calling thread, so the store can be shared by the web server's worker threads.
+the calling thread, so the store can be shared by the web server's worker threads. A
+submission's checks and diff run before its write transaction, so that the CPU time of
+the diff never holds the other annotators' writes back.
 """
 
 from __future__ import annotations
@@ -38,14 +45,19 @@ import secrets
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from rlhfv_jax.annotate import spans as spans_lib
 
 VERDICTS = ("corrected", "no_hallucination", "unclear")
 DEFAULT_LEASE_SECONDS = 600.0
 
-_SCHEMA = """
+_SUBMISSIONS = """(
+  annotator TEXT NOT NULL, submission_id TEXT NOT NULL, item_id TEXT NOT NULL,
+  verdict TEXT NOT NULL, corrected TEXT, rejected_spans TEXT NOT NULL,
+  chosen_spans TEXT NOT NULL, lease_lost INTEGER NOT NULL, revision INTEGER NOT NULL,
+  received_at REAL NOT NULL, PRIMARY KEY (annotator, submission_id))"""
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS items (
   id TEXT PRIMARY KEY, image TEXT NOT NULL, prompt TEXT NOT NULL, answer TEXT NOT NULL,
   meta TEXT NOT NULL, added_at REAL NOT NULL);
@@ -59,10 +71,7 @@ CREATE TABLE IF NOT EXISTS annotations (
   created_at REAL NOT NULL, updated_at REAL NOT NULL, revision INTEGER NOT NULL,
   PRIMARY KEY (item_id, annotator));
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS submissions (
-  submission_id TEXT PRIMARY KEY, item_id TEXT NOT NULL, annotator TEXT NOT NULL,
-  verdict TEXT NOT NULL, corrected TEXT, lease_lost INTEGER NOT NULL,
-  revision INTEGER NOT NULL, received_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS submissions {_SUBMISSIONS};
 """
 
 
@@ -72,6 +81,10 @@ class StoreError(ValueError):
 
 class UnknownItemError(StoreError):
   """The request names an item the store does not hold."""
+
+
+class ConflictError(StoreError):
+  """A submission id its annotator already used for another item."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,9 +140,10 @@ class Lease:
 
 @dataclasses.dataclass(frozen=True)
 class Submitted:
-  """What a submission did: the annotation now stored; `duplicate` if this submission id
-  had been accepted before (nothing changed); `lease_lost` if the lease had expired or
-  was someone else's (the annotation is stored anyway)."""
+  """What a submission did: the annotation it stored; `duplicate` if the annotator's
+  submission id had been accepted before (nothing changed; the annotation is what that
+  submission stored); `lease_lost` if it was a first annotation without a live lease of
+  the annotator's own (stored anyway; a revision never is)."""
 
   annotation: Annotation
   duplicate: bool
@@ -150,6 +164,17 @@ def check_annotator(name: str) -> str:
   if not name or len(name) > 64:
     raise StoreError("an annotator name is 1 to 64 characters")
   return name
+
+
+def _spans(item_id: str, original: str, corrected: str,
+           edits: Optional[Sequence[spans_lib.Edit]]) -> tuple[list, list]:
+  """The spans of a correction: of the annotator's edits when given, else of the diff."""
+  if edits is None:
+    return spans_lib.correction_spans(original, corrected)
+  try:
+    return spans_lib.edit_spans(original, corrected, edits)
+  except ValueError as e:
+    raise StoreError(f"item {item_id!r}: edits: {e}") from None
 
 
 class AnnotationStore:
@@ -173,6 +198,8 @@ class AnnotationStore:
     self.clock = clock
     self._local = threading.local()
     self._connection().executescript(_SCHEMA)  # idempotent (IF NOT EXISTS)
+    if "rejected_spans" not in self._columns("submissions"):
+      self._migrate()
 
   # -------------------------------------------------------------------------- plumbing
 
@@ -200,6 +227,37 @@ class AnnotationStore:
       db.execute("ROLLBACK")
       raise
     db.execute("COMMIT")
+
+  def _columns(self, table: str) -> set[str]:
+    return {row["name"] for row in self._connection().execute(f"PRAGMA table_info({table})")}
+
+  def _migrate(self) -> None:
+    """Brings a store whose submission ids were global to the current layout: the log
+    is keyed by (annotator, submission_id) and keeps each submission's spans. Those are
+    the annotation's when the submission made the current revision, else the diff's
+    (what made them then)."""
+    with self._transaction() as db:
+      if "rejected_spans" in self._columns("submissions"):
+        return  # another process did it first
+      rows = db.execute(
+          "SELECT s.*, i.answer, a.revision AS current, a.rejected_spans, a.chosen_spans"
+          " FROM submissions s LEFT JOIN items i ON i.id = s.item_id"
+          " LEFT JOIN annotations a ON a.item_id = s.item_id AND a.annotator = s.annotator"
+          " ORDER BY s.rowid").fetchall()
+      db.execute(f"CREATE TABLE submissions_new {_SUBMISSIONS}")
+      for row in rows:
+        rejected, chosen = "[]", "[]"
+        if row["current"] == row["revision"]:
+          rejected, chosen = row["rejected_spans"], row["chosen_spans"]
+        elif row["verdict"] == "corrected" and row["answer"] is not None:
+          rejected, chosen = map(json.dumps, spans_lib.correction_spans(row["answer"],
+                                                                        row["corrected"]))
+        db.execute("INSERT INTO submissions_new VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (row["annotator"], row["submission_id"], row["item_id"], row["verdict"],
+                    row["corrected"], rejected, chosen, row["lease_lost"], row["revision"],
+                    row["received_at"]))
+      db.execute("DROP TABLE submissions")
+      db.execute("ALTER TABLE submissions_new RENAME TO submissions")
 
   def close(self) -> None:
     """Closes this thread's connection."""
@@ -255,7 +313,7 @@ class AnnotationStore:
   def item(self, item_id: str) -> Item:
     row = self._connection().execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone()
     if row is None:
-      raise UnknownItemError(f"no item {item_id!r} in {self.path}")
+      raise UnknownItemError(f"no item {item_id!r}")  # the store's path stays private
     return self._item(row)
 
   def items(self) -> list[Item]:
@@ -310,7 +368,8 @@ class AnnotationStore:
         row["created_at"], row["updated_at"], row["revision"])
 
   def submit(self, annotator: str, item_id: str, verdict: str, corrected: Optional[str], *,
-             lease_token: str, submission_id: str) -> Submitted:
+             lease_token: str, submission_id: str,
+             edits: Optional[Sequence[spans_lib.Edit]] = None) -> Submitted:
     """Stores `annotator`'s annotation of `item_id` (module docstring).
 
     Args:
@@ -319,60 +378,96 @@ class AnnotationStore:
       verdict: "corrected" (with the corrected text), "no_hallucination" or "unclear".
       corrected: the corrected answer for "corrected"; ignored otherwise.
       lease_token: the token of the lease the item was handed out with.
-      submission_id: unique per submission attempt, chosen by the client; a repeat is
-        answered with the first result.
+      submission_id: unique among the annotator's submission attempts, chosen by the
+        client; a repeat is answered with what that submission stored.
+      edits: for "corrected", the annotator's own edits (`spans.edit_spans`): their spans
+        are stored; without them the spans come from the diff of the two texts.
 
     Raises:
-      StoreError: unknown item or verdict, or a "corrected" text that is empty or
-        unchanged.
+      StoreError: unknown item or verdict, a "corrected" text that is empty or
+        unchanged, or edits that do not turn the answer into the correction.
+      ConflictError: `submission_id` was the annotator's for another item.
     """
     annotator, now = check_annotator(annotator), self.clock()
     if verdict not in VERDICTS:
       raise StoreError(f"verdict {verdict!r} is not one of {VERDICTS}")
     if not submission_id or len(submission_id) > 128:
       raise StoreError("a submission_id is 1 to 128 characters")
+    # Checked and diffed before the write transaction, which would hold every other
+    # annotator's writes back for as long as the diff takes. The log is append-only and
+    # items never change, so what is read here still holds inside it.
+    db = self._connection()
+    resent = self._resent(db, annotator, submission_id, item_id)
+    if resent is not None:
+      return resent
+    item = db.execute("SELECT answer FROM items WHERE id = ?", (item_id,)).fetchone()
+    if item is None:
+      raise UnknownItemError(f"no item {item_id!r}")
+    original = item["answer"]
+    if verdict == "corrected":
+      if not isinstance(corrected, str) or not corrected.strip():
+        raise StoreError(f"item {item_id!r}: a correction needs the corrected text")
+      if corrected == original:
+        raise StoreError(f"item {item_id!r}: the corrected text equals the answer; "
+                         "submit 'no_hallucination' instead")
+      rejected_spans, chosen_spans = _spans(item_id, original, corrected, edits)
+    else:
+      corrected = original if verdict == "no_hallucination" else None
+      rejected_spans, chosen_spans = [], []
     with self._transaction() as db:
-      seen = db.execute("SELECT item_id, annotator, lease_lost FROM submissions"
-                        " WHERE submission_id = ?", (submission_id,)).fetchone()
-      if seen is not None:
-        row = db.execute("SELECT * FROM annotations WHERE item_id = ? AND annotator = ?",
-                         (seen["item_id"], seen["annotator"])).fetchone()
-        return Submitted(self._annotation(row), duplicate=True,
-                         lease_lost=bool(seen["lease_lost"]))
-      item = db.execute("SELECT answer FROM items WHERE id = ?", (item_id,)).fetchone()
-      if item is None:
-        raise UnknownItemError(f"no item {item_id!r} in {self.path}")
-      original = item["answer"]
-      if verdict == "corrected":
-        if not isinstance(corrected, str) or not corrected.strip():
-          raise StoreError(f"item {item_id!r}: a correction needs the corrected text")
-        if corrected == original:
-          raise StoreError(f"item {item_id!r}: the corrected text equals the answer; "
-                           "submit 'no_hallucination' instead")
-        rejected_spans, chosen_spans = spans_lib.correction_spans(original, corrected)
-      else:
-        corrected = original if verdict == "no_hallucination" else None
-        rejected_spans, chosen_spans = [], []
+      resent = self._resent(db, annotator, submission_id, item_id)  # a twin came first
+      if resent is not None:
+        return resent
       lease = db.execute("SELECT annotator, token, expires_at FROM leases WHERE item_id = ?",
                          (item_id,)).fetchone()
-      lease_lost = not (lease is not None and lease["annotator"] == annotator
-                        and lease["token"] == lease_token and lease["expires_at"] > now)
       previous = db.execute("SELECT created_at, revision FROM annotations"
                             " WHERE item_id = ? AND annotator = ?",
                             (item_id, annotator)).fetchone()
+      # Only late work is flagged: a revision of one's own annotation needs no lease.
+      lease_lost = previous is None and not (
+          lease is not None and lease["annotator"] == annotator
+          and lease["token"] == lease_token and lease["expires_at"] > now)
       created, revision = ((previous["created_at"], previous["revision"] + 1)
                            if previous is not None else (now, 1))
       db.execute("INSERT OR REPLACE INTO annotations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                  (item_id, annotator, verdict, original, corrected,
                   json.dumps(rejected_spans), json.dumps(chosen_spans), created, now,
                   revision))
-      db.execute("INSERT INTO submissions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                 (submission_id, item_id, annotator, verdict, corrected, int(lease_lost),
+      db.execute("INSERT INTO submissions (annotator, submission_id, item_id, verdict,"
+                 " corrected, rejected_spans, chosen_spans, lease_lost, revision,"
+                 " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (annotator, submission_id, item_id, verdict, corrected,
+                  json.dumps(rejected_spans), json.dumps(chosen_spans), int(lease_lost),
                   revision, now))
       db.execute("DELETE FROM leases WHERE item_id = ? AND annotator = ?", (item_id, annotator))
       row = db.execute("SELECT * FROM annotations WHERE item_id = ? AND annotator = ?",
                        (item_id, annotator)).fetchone()
     return Submitted(self._annotation(row), duplicate=False, lease_lost=lease_lost)
+
+  def _resent(self, db: sqlite3.Connection, annotator: str, submission_id: str,
+              item_id: str) -> Optional[Submitted]:
+    """What `annotator`'s submission `submission_id` stored, if it was accepted before.
+
+    Raises:
+      ConflictError: it was for another item.
+    """
+    row = db.execute(
+        "SELECT s.*, i.answer, a.created_at FROM submissions s"
+        " JOIN items i ON i.id = s.item_id"
+        " JOIN annotations a ON a.item_id = s.item_id AND a.annotator = s.annotator"
+        " WHERE s.annotator = ? AND s.submission_id = ?",
+        (annotator, submission_id)).fetchone()
+    if row is None:
+      return None
+    if row["item_id"] != item_id:
+      raise ConflictError(f"submission_id {submission_id!r} of {annotator!r} was already "
+                          f"used for item {row['item_id']!r}; a new submission needs a new id")
+    annotation = Annotation(
+        item_id, annotator, row["verdict"], row["answer"], row["corrected"],
+        tuple(tuple(s) for s in json.loads(row["rejected_spans"])),
+        tuple(tuple(s) for s in json.loads(row["chosen_spans"])),
+        row["created_at"], row["received_at"], row["revision"])
+    return Submitted(annotation, duplicate=True, lease_lost=bool(row["lease_lost"]))
 
   def annotation(self, item_id: str, annotator: str) -> Optional[Annotation]:
     row = self._connection().execute(

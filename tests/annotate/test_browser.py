@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 
 import pytest
 
 from rlhfv_jax.annotate import export as export_lib
+from rlhfv_jax.annotate import server as server_lib
+from rlhfv_jax.annotate import store as store_lib
 
-from .helpers import ANSWERS
+from .helpers import ANSWERS, LiveServer
 
 REQUIRE_BROWSER_VAR = "RLHFV_REQUIRE_BROWSER"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -36,6 +39,137 @@ def driver():
                              service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
   yield browser
   browser.quit()
+
+
+@pytest.fixture
+def serve(tmp_path, image_root):
+  """serve(answers) -> (store, server): a live server over a new store holding one item
+  per (image, answer), ids "x0", "x1", ..."""
+  servers = []
+
+  def start(answers):
+    store = store_lib.AnnotationStore(tmp_path / f"store{len(servers)}.sqlite")
+    store.image_root = image_root
+    store.add_items(store_lib.Item(f"x{i}", image, "Describe the image.", answer)
+                    for i, (image, answer) in enumerate(answers))
+    servers.append(LiveServer(server_lib.make_app(store, image_root)))
+    return store, servers[-1]
+
+  yield start
+  for server in servers:
+    server.stop()
+
+
+class Page:
+  """The annotation page in `driver`, driven with real clicks and keys."""
+
+  def __init__(self, driver):
+    from selenium.webdriver.support.ui import WebDriverWait
+    self.driver = driver
+    self.wait = WebDriverWait(driver, 15).until
+
+  def element(self, element_id):
+    from selenium.webdriver.common.by import By
+    return self.driver.find_element(By.ID, element_id)
+
+  def text(self, element_id):
+    return self.element(element_id).text
+
+  def marked(self, container, cls):
+    """The texts of the highlighted spans, in order (read at once: the page may render
+    again between two reads)."""
+    return self.driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), (e) => e.textContent)",
+        f"#{container} .{cls}")
+
+  def wait_marked(self, struck, added):
+    self.wait(lambda d: (self.marked("original", "struck"), self.marked("working", "added"))
+              == (struck, added))
+
+  def keys(self, *keys, hold=None):
+    from selenium.webdriver.common.action_chains import ActionChains
+    chain = ActionChains(self.driver)
+    if hold:
+      chain.key_down(hold)
+    for key in keys:
+      chain.send_keys(key)
+    if hold:
+      chain.key_up(hold)
+    chain.perform()
+
+  def word(self, text):
+    from selenium.webdriver.common.by import By
+    return next(e for e in self.driver.find_elements(By.CSS_SELECTOR, "#working span")
+                if e.text == text)
+
+  def start(self, url, name="alice"):
+    from selenium.webdriver.common.keys import Keys
+    self.driver.get(url)
+    self.element("name").clear()
+    self.element("name").send_keys(name, Keys.ENTER)
+
+  def ready(self, working):
+    """Waits for an item whose corrected answer reads `working`, its image loaded."""
+    self.wait(lambda d: self.text("working") == working)
+    self.wait(lambda d: self.element("submit").is_enabled())
+
+  def select(self, first, last=""):
+    """Double-clicks the word `first`, shift-clicks the word `last` (mouse selection)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    def click():  # the text may be re-rendered under the pointer: then try again
+      try:
+        ActionChains(self.driver).double_click(self.word(first)).perform()
+        if last:
+          ActionChains(self.driver).key_down(Keys.SHIFT).click(self.word(last)).key_up(
+              Keys.SHIFT).perform()
+        return True
+      except StaleElementReferenceException:
+        return False
+
+    self.wait(lambda d: click())
+
+  def select_keys(self, skip, length):
+    """Selects `length` characters after the first `skip` with the keyboard only."""
+    from selenium.webdriver.common.keys import Keys
+    self.driver.execute_script("document.getElementById('working').focus()")
+    self.keys(Keys.HOME, hold=Keys.CONTROL)
+    self.keys(*[Keys.ARROW_RIGHT] * skip)
+    self.keys(*[Keys.ARROW_RIGHT] * length, hold=Keys.SHIFT)
+
+  def correct(self, selected, new):
+    """Enter on the selection (which must read `selected`), type `new`, Enter."""
+    from selenium.webdriver.common.keys import Keys
+    self.wait(lambda d: self.text("fixFrom") == selected)
+    self.keys(Keys.ENTER)
+    self.wait(lambda d: self.element("fix") == d.switch_to.active_element)
+    self.keys(Keys.BACKSPACE if not new else new, Keys.ENTER)
+
+  def free_edit(self, text):
+    """E, the whole text replaced by `text` (set by script: the driver cannot type
+    characters outside the BMP), Esc."""
+    from selenium.webdriver.common.keys import Keys
+    self.keys("e")
+    editor = self.element("freeEdit")
+    self.wait(lambda d: editor.is_displayed())
+    self.driver.execute_script(
+        "arguments[0].value = arguments[1];"
+        "arguments[0].dispatchEvent(new Event('input'))", editor, text)
+    editor.send_keys(Keys.ESCAPE)
+    self.wait(lambda d: not editor.is_displayed())
+
+
+def _pairs(store, image_root, out):
+  export_lib.export(store, image_root, out)
+  return {pair["id"]: pair for pair in map(json.loads, (out / "preference" / "train.jsonl")
+                                           .read_text().splitlines())}
+
+
+def _segments(pair):
+  return ([pair["rejected"][s:e] for s, e in pair["segments"]["rejected"]],
+          [pair["chosen"][s:e] for s, e in pair["segments"]["chosen"]])
 
 
 @pytest.mark.slow
@@ -93,6 +227,7 @@ def test_annotate_in_a_real_browser_then_export(driver, live_server, store, imag
   wait.until(lambda d: text_of("working") == fixed)
   driver.save_screenshot(str(tmp_path / "annotate.png"))
   press("s")
+  ready = lambda d: d.find_element(By.ID, "submit").is_enabled()
 
   # Item 1 comes next; B goes back to item 0 to revise it, E edits the text freely.
   wait.until(lambda d: text_of("working") == ANSWERS[1][1])
@@ -105,6 +240,7 @@ def test_annotate_in_a_real_browser_then_export(driver, live_server, store, imag
   editor.send_keys(revised)
   editor.send_keys(Keys.ESCAPE)
   wait.until(lambda d: not editor.is_displayed() and text_of("working") == revised)
+  wait.until(ready)
   press("s")
   # Item 1 again (still leased to alice): model text with markup stays text; "no
   # hallucination" is one key.
@@ -112,6 +248,7 @@ def test_annotate_in_a_real_browser_then_export(driver, live_server, store, imag
   assert "<script>" in text_of("original")
   assert driver.execute_script("return typeof window.__pwned") == "undefined"
   assert "you: 1" in text_of("progress")
+  wait.until(ready)
   press("n")
 
   # Item 2: skip as unclear; then nothing is left.
@@ -130,3 +267,211 @@ def test_annotate_in_a_real_browser_then_export(driver, live_server, store, imag
   assert [pair["chosen"][s:e] for s, e in pair["segments"]["chosen"]] == ["blue"]
   assert (pair["origin"]["annotator"], pair["origin"]["revision"]) == ("alice", "2")
   assert store.num_submissions() == 4  # item 0 twice (a revision), items 1 and 2
+
+
+@pytest.mark.slow
+def test_highlights_fall_on_the_edited_words_outside_the_bmp(driver, serve, image_root,
+                                                             tmp_path):
+  """Emoji (two UTF-16 units each), CJK and combining marks before and inside the edits:
+  what is struck and highlighted is what was edited, from the page's own edits, from the
+  server's diff (free edit) and from the stored spans (revision), and so is the export."""
+  answer = "🚗🚕🚙🚌🚎 The red sign is next to 東京タワー and a caf\u00e9\u0301 stand."
+  edited = ("🚗🚕🚙🚌🚎 The blue sign is next to 大阪タワー and a th\u00e9 stand.")
+  store, server = serve([("coco/1.png", answer)])
+  page = Page(driver)
+  page.start(server.url)
+  page.ready(answer)
+  page.select("red")
+  page.correct("red", "blue")
+  page.wait_marked(["red"], ["blue"])
+  page.free_edit(edited)  # two more changes, highlighted by the server's diff
+  marked = (["red", "東京", "caf\u00e9\u0301"], ["blue", "大阪", "th\u00e9"])
+  page.wait_marked(*marked)
+  assert page.text("working") == edited
+  page.keys("s")
+  page.wait(lambda d: page.element("empty").is_displayed())
+  page.keys("b")  # the revision shows the stored spans
+  page.ready(edited)
+  page.wait_marked(*marked)
+  assert _segments(_pairs(store, image_root, tmp_path / "out")["x0@alice"]) == marked
+
+
+@pytest.mark.slow
+def test_spans_are_the_edits_the_annotator_made(driver, serve, image_root, tmp_path):
+  """The spans exported are the selections the annotator replaced, not the diff's wider
+  ones ("while" stays unmarked); in Chinese one changed character marks one character."""
+  light = "A red car waits at a traffic light while two dogs play on the sidewalk."
+  chinese = "一只黑色的猫坐在红色的桌子上。"
+  store, server = serve([("coco/1.png", light), ("coco/2.png", chinese)])
+  page = Page(driver)
+  page.start(server.url)
+  page.ready(light)
+  page.select("waits", "light")
+  page.correct("waits at a traffic light", "is parked")
+  page.select("two", "play")
+  page.correct("two dogs play", "a dog plays")
+  corrected = "A red car is parked while a dog plays on the sidewalk."
+  marked = (["waits at a traffic light", "two dogs play"], ["is parked", "a dog plays"])
+  page.wait_marked(*marked)
+  assert page.text("working") == corrected
+  page.keys("s")
+  page.ready(chinese)
+  page.select_keys(2, 1)  # keyboard only: the third character
+  page.correct("黑", "白")
+  page.wait_marked(["黑"], ["白"])
+  page.keys("s")
+  page.wait(lambda d: page.element("empty").is_displayed())
+  pairs = _pairs(store, image_root, tmp_path / "out")
+  assert pairs["x0@alice"]["chosen"] == corrected
+  assert _segments(pairs["x0@alice"]) == marked
+  assert _segments(pairs["x1@alice"]) == (["黑"], ["白"])
+
+
+@pytest.mark.slow
+def test_an_item_whose_image_cannot_be_shown_cannot_be_judged(driver, serve, image_root,
+                                                             tmp_path):
+  """A missing image and one refused by the server: a banner says so, S and N are off
+  (buttons and keys), K still hands the item on; an image that loads clears it all."""
+  (tmp_path / "outside.png").write_bytes((image_root / "coco" / "1.png").read_bytes())
+  (image_root / "coco" / "link.png").symlink_to(tmp_path / "outside.png")
+  answers = [("coco/missing.png", "A cat sits on a mat."), ("coco/link.png", "A dog runs."),
+             ("coco/3.png", "Two birds sing.")]
+  store, server = serve(answers)
+  page = Page(driver)
+  page.start(server.url)
+  for done, (_, answer) in enumerate(answers[:2]):
+    page.wait(lambda d: page.text("working") == answer)
+    page.wait(lambda d: page.element("imageProblem").is_displayed())
+    assert "cannot be shown" in page.text("imageProblem")
+    assert not page.element("image").is_displayed()
+    assert not page.element("submit").is_enabled() and not page.element("clean").is_enabled()
+    page.keys("n")
+    page.select("A")
+    page.correct("A", "One")
+    page.keys("s")
+    page.wait(lambda d: "image has not loaded" in page.text("status"))
+    assert store.num_submissions() == done
+    page.keys("u", "k")  # skip: unclear
+    page.wait(lambda d: store.num_submissions() == done + 1)
+  page.ready(answers[2][1])
+  assert not page.element("imageProblem").is_displayed()
+  page.keys("n")
+  page.wait(lambda d: page.element("empty").is_displayed())
+  assert [a.verdict for a in store.annotations()] == ["unclear", "unclear", "no_hallucination"]
+
+
+@pytest.mark.slow
+def test_work_is_never_lost(driver, live_server, store, image_root, tmp_path):
+  """Start again, Enter in the name field, a reload, B: the item's corrections stay; B
+  steps back through more than the last item and the item in progress keeps its work."""
+  from selenium.webdriver.common.keys import Keys
+  page = Page(driver)
+  page.start(live_server.url)
+  page.ready(ANSWERS[0][1])
+  page.select("red")
+  page.correct("red", "blue")
+  fixed = ANSWERS[0][1].replace("red", "blue")
+  page.wait_marked(["red"], ["blue"])
+  page.element("start").click()
+  page.element("name").send_keys(Keys.ENTER)
+  time.sleep(1)  # what the page does on Start takes one request; nothing may change
+  assert page.text("working") == fixed
+  page.wait_marked(["red"], ["blue"])
+  assert driver.execute_script(
+      "const e = new Event('beforeunload', {cancelable: true});"
+      "window.dispatchEvent(e); return e.defaultPrevented")  # the browser warns
+  driver.refresh()
+  page.element("name").send_keys(Keys.ENTER)
+  page.ready(fixed)
+  page.wait_marked(["red"], ["blue"])
+  page.keys("s")
+  page.ready(ANSWERS[1][1])
+  page.keys("n")
+  page.ready(ANSWERS[2][1])
+  page.select("Two")
+  page.correct("Two", "Three")
+  page.wait_marked(["Two"], ["Three"])
+  page.keys("b")  # item 1, then item 0: two steps back
+  page.ready(ANSWERS[1][1])
+  page.keys("b")
+  page.ready(fixed)
+  page.wait_marked(["red"], ["blue"])
+  page.keys("b")
+  page.wait(lambda d: "No earlier item" in page.text("status"))
+  page.select("car")
+  page.correct("car", "truck")
+  page.wait_marked(["red car"], ["blue truck"])
+  page.keys("f")  # forward to item 1, and back: the revision in progress is a draft too
+  page.ready(ANSWERS[1][1])
+  page.keys("b")
+  page.ready(fixed.replace("car", "truck"))
+  page.keys("s")  # the revision saved, the item in progress is back with its work
+  page.ready(ANSWERS[2][1].replace("Two", "Three"))
+  page.wait_marked(["Two"], ["Three"])
+  page.keys("s")
+  page.wait(lambda d: page.element("empty").is_displayed())
+  assert store.annotation("item0", "alice").corrected == fixed.replace("car", "truck")
+  assert store.annotation("item2", "alice").corrected == ANSWERS[2][1].replace("Two", "Three")
+  assert store.num_submissions() == 4
+  assert not driver.execute_script(
+      "return Object.keys(localStorage).filter((k) => k.startsWith('rlhfv-draft'))")
+
+
+@pytest.mark.slow
+def test_the_workspace_is_hidden_before_start_and_at_the_end(driver, live_server):
+  page = Page(driver)
+  driver.get(live_server.url)
+  page.wait(lambda d: page.element("name").is_displayed())
+  assert not page.element("workspace").is_displayed()
+  assert not page.element("image").is_displayed()
+  page.start(live_server.url)
+  for _, answer in ANSWERS:
+    page.ready(answer)
+    page.keys("k")
+  page.wait(lambda d: page.element("empty").is_displayed())
+  assert not page.element("workspace").is_displayed()
+  assert not page.element("submit").is_displayed()
+
+
+@pytest.mark.slow
+def test_deletions_keyboard_selection_zoom_and_progress(driver, serve):
+  """A deleted clause takes its comma and space along; Shift+arrows select; Delete
+  deletes; the wheel zooms at the cursor; the counter explains itself."""
+  from selenium.webdriver.common.keys import Keys
+  answer = "A dog sits behind the car, next to a bicycle. It is sunny."
+  store, server = serve([("coco/1.png", answer)])
+  page = Page(driver)
+  page.start(server.url)
+  page.ready(answer)
+  page.select("next", "bicycle")
+  page.correct("next to a bicycle", "")  # empty: a deletion
+  shortened = "A dog sits behind the car. It is sunny."
+  page.wait(lambda d: page.text("working") == shortened)
+  page.wait_marked([", next to a bicycle"], [])
+  page.keys("u")
+  page.wait(lambda d: page.text("working") == answer)
+  page.select_keys(len("A dog sits behind the car, "), len("next to a bicycle"))
+  page.wait(lambda d: page.text("fixFrom") == "next to a bicycle")
+  page.keys(Keys.DELETE)
+  page.wait(lambda d: page.text("working") == shortened)
+  page.wait_marked([", next to a bicycle"], [])
+
+  # The image point under the cursor stays under it as the wheel zooms in.
+  under_cursor = """
+    const image = document.getElementById('image'), box = image.getBoundingClientRect();
+    return [(arguments[0] - box.left) / box.width, (arguments[1] - box.top) / box.height];"""
+  box = driver.execute_script(
+      "const b = document.getElementById('image').getBoundingClientRect();"
+      "return [b.left, b.top, b.width, b.height]")
+  x, y = box[0] + 0.7 * box[2], box[1] + 0.8 * box[3]
+  for _ in range(3):
+    driver.execute_script(
+        "document.getElementById('viewport').dispatchEvent(new WheelEvent('wheel', "
+        "{deltaY: -100, clientX: arguments[0], clientY: arguments[1], bubbles: true, "
+        "cancelable: true}))", x, y)
+  assert page.text("zoomLevel") == "195%"
+  # Across: the image is wider than the viewport from the first step, so the point holds
+  # (zooming at the top-left corner would put 0.36 there). Down: only once it is taller.
+  assert driver.execute_script(under_cursor, x, y)[0] == pytest.approx(0.7, abs=0.01)
+  assert "open for you" in page.text("progress")
+  assert "not annotated yet" in page.element("progress").get_attribute("title")

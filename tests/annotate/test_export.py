@@ -13,7 +13,7 @@ from rlhfv_jax.annotate import __main__ as cli
 from rlhfv_jax.annotate import export as export_lib
 from rlhfv_jax.annotate import store as store_lib
 from rlhfv_jax.data import readers, tfds_builders
-from rlhfv_jax.data.records import ErrorLog
+from rlhfv_jax.data.records import ErrorLog, read_skipped
 from rlhfv_jax.train import metrics as metrics_lib
 from rlhfv_jax.stages import training
 
@@ -40,7 +40,7 @@ def test_export_reads_back_in_both_formats_with_spans(store, image_root, tmp_pat
   report = export_lib.export(store, image_root, tmp_path / "out")
   assert report == {
       "items": 3, "annotations": 3, "pairs": 1, "no_hallucination": 1, "unclear": 1,
-      "items_not_annotated": 0, "annotators": ["alice"],
+      "items_not_annotated": 0, "annotators": ["alice"], "skipped": [],
       "agreement": {"items_annotated_twice_or_more": 0, "annotator_pairs": 0,
                     "identical_spans_share": None, "mean_character_overlap": None}}
   (jsonl,) = _records(tmp_path / "out" / "preference")
@@ -59,6 +59,21 @@ def test_export_reads_back_in_both_formats_with_spans(store, image_root, tmp_pat
   unclear = [json.loads(line) for line in
              (tmp_path / "out" / "unclear.jsonl").read_text().splitlines()]
   assert [(u["item_id"], u["annotator"]) for u in unclear] == [("item2", "alice")]
+
+
+def test_the_annotators_edits_are_exported_as_they_made_them(store, image_root, tmp_path):
+  original = "A red car waits at a traffic light while two dogs play on the sidewalk."
+  corrected = "A red car is parked while a dog plays on the sidewalk."
+  store.add_items([store_lib.Item("light", "coco/1.png", "Describe.", original)])
+  at = lambda text, first, after: (text.index(first), text.index(after))
+  store.submit("alice", "light", "corrected", corrected, lease_token="", submission_id="s",
+               edits=[(at(original, "waits", " while"), at(corrected, "is", " while")),
+                      (at(original, "two", " on"), at(corrected, "a dog", " on"))])
+  export_lib.export(store, image_root, tmp_path / "out")
+  (record,) = [r for r in _records(tmp_path / "out" / "preference") if r.id == "light@alice"]
+  assert [original[s:e] for s, e in record.rejected_spans] == [
+      "waits at a traffic light", "two dogs play"]
+  assert [corrected[s:e] for s, e in record.chosen_spans] == ["is parked", "a dog plays"]
 
 
 def test_agreement_over_doubly_annotated_items(store, image_root, tmp_path):
@@ -80,8 +95,8 @@ def test_agreement_over_doubly_annotated_items(store, image_root, tmp_path):
 def test_a_missing_image_is_an_error_naming_the_item(store, image_root, tmp_path):
   _submit(store, "alice", "item2", "corrected", ANSWERS[2][1].replace("Two", "Three"))
   (image_root / "coco" / "3.png").unlink()
-  with pytest.raises(FileNotFoundError, match="item 'item2': cannot read its image"):
-    export_lib.export(store, image_root, tmp_path / "out")
+  with pytest.raises(ValueError, match="'item2' by 'alice'.*image 'coco/3.png' not found"):
+    export_lib.export(store, image_root, tmp_path / "out", error_policy="raise")
 
 
 def test_command_line_add_then_export(tmp_path, image_root, capsys):
@@ -128,3 +143,33 @@ def test_exported_annotations_train_in_the_ddpo_stage(store, image_root, tmp_pat
   # Step 1: policy == reference, so the DDPO loss is log 2; by step 3 it learned.
   assert steps[0]["loss"] == pytest.approx(np.log(2), abs=1e-5)
   assert steps[-1]["loss"] < np.log(2) - 0.1 and steps[-1]["rewards/margin"] > 0
+
+
+def test_export_skips_and_lists_items_whose_image_cannot_be_read(store, image_root,
+                                                                 tmp_path, capsys):
+  """One item with a bad image never stops the export: it is left out and named."""
+  (image_root / "coco" / "link.png").symlink_to(tmp_path / "secret.txt")
+  store.add_items([store_lib.Item("sneaky", "coco/link.png", "Describe.", "A red car."),
+                   store_lib.Item("gone", "coco/missing.png", "Describe.", "A red car.")])
+  _submit(store, "alice", "item0", "corrected", ANSWERS[0][1].replace("red", "blue"))
+  _submit(store, "alice", "sneaky", "corrected", "A blue car.")
+  _submit(store, "bob", "gone", "no_hallucination")
+  report = export_lib.export(store, image_root, tmp_path / "out")
+  assert (report["pairs"], report["no_hallucination"]) == (1, 0)
+  assert [(s["item_id"], s["annotator"], s["image"]) for s in report["skipped"]] == [
+      ("sneaky", "alice", "coco/link.png"), ("gone", "bob", "coco/missing.png")]
+  assert "outside the image root" in report["skipped"][0]["problem"]
+  assert "not found" in report["skipped"][1]["problem"]
+  assert str(tmp_path) not in json.dumps(report)
+  listed = read_skipped(tmp_path / "out", "export")
+  assert [row["id"] for row in listed] == ["sneaky@alice", "gone@bob"]
+  (record,) = _records(tmp_path / "out" / "preference")
+  assert record.id == "item0@alice"
+  # The command line does the same and names them; "raise" stops at the first.
+  database = str(store.path)
+  assert cli.main(["export", "--store", database, "--out", str(tmp_path / "cli")]) == 0
+  out = capsys.readouterr()
+  assert len(json.loads(out.out)["skipped"]) == 2 and "'sneaky'" in out.err
+  with pytest.raises(ValueError, match="'sneaky'.*outside the image root"):
+    cli.main(["export", "--store", database, "--out", str(tmp_path / "strict"),
+              "--error_policy", "raise"])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 
 import pytest
 
+from rlhfv_jax.annotate import spans as spans_lib
 from rlhfv_jax.annotate.store import AnnotationStore, Item, StoreError
 
 
@@ -152,3 +154,103 @@ def test_concurrent_annotators_and_repeated_submissions(tmp_path):
   assert sorted(a.item_id for a in annotations) == sorted(f"i{k}" for k in range(40))
   assert store.num_submissions() == 40
   assert all(not a.revision > 1 for a in annotations)
+
+
+def test_submission_ids_are_scoped_per_annotator(tmp_path):
+  store = _store(tmp_path)
+  first = _fix(store, "alice", "i0", sid="s1")
+  bob = _fix(store, "bob", "i1", sid="s1", text="A green car number 1.")
+  assert not bob.duplicate and bob.annotation.corrected == "A green car number 1."
+  with pytest.raises(StoreError, match="submission_id 's1' .* item 'i0'"):
+    _fix(store, "alice", "i2", sid="s1")
+  assert store.annotation("i2", "alice") is None
+  # A resent id is answered with what that submission stored, not the current revision.
+  store.submit("alice", "i0", "no_hallucination", None, lease_token="", submission_id="s2")
+  again = _fix(store, "alice", "i0", sid="s1")
+  assert again.duplicate and again.annotation == first.annotation
+  assert (again.annotation.verdict, again.annotation.revision) == ("corrected", 1)
+  assert store.annotation("i0", "alice").verdict == "no_hallucination"
+  assert store.num_submissions() == 3
+
+
+def test_submit_diffs_outside_the_write_transaction(tmp_path, monkeypatch):
+  """The diff costs CPU time; inside BEGIN IMMEDIATE it would hold every annotator's
+  writes back for as long."""
+  store = _store(tmp_path)
+  inside = []
+  for name in ("correction_spans", "edit_spans"):
+    real = getattr(spans_lib, name)
+    monkeypatch.setattr(spans_lib, name, lambda *args, real=real: (
+        inside.append(store._connection().in_transaction), real(*args))[1])
+  _fix(store, "alice", "i0")
+  store.submit("alice", "i1", "corrected", "A blue car number 1.", lease_token="",
+               submission_id="e", edits=[((2, 5), (2, 6))])
+  assert inside == [False, False]
+  assert store.annotation("i1", "alice").chosen_spans == ((2, 6),)
+
+
+def _log(store):
+  with sqlite3.connect(store.path) as db:
+    return dict(db.execute("SELECT submission_id, lease_lost FROM submissions"))
+
+
+def test_a_revision_is_not_late_work(tmp_path):
+  clock = Clock()
+  store = _store(tmp_path, n=3, lease_seconds=60, clock=clock)
+  lease = store.next_item("alice")
+  assert not _fix(store, "alice", "i0", lease, sid="first").lease_lost
+  store.next_item("alice")  # on to i1; then back (B) to revise i0, without a lease
+  revised = store.submit("alice", "i0", "no_hallucination", None, lease_token="",
+                         submission_id="revision")
+  assert not revised.lease_lost and revised.annotation.revision == 2
+  # Truly late: a first annotation after the lease expired.
+  clock.now += 61
+  assert _fix(store, "alice", "i1", sid="late").lease_lost
+  assert _log(store) == {"first": 0, "revision": 0, "late": 1}
+
+
+_SCHEMA_WITH_GLOBAL_IDS = """
+CREATE TABLE items (
+  id TEXT PRIMARY KEY, image TEXT NOT NULL, prompt TEXT NOT NULL, answer TEXT NOT NULL,
+  meta TEXT NOT NULL, added_at REAL NOT NULL);
+CREATE TABLE leases (
+  item_id TEXT PRIMARY KEY REFERENCES items(id), annotator TEXT NOT NULL,
+  token TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE annotations (
+  item_id TEXT NOT NULL REFERENCES items(id), annotator TEXT NOT NULL,
+  verdict TEXT NOT NULL, original TEXT NOT NULL, corrected TEXT,
+  rejected_spans TEXT NOT NULL, chosen_spans TEXT NOT NULL,
+  created_at REAL NOT NULL, updated_at REAL NOT NULL, revision INTEGER NOT NULL,
+  PRIMARY KEY (item_id, annotator));
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE submissions (
+  submission_id TEXT PRIMARY KEY, item_id TEXT NOT NULL, annotator TEXT NOT NULL,
+  verdict TEXT NOT NULL, corrected TEXT, lease_lost INTEGER NOT NULL,
+  revision INTEGER NOT NULL, received_at REAL NOT NULL);
+INSERT INTO items VALUES ('i0', '0.png', 'Describe.', 'A red car.', '{}', 1.0);
+INSERT INTO annotations VALUES ('i0', 'alice', 'no_hallucination', 'A red car.',
+  'A red car.', '[]', '[]', 2.0, 3.0, 2);
+INSERT INTO submissions VALUES ('s1', 'i0', 'alice', 'corrected', 'A blue car.', 0, 1, 2.0);
+INSERT INTO submissions VALUES ('s2', 'i0', 'alice', 'no_hallucination', 'A red car.', 1, 2,
+  3.0);
+"""
+
+
+def test_a_store_with_global_submission_ids_is_migrated(tmp_path):
+  """Stores made before ids were scoped per annotator open with their log intact."""
+  path = tmp_path / "old.sqlite"
+  with sqlite3.connect(path) as db:
+    db.executescript(_SCHEMA_WITH_GLOBAL_IDS)
+  store = AnnotationStore(path)
+  assert store.num_submissions() == 2
+  first = store.submit("alice", "i0", "corrected", "A blue car.", lease_token="",
+                       submission_id="s1")
+  assert first.duplicate and first.annotation.revision == 1
+  assert (first.annotation.corrected, first.annotation.rejected_spans) == (
+      "A blue car.", ((2, 5),))  # the diff, as when it was submitted
+  # A revision keeps its flag as it was logged.
+  assert store.submit("alice", "i0", "no_hallucination", None, lease_token="",
+                      submission_id="s2").lease_lost
+  assert not store.submit("bob", "i0", "unclear", None, lease_token="",
+                          submission_id="s1").duplicate
+  assert AnnotationStore(path).num_submissions() == 3  # and it opens again
