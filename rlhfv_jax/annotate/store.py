@@ -166,6 +166,30 @@ def check_annotator(name: str) -> str:
   return name
 
 
+def _judged_texts(db: sqlite3.Connection, item_id: str, verdict: str,
+                  corrected: Optional[str], edits: Optional[Sequence[spans_lib.Edit]]
+                  ) -> tuple[str, Optional[str], list, list]:
+  """(answer, corrected text, rejected spans, chosen spans) of a verdict on `item_id`.
+
+  Raises:
+    UnknownItemError: no such item.
+    StoreError: a "corrected" text that is empty or unchanged, or edits that do not turn
+      the answer into the correction.
+  """
+  item = db.execute("SELECT answer FROM items WHERE id = ?", (item_id,)).fetchone()
+  if item is None:
+    raise UnknownItemError(f"no item {item_id!r}")
+  original = item["answer"]
+  if verdict != "corrected":
+    return original, original if verdict == "no_hallucination" else None, [], []
+  if not isinstance(corrected, str) or not corrected.strip():
+    raise StoreError(f"item {item_id!r}: a correction needs the corrected text")
+  if corrected == original:
+    raise StoreError(f"item {item_id!r}: the corrected text equals the answer; "
+                     "submit 'no_hallucination' instead")
+  return (original, corrected) + tuple(_spans(item_id, original, corrected, edits))
+
+
 def _spans(item_id: str, original: str, corrected: str,
            edits: Optional[Sequence[spans_lib.Edit]]) -> tuple[list, list]:
   """The spans of a correction: of the annotator's edits when given, else of the diff."""
@@ -400,20 +424,8 @@ class AnnotationStore:
     resent = self._resent(db, annotator, submission_id, item_id)
     if resent is not None:
       return resent
-    item = db.execute("SELECT answer FROM items WHERE id = ?", (item_id,)).fetchone()
-    if item is None:
-      raise UnknownItemError(f"no item {item_id!r}")
-    original = item["answer"]
-    if verdict == "corrected":
-      if not isinstance(corrected, str) or not corrected.strip():
-        raise StoreError(f"item {item_id!r}: a correction needs the corrected text")
-      if corrected == original:
-        raise StoreError(f"item {item_id!r}: the corrected text equals the answer; "
-                         "submit 'no_hallucination' instead")
-      rejected_spans, chosen_spans = _spans(item_id, original, corrected, edits)
-    else:
-      corrected = original if verdict == "no_hallucination" else None
-      rejected_spans, chosen_spans = [], []
+    original, corrected, rejected_spans, chosen_spans = _judged_texts(
+        db, item_id, verdict, corrected, edits)
     with self._transaction() as db:
       resent = self._resent(db, annotator, submission_id, item_id)  # a twin came first
       if resent is not None:

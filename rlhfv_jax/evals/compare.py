@@ -245,6 +245,72 @@ def _names(run_dirs: Sequence[str | pathlib.Path], names: Optional[Sequence[str]
           for k, n in enumerate(named)]
 
 
+class _PerItem:
+  """Each run's per-item values, read once, used only where they reproduce the run's
+  figure (each problem is warned about once)."""
+
+  def __init__(self, values: dict[str, dict[str, float]], warnings: list[str]):
+    self._values, self._warnings = values, warnings
+    self._items: dict[tuple[str, str], Items | str] = {}
+    self._checked: dict[tuple[str, str], Items | str] = {}
+
+  def usable(self, name: str, directory: pathlib.Path, metric: Metric) -> Items | str:
+    """The run's per-item values for `metric`, or why there are none."""
+    key = (name, metric.benchmark)
+    if key not in self._items:
+      try:
+        self._items[key] = read_items(directory, metric.benchmark)
+      except NoItems as e:
+        self._items[key] = str(e)
+        self._warnings.append(f"{metric.benchmark} of {name}: {e}; no paired interval")
+    if (name, metric.label) not in self._checked:
+      found, figure = self._items[key], self._values[name][metric.label]
+      if isinstance(found, str):
+        found = "no per-item values"
+      elif not abs(_from_items(found, metric) - figure) <= _TOLERANCE.get(metric.benchmark,
+                                                                           1e-9):
+        self._warnings.append(f"{metric.label} of {name}: its per-item file gives "
+                              f"{_from_items(found, metric):.4f}, its results "
+                              f"{figure:.4f}; no paired interval")
+        found = "per-item values disagree"
+      self._checked[(name, metric.label)] = found
+    return self._checked[(name, metric.label)]
+
+
+def _benchmark_differences(benchmark: str, shared: Sequence[Metric],
+                           runs: tuple[tuple[str, pathlib.Path, dict], ...],
+                           per_item: _PerItem, warnings: list[str], *, resamples: int,
+                           seed: int) -> dict[str, bootstrap.Difference | str]:
+  """`benchmark`'s metrics of the run `runs[1]` minus the baseline `runs[0]`: a paired
+  interval each, or why there is none."""
+  (first, first_dir, first_results), (name, directory, results) = runs
+  if benchmark not in results or benchmark not in first_results:
+    return {m.label: "not in both runs" for m in shared}
+  differ = differing_files(benchmark, first_results[benchmark], results[benchmark])
+  if differ:
+    warnings.append(f"{benchmark}: {name} was scored on other files than {first}: "
+                    f"{'; '.join(differ)}. Another benchmark version: its figures are "
+                    "not comparable item for item, and no paired interval is given.")
+    return {m.label: "different files" for m in shared}
+  out: dict[str, bootstrap.Difference | str] = {}
+  for metric in shared:
+    mine = per_item.usable(name, directory, metric)
+    theirs = per_item.usable(first, first_dir, metric)
+    if isinstance(mine, str) or isinstance(theirs, str):
+      out[metric.label] = mine if isinstance(mine, str) else theirs
+    elif mine.ids != theirs.ids:
+      out[metric.label] = "different items"
+      if metric is shared[0]:
+        warnings.append(f"{benchmark}: {name} and {first} were scored on different "
+                        "items (skips or another subset); no paired interval")
+    else:
+      statistic = _PER_ITEM[benchmark][1][metric.key]
+      out[metric.label] = bootstrap.paired_difference(
+          list(mine.tables.values()), list(theirs.tables.values()), statistic,
+          resamples=resamples, seed=seed)
+  return out
+
+
 def compare(run_dirs: Sequence[str | pathlib.Path], names: Optional[Sequence[str]] = None,
             *, resamples: int = 2000, seed: int = 0) -> Comparison:
   """Reads the runs and computes the table's values and the paired differences.
@@ -270,63 +336,16 @@ def compare(run_dirs: Sequence[str | pathlib.Path], names: Optional[Sequence[str
                    if m.benchmark in results[name] else math.nan for m in metrics}
             for name in runs}
   warnings: list[str] = []
-  items: dict[tuple[str, str], Items | str] = {}
-  checked: dict[tuple[str, str], Items | str] = {}
-
-  def usable(name: str, directory: pathlib.Path, metric: Metric) -> Items | str:
-    """The run's per-item values if they reproduce its figure, else why not (each
-    problem warned about once)."""
-    key = (name, metric.benchmark)
-    if key not in items:
-      try:
-        items[key] = read_items(directory, metric.benchmark)
-      except NoItems as e:
-        items[key] = str(e)
-        warnings.append(f"{metric.benchmark} of {name}: {e}; no paired interval")
-    if (name, metric.label) not in checked:
-      found = items[key]
-      if isinstance(found, str):
-        found = "no per-item values"
-      elif not abs(_from_items(found, metric) - values[name][metric.label]) <= (
-          _TOLERANCE.get(metric.benchmark, 1e-9)):
-        warnings.append(f"{metric.label} of {name}: its per-item file gives "
-                        f"{_from_items(found, metric):.4f}, its results "
-                        f"{values[name][metric.label]:.4f}; no paired interval")
-        found = "per-item values disagree"
-      checked[(name, metric.label)] = found
-    return checked[(name, metric.label)]
-
-  first, first_dir = runs[0], dirs[0]
+  per_item = _PerItem(values, warnings)
+  baseline = (runs[0], dirs[0], results[runs[0]])
   differences: dict[str, dict[str, bootstrap.Difference | str]] = {}
   for name, directory in zip(runs[1:], dirs[1:]):
     differences[name] = {}
     for benchmark in dict.fromkeys(m.benchmark for m in metrics):
-      shared = [m for m in metrics if m.benchmark == benchmark]
-      if benchmark not in results[name] or benchmark not in results[first]:
-        differences[name].update({m.label: "not in both runs" for m in shared})
-        continue
-      differ = differing_files(benchmark, results[first][benchmark],
-                               results[name][benchmark])
-      if differ:
-        warnings.append(f"{benchmark}: {name} was scored on other files than {first}: "
-                        f"{'; '.join(differ)}. Another benchmark version: its figures are "
-                        "not comparable item for item, and no paired interval is given.")
-        differences[name].update({m.label: "different files" for m in shared})
-        continue
-      for metric in shared:
-        mine, theirs = usable(name, directory, metric), usable(first, first_dir, metric)
-        if isinstance(mine, str) or isinstance(theirs, str):
-          differences[name][metric.label] = mine if isinstance(mine, str) else theirs
-        elif mine.ids != theirs.ids:
-          differences[name][metric.label] = "different items"
-          if metric is shared[0]:
-            warnings.append(f"{benchmark}: {name} and {first} were scored on different "
-                            "items (skips or another subset); no paired interval")
-        else:
-          statistic = _PER_ITEM[benchmark][1][metric.key]
-          differences[name][metric.label] = bootstrap.paired_difference(
-              list(mine.tables.values()), list(theirs.tables.values()), statistic,
-              resamples=resamples, seed=seed)
+      differences[name].update(_benchmark_differences(
+          benchmark, [m for m in metrics if m.benchmark == benchmark],
+          (baseline, (name, directory, results[name])), per_item, warnings,
+          resamples=resamples, seed=seed))
   return Comparison(runs, [str(d) for d in dirs], metrics, values, differences, warnings)
 
 
