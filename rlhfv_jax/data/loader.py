@@ -44,6 +44,71 @@ from rlhfv_jax.data.records import ErrorLog, Record
 from rlhfv_jax.data.tokenizer import ChatTemplate
 
 
+_TRUNCATED_IDS_NAMED = 5  # ids the truncation summary names; DEBUG lists them all
+
+
+class TruncationCount:
+  """Examples packed and those whose answers the bucket length cut (thread-safe).
+
+  Cutting an answer to the largest bucket is the documented effect of the bucket lengths,
+  not a fault: it is counted here and summarized once, at INFO (`log_once`), with every
+  cut id at DEBUG, so nothing is cut silently and nothing floods the log.
+
+  Args:
+    largest_bucket: the length answers are cut to.
+    shared_prefix: whether rows hold both answers (`TokenizedExample.required_length`).
+    where: appended to the count, e.g. " on process 1 of 2".
+    kept: where the ids stay, named in the summary.
+  """
+
+  def __init__(self, largest_bucket: int, shared_prefix: bool, *, where: str = "",
+               kept: str = "at DEBUG"):
+    self.largest_bucket, self.shared_prefix = largest_bucket, shared_prefix
+    self._where, self._kept = where, kept
+    self._ids: dict[str, None] = {}  # ordered set: first cut, first named
+    self._packed = self._cut = 0  # repeats across epochs included
+    self._logged = False
+    self._lock = threading.Lock()
+
+  @property
+  def ids(self) -> frozenset[str]:
+    """Ids of the examples whose answers were cut so far."""
+    with self._lock:
+      return frozenset(self._ids)
+
+  def note(self, examples: Sequence[TokenizedExample], length: int) -> None:
+    """Counts examples packed at `length` and those whose answers it cuts."""
+    cut = [e.id for e in examples if e.required_length(self.shared_prefix) > length]
+    with self._lock:
+      self._packed += len(examples)
+      self._cut += len(cut)
+      self._ids.update(dict.fromkeys(cut))
+
+  def summary(self) -> Optional[str]:
+    """One line on the answers cut so far (count, share, the first ids); None if none."""
+    with self._lock:
+      ids, packed, cut = list(self._ids), self._packed, self._cut
+    if not cut:
+      return None
+    named = ", ".join(ids[:_TRUNCATED_IDS_NAMED]) + (
+        ", ..." if len(ids) > _TRUNCATED_IDS_NAMED else "")
+    return (f"answers cut to the largest bucket ({self.largest_bucket} tokens, EOS dropped) "
+            f"for {cut} of {packed} examples packed{self._where} ({cut / packed:.1%}): "
+            f"{len(ids)} distinct ids ({named}), all {self._kept}")
+
+  def log_once(self) -> None:
+    """Logs `summary` at INFO and every cut id at DEBUG, the first time it is called."""
+    with self._lock:
+      if self._logged:
+        return
+      self._logged = True
+    summary = self.summary()
+    if summary is not None:
+      logging.info("%s", summary)
+      logging.debug("ids of the examples whose answers were cut to the largest bucket: %s",
+                    sorted(self.ids))
+
+
 def ordered_batches(source: Sequence[Record], template: ChatTemplate,
                     preprocessor: ImagePreprocessor, *, indices: Sequence[int],
                     batch_size: int, buckets: Sequence[int], segment_mode: str = "paper",
@@ -56,7 +121,8 @@ def ordered_batches(source: Sequence[Record], template: ChatTemplate,
   What forward-only passes (the reference log-prob cache, evaluation) iterate instead of
   the shuffling, repeating `Loader`: nothing is dropped; the padded tail of the last
   batch is marked invalid (`FixedSizeBatch.valid`, see `fixed_batches`). Images are not
-  augmented. Prompts that do not fit the largest bucket go through `errors`.
+  augmented. Prompts that do not fit the largest bucket go through `errors`; answers cut
+  to it are summarized once when the iteration ends (`TruncationCount`).
 
   Args:
     source: random-access records.
@@ -84,17 +150,20 @@ def ordered_batches(source: Sequence[Record], template: ChatTemplate,
   filler = None
   if num_batches is not None and len(source):
     filler = tokenize(0)  # for a process whose share is empty
-  for chunk in fixed_size_batches(examples, batch_size, num_batches=num_batches,
-                                  filler=filler):
-    length = choose_bucket(max(e.required_length(shared_prefix) for e in chunk.items), buckets)
-    pixel_values = np.stack([preprocessor(e.image) for e in chunk.items])
-    yield assemble_batch(chunk.items, pixel_values, length, eos_id=tok.eos_id,
-                         pad_id=tok.pad_id, ref_lookup=ref_lookup,
-                         shared_prefix=shared_prefix), chunk
+  truncation = TruncationCount(buckets[-1], shared_prefix)
+  try:
+    for chunk in fixed_size_batches(examples, batch_size, num_batches=num_batches,
+                                    filler=filler):
+      length = choose_bucket(max(e.required_length(shared_prefix) for e in chunk.items),
+                             buckets)
+      truncation.note(chunk.items[:chunk.num_valid], length)
+      pixel_values = np.stack([preprocessor(e.image) for e in chunk.items])
+      yield assemble_batch(chunk.items, pixel_values, length, eos_id=tok.eos_id,
+                           pad_id=tok.pad_id, ref_lookup=ref_lookup,
+                           shared_prefix=shared_prefix), chunk
+  finally:
+    truncation.log_once()
 
-
-
-_TRUNCATED_IDS_NAMED = 5  # ids the truncation summary names; DEBUG lists them all
 
 
 class Loader:
@@ -158,10 +227,9 @@ class Loader:
     self.prefetch_batches = prefetch_batches
     self.shared_prefix = shared_prefix
     self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=num_threads)
-    self._truncated: dict[str, None] = {}  # ordered set: first cut, first named
-    self._examples_packed = 0  # this process's, repeats across epochs included
-    self._examples_cut = 0
-    self._summarized = False
+    self._truncation = TruncationCount(
+        self.buckets[-1], shared_prefix, kept="in Loader.truncated_ids and at DEBUG",
+        where=f" on process {process_index} of {process_count}" if process_count > 1 else "")
     self._dropped: dict[str, None] = {}  # ordered set: a second iterator adds nothing
     self._lock = threading.Lock()
     self._iterators: "weakref.WeakSet[LoaderIterator]" = weakref.WeakSet()
@@ -169,16 +237,10 @@ class Loader:
   @property
   def truncated_ids(self) -> frozenset[str]:
     """Ids of this process's examples whose answers were cut to the largest bucket so far."""
-    with self._lock:
-      return frozenset(self._truncated)
+    return self._truncation.ids
 
   def _note_truncated(self, examples: Sequence[TokenizedExample], length: int) -> None:
-    """Counts examples packed at `length` and those whose answers it cuts."""
-    cut = [e.id for e in examples if e.required_length(self.shared_prefix) > length]
-    with self._lock:
-      self._examples_packed += len(examples)
-      self._examples_cut += len(cut)
-      self._truncated.update(dict.fromkeys(cut))
+    self._truncation.note(examples, length)
 
   def truncation_summary(self) -> Optional[str]:
     """One line on the answers cut to the largest bucket so far; None when none was.
@@ -186,30 +248,7 @@ class Loader:
     Counts are this process's examples as packed, an example once per epoch; the share
     is of those. The distinct ids are `truncated_ids`.
     """
-    with self._lock:
-      ids, packed, cut = list(self._truncated), self._examples_packed, self._examples_cut
-    if not cut:
-      return None
-    named = ", ".join(ids[:_TRUNCATED_IDS_NAMED]) + (
-        ", ..." if len(ids) > _TRUNCATED_IDS_NAMED else "")
-    where = (f" on process {self.process_index} of {self.process_count}"
-             if self.process_count > 1 else "")
-    return (f"answers cut to the largest bucket ({self.buckets[-1]} tokens, EOS dropped) "
-            f"for {cut} of {packed} examples packed{where} ({cut / packed:.1%}): "
-            f"{len(ids)} distinct ids ({named}), all in Loader.truncated_ids and at DEBUG")
-
-  def _log_truncation(self) -> None:
-    """Logs `truncation_summary` once, at INFO: the cut is the documented effect of the
-    bucket lengths, not a fault; the ids go to DEBUG."""
-    with self._lock:
-      if self._summarized:
-        return
-      self._summarized = True
-    summary = self.truncation_summary()
-    if summary is not None:
-      logging.info("%s", summary)
-      logging.debug("ids of the examples whose answers were cut to the largest bucket: %s",
-                    sorted(self.truncated_ids))
+    return self._truncation.summary()
 
   @property
   def dropped_ids(self) -> tuple[str, ...]:
@@ -292,7 +331,7 @@ class Loader:
       iterator.close()
     self._iterators.clear()
     self._pool.shutdown(wait=False, cancel_futures=True)
-    self._log_truncation()
+    self._truncation.log_once()
 
 
 class LoaderIterator:

@@ -16,7 +16,7 @@ import pytest
 from raw_files import GOOD_ROWS, image_bytes
 from rlhfv_jax.data import tfds_builders
 from rlhfv_jax.data.images import AugmentationPolicy, ImagePreprocessor
-from rlhfv_jax.data.loader import Loader
+from rlhfv_jax.data.loader import Loader, ordered_batches
 from rlhfv_jax.data.records import (ErrorLog, RecordError, make_preference_record,
                                     read_skipped)
 from rlhfv_jax.data.tokenizer import ChatTemplate
@@ -271,7 +271,7 @@ import sys
 sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})
 from raw_files import image_bytes
 from rlhfv_jax.data import images, records
-from rlhfv_jax.data.loader import Loader
+from rlhfv_jax.data.loader import Loader, ordered_batches
 from rlhfv_jax.data.tokenizer import ChatTemplate, SentencePieceTokenizer
 recs = [records.PreferenceRecord(f"r{{i}}", image_bytes(i), "Q?", "A red cup.", "A blue cup.")
         for i in range(16)]
@@ -286,3 +286,27 @@ print("iterated")
                         timeout=300, cwd=pathlib.Path(__file__).parents[2])
   assert proc.returncode == 0 and "iterated" in proc.stdout, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_ordered_batches_serve_every_example_and_summarize_the_cut_ones(template, preprocessor,
+                                                                        caplog):
+  """The forward-only passes (reference cache, evaluation): every example once, in order,
+  the padded tail invalid; answers cut to the largest bucket are counted over the real
+  rows only and summarized once, when the iteration ends."""
+  source = records(5, long_every=2)  # r1 and r3 need the 160 bucket
+  with caplog.at_level(logging.DEBUG):
+    served = list(ordered_batches(source, template, preprocessor, indices=range(5),
+                                  batch_size=4, buckets=(80, 96)))
+  assert [e.id for _, chunk in served for e in chunk.items[:chunk.num_valid]] == [
+      f"r{i}" for i in range(5)]
+  assert [chunk.num_valid for _, chunk in served] == [4, 1]
+  summary, listed = truncation_logs(caplog)
+  assert summary.levelno == logging.INFO and summary.getMessage() == (
+      "answers cut to the largest bucket (96 tokens, EOS dropped) for 2 of 5 examples "
+      "packed (40.0%): 2 distinct ids (r1, r3), all at DEBUG")
+  assert listed.levelno == logging.DEBUG and "['r1', 'r3']" in listed.getMessage()
+  caplog.clear()
+  with caplog.at_level(logging.DEBUG):
+    list(ordered_batches(source, template, preprocessor, indices=range(5), batch_size=4,
+                         buckets=(80, 96, 160)))
+  assert not truncation_logs(caplog)  # nothing cut: nothing said
