@@ -33,7 +33,7 @@ def run(config: Any, workdir: str) -> dict[str, float]:
   from rlhfv_jax.data import factory
   source = factory.open_source(config, workdir, split=config.eval.split)
   objective = training.stage_objective(config, model_lib.make_apply_fn(config.model),
-                              config.eval.objective)
+                                       config.eval.objective)
   param_shardings, batch_sharding = mesh_lib.pass_layout(
       config.train, model_lib.param_shapes(config.model))
   params = jax.device_put(model_init.load_initial_params(config, param_shardings),

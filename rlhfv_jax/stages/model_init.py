@@ -4,8 +4,7 @@
   no size is pinned) the architecture is read from where the params come from — the
   llava-hf checkpoint's ``config.json`` (``init.params="hf"``) or the earlier run's
   resolved ``config.json`` (``init.params="checkpoint"``) — keeping the run's execution
-  settings (dtype, param_dtype, remat). A pinned size that disagrees with the checkpoint
-  stays an error naming the differing parameters (`load_initial_params`).
+  settings (dtype, param_dtype, remat).
 * `check_checkpoint_shapes`: a pinned size is compared with the checkpoint's parameter
   shapes before anything runs (the llava-hf ``config.json``, or the run's orbax metadata),
   so a mismatch is one line naming the differing parameters and the way out.
@@ -103,8 +102,9 @@ def _check_param_shapes(params: Any, expected: Any, source: str) -> None:
                      f"{_WAY_OUT}.")
 
 
-def _latest_checkpoint(config: Any) -> tuple[checkpointing.Checkpointer, int]:
-  """The Checkpointer of `init.checkpoint_dir` and the step `init.checkpoint_step` names."""
+def _checked_checkpoint(config: Any, expected: Any) -> tuple[checkpointing.Checkpointer, int]:
+  """The Checkpointer of `init.checkpoint_dir` and the step `init.checkpoint_step` names,
+  once its stored parameter shapes (orbax metadata, no weights) are `expected`'s."""
   init = config.init
   directory = checkpoint_dir(init.checkpoint_dir)
   if not os.path.isdir(directory):
@@ -116,6 +116,10 @@ def _latest_checkpoint(config: Any) -> tuple[checkpointing.Checkpointer, int]:
     raise FileNotFoundError(
         f"init.checkpoint_dir={init.checkpoint_dir!r}: no checkpoint "
         f"{'at all' if step is None else f'at step {step}'} under {ckpt.directory}")
+  # Before orbax restores: a restore into other shapes fails deep inside it, in many
+  # interleaved tracebacks.
+  _check_param_shapes(ckpt.param_shapes(step), expected,
+                      f"init.checkpoint_dir={init.checkpoint_dir} (step {step})")
   return ckpt, step
 
 
@@ -135,9 +139,7 @@ def check_checkpoint_shapes(config: Any) -> None:
     stored = model_lib.param_shapes(model_lib.config_from_hf(init.hf_checkpoint))
     _check_param_shapes(stored, expected, f"init.hf_checkpoint={init.hf_checkpoint}")
   elif init.params == "checkpoint" and init.get("checkpoint_dir"):
-    ckpt, step = _latest_checkpoint(config)
-    _check_param_shapes(ckpt.param_shapes(step), expected,
-                        f"init.checkpoint_dir={init.checkpoint_dir} (step {step})")
+    _checked_checkpoint(config, expected)[0].close()
 
 
 def load_initial_params(config: Any, target_shardings: Any = None) -> Any:
@@ -156,10 +158,7 @@ def load_initial_params(config: Any, target_shardings: Any = None) -> Any:
     _, params = hf_io.load_hf_llava(init.hf_checkpoint, param_dtype=cfg.param_dtype)
     _check_param_shapes(params, expected, f"init.hf_checkpoint={init.hf_checkpoint}")
     return params
-  ckpt, step = _latest_checkpoint(config)
-  # Before orbax: a restore into other shapes fails deep inside it, in many tracebacks.
-  _check_param_shapes(ckpt.param_shapes(step), expected,
-                      f"init.checkpoint_dir={init.checkpoint_dir} (step {step})")
+  ckpt, step = _checked_checkpoint(config, expected)
   if target_shardings is None:
     target_shardings = jax.tree.map(lambda _: mesh_lib.replicated(), expected)
   logging.info("initial params: %s step %d", ckpt.directory, step)

@@ -18,15 +18,13 @@ import jax
 from rlhfv_jax.stages import model_init
 from rlhfv_jax.stages import registry
 
-CONFIG_FILE = model_init.RUN_CONFIG_FILE
-
 
 def write_config(config: Any, workdir: str | os.PathLike) -> None:
   """Saves the resolved config as `<workdir>/config.json` (process 0)."""
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(os.fspath(workdir), CONFIG_FILE), "w") as f:
+  with open(os.path.join(os.fspath(workdir), model_init.RUN_CONFIG_FILE), "w") as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
