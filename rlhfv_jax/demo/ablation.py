@@ -19,8 +19,8 @@ from absl import logging
 
 from rlhfv_jax.demo import chain, report, scoring, stats
 from rlhfv_jax.demo.context import Context
-from rlhfv_jax.demo.runs import (ARMS, BASE_MODELS, CONTROL, SFT_VQA, SFT_WEB, Run,
-                                 base_paths, model_labels, models, seed_paths)
+from rlhfv_jax.demo.runs import (ARMS, CONTROL, SFT_VQA, SFT_WEB, Run, model_labels, models,
+                                 seed_paths)
 
 ARM_RUNS = tuple(Run(arm) for arm in ARMS)
 
@@ -37,12 +37,13 @@ COMPARISONS = (
 
 
 def num_stages(config: Any) -> int:
-  """The progress stages after the base models."""
-  return len(config.demo.seeds) * chain.num_stages(ARM_RUNS)
+  """The progress stages after the shared ones."""
+  return len(config.demo.seeds) * chain.num_stages(config, ARM_RUNS)
 
 
-def run(ctx: Context, base: dict[str, Any]) -> dict[str, Any]:
-  """Every seed's chain from the base models (`base`: `driver.run_base`), then the report.
+def run(ctx: Context, shared: dict[str, Any]) -> dict[str, Any]:
+  """Every seed's chain from the shared inputs (`shared`: `driver.run_shared`), then the
+  report.
 
   Returns:
     The contents of results.json.
@@ -50,20 +51,18 @@ def run(ctx: Context, base: dict[str, Any]) -> dict[str, Any]:
   config, root = ctx.config, ctx.root
   seeds = [int(s) for s in config.demo.seeds]
   per_seed = {seed: chain.run_seed(ctx, seed, ARM_RUNS) for seed in seeds}
-  # The base models are shared: one evaluation each, reported with n = 1.
-  results = {m: {"base": base["metrics"][m]} for m in BASE_MODELS if m in base["metrics"]}
-  results.update({model: {seed: per_seed[seed].metrics[model] for seed in seeds}
-                  for model in models(config) if model not in BASE_MODELS})
+  results = {model: {seed: per_seed[seed].metrics[model] for seed in seeds}
+             for model in models(config)}
   labels = model_labels(config)
   summary = {
       "seeds": seeds,
-      "base_seed": int(config.demo.base_seed),
+      "shared_seed": int(config.demo.shared_seed),
       "models": {m: {"label": labels[m],
                      "per_seed": {str(s): v for s, v in results[m].items()}}
                  for m in models(config)},
       "feedback": {str(s): per_seed[s].feedback for s in seeds},
-      "corpus": dict(base["corpus"], **{f"seed_{s}": per_seed[s].corpus for s in seeds}),
-      "perception": base["perception"],
+      "corpus": dict(shared["corpus"], **{f"seed_{s}": per_seed[s].corpus for s in seeds}),
+      "perception": shared["perception"],
       "eval_scenes": len(ctx.eval_scenes),
       "timings": ctx.progress.timings,
       "total_seconds": round(time.monotonic() - ctx.progress.start, 1),
@@ -76,35 +75,25 @@ def run(ctx: Context, base: dict[str, Any]) -> dict[str, Any]:
 
 
 def count_tables(root: pathlib.Path, model: str, seeds: Sequence[int]) -> list[np.ndarray]:
-  """Per seed, the per-scene counts (`stats.count_table`) of a model's held-out
-  descriptions, read back from its evaluation log; a base model's one log serves every
-  seed."""
+  """Per seed, the per-scene counts (`stats.count_table`) of a model's descriptions
+  (`model`: a run's name, ``validation_name`` or ``sampled_name``), read back from its
+  evaluation log."""
   fields = {f.name for f in dataclasses.fields(scoring.ResponseScore)}
   tables = []
   for seed in seeds:
-    paths = base_paths(root) if model in BASE_MODELS else seed_paths(root, seed)
-    with paths.eval(model).open(encoding="utf-8") as f:
+    with seed_paths(root, seed).eval(model).open(encoding="utf-8") as f:
       scores = [scoring.ResponseScore(**{k: v for k, v in json.loads(line).items()
                                          if k in fields}) for line in f if line.strip()]
     tables.append(stats.count_table(scores))
   return tables
 
 
-def _runs(tables: dict[str, list[np.ndarray]], *names: str) -> int:
-  """How many seeds' tables a comparison of `names` resamples: a base model's one
-  evaluation stands for every seed, and where only base models are involved it is used
-  once (copies resampled as if they were independent seeds would narrow the interval by
-  sqrt(seeds))."""
-  return 1 if all(n in BASE_MODELS for n in names) else len(tables[names[0]])
-
-
 def paired_differences(tables: dict[str, list[np.ndarray]],
                        comparisons: Sequence[tuple[str, str]]
                        ) -> dict[tuple[str, str, str], stats.Difference]:
-  """`stats.paired_difference` of every (A, B) and `report.DIFFERENCE_METRICS`, over the
-  per-seed tables of `count_tables`."""
-  return {(a, b, metric): stats.paired_difference(
-      tables[a][:_runs(tables, a, b)], tables[b][:_runs(tables, a, b)], metric)
+  """`stats.paired_difference` (two levels: seeds, then scenes) of every (A, B) and
+  `report.DIFFERENCE_METRICS`, over the per-seed tables of `count_tables`."""
+  return {(a, b, metric): stats.paired_difference(tables[a], tables[b], metric)
           for a, b in comparisons for metric in report.DIFFERENCE_METRICS}
 
 
@@ -120,7 +109,7 @@ def write_report(config: Any, root: pathlib.Path, results: report.Results,
   intervals = {}
   for m in shown:
     for metric in report.DIFFERENCE_METRICS:
-      value = stats.interval(tables[m][:_runs(tables, m)], metric)
+      value = stats.interval(tables[m], metric)
       intervals[(m, metric)] = (value.low, value.high)
   feedback = summary["feedback"]
   corrected = [feedback[str(s)]["corrected"] for s in seeds]
@@ -128,14 +117,15 @@ def write_report(config: Any, root: pathlib.Path, results: report.Results,
   text = "\n".join([
       f"# RLHF-V demo: ablation over {len(seeds)} seed(s) {list(seeds)}", "",
       f"Greedy descriptions of {summary['eval_scenes']} held-out scenes; mean ± sample std "
-      f"over seeds. The base model(s) are trained once (seed {summary['base_seed']}) and "
-      "shared by every seed, hence n=1 on their rows. CHAIR_s: share of descriptions with "
+      "over seeds. Each seed is a training run of every model, the base models included "
+      "(from the shared captions and vision tower). CHAIR_s: share of descriptions with "
       "a hallucinated object; CHAIR_i: share of object mentions that are hallucinated; "
       "recall: share of ground-truth objects mentioned; attribute errors: wrong "
       "size/position among mentions of present objects.", "", table, "",
-      "Paired differences A − B, mean over seeds, with 95% bootstrap intervals (held-out "
-      "scenes resampled within each seed; `rlhfv_jax/demo/stats.py`). * : the interval "
-      "excludes 0; (every seed): each seed's own difference has that sign.", "",
+      "Paired differences A − B, mean over seeds, with two-level 95% bootstrap intervals "
+      "(the seeds resampled, then the held-out scenes within each; "
+      "`rlhfv_jax/demo/stats.py`). * : the interval excludes 0; (every seed): each seed's "
+      "own difference has that sign; both together: **established**.", "",
       report.differences_table(differences, comparisons, labels), "",
       f"Feedback per seed: {corrected} corrected of {sampled} sampled descriptions "
       f"(temperature {config.demo.sampling.temperature}); DDPO γ={config.ddpo.gamma:g}, "

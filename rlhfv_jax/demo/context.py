@@ -11,6 +11,7 @@ import pathlib
 import time
 from typing import Any, Callable, Sequence
 
+import jax
 import ml_collections
 from absl import logging
 
@@ -22,14 +23,17 @@ from rlhfv_jax.stages import config_validation, runner
 
 
 def evaluate(config: Any, paths: SeedPaths, name: str, params: Any, sample: sampler.Sampler,
-             eval_scenes: Sequence[world.Scene], eval_images: dict[str, bytes]
-             ) -> dict[str, float]:
-  """Greedy descriptions of the scenes -> CHAIR-style metrics (and the JSONL log
-  ``paths.eval(name)``, whose per-scene counts the report's intervals resample)."""
+             eval_scenes: Sequence[world.Scene], eval_images: dict[str, bytes],
+             temperature: float = 0.0, seed: int = 0) -> dict[str, float]:
+  """Greedy (or with `temperature` sampled) descriptions of the scenes -> CHAIR-style
+  metrics (and the JSONL log ``paths.eval(name)``, whose per-scene counts the report's
+  intervals resample)."""
   prompts = corpora.description_prompts(len(eval_scenes))
   e = config.demo.eval
+  rng = jax.random.PRNGKey(seed) if temperature > 0 else None
   samples = sample(params, [eval_images[s.scene_id] for s in eval_scenes], prompts,
-                   max_new_tokens=e.max_new_tokens, batch_size=e.batch_size)
+                   max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+                   temperature=temperature, rng=rng)
   texts, finished = samples.texts, samples.finished
   scores = scoring.score_responses(texts, eval_scenes)
   out = paths.eval(name)
@@ -91,14 +95,22 @@ class Context:
     return stage
 
   def train_and_eval(self, seed: int, paths: SeedPaths, run: Run, label: str,
-                     metrics_out: dict, on_validation: bool = False
+                     metrics_out: dict, on_validation: bool = False, sampled: bool = False
                      ) -> tuple[Any, sampler.Sampler]:
-    """Trains a run through `runner.run` and evaluates it on the held-out scenes, or
-    with `on_validation` on the validation scenes (as its ``validation_name``)."""
+    """Trains a run through `runner.run` (a finished run resumes: its params come back)
+    and evaluates it on the held-out scenes, or with `on_validation` on the validation
+    scenes (as its ``validation_name``); with `sampled` also its sampled held-out
+    descriptions (``sampled_name``, at ``demo.eval.probe_temperature``)."""
     stage = self.stage_config(seed, run)
     params = runner.run(stage, str(paths.run(run)))
     sample = sampler.Sampler.from_config(stage)
     self.evaluate(paths, run, params, sample, label, metrics_out, on_validation)
+    if sampled:
+      name = run.sampled_name
+      metrics_out[name] = evaluate(self.config, paths, name, params, sample, self.eval_scenes,
+                                   self.eval_images, self.config.demo.eval.probe_temperature,
+                                   seed)
+      self._log(label, name, metrics_out)
     return params, sample
 
   def evaluate(self, paths: SeedPaths, run: Run, params: Any, sample: sampler.Sampler,
@@ -109,6 +121,10 @@ class Context:
     else:
       scenes, images, name = self.eval_scenes, self.eval_images, run.name
     metrics_out[name] = evaluate(self.config, paths, name, params, sample, scenes, images)
+    self._log(label, name, metrics_out)
+
+  @staticmethod
+  def _log(label: str, name: str, metrics_out: dict) -> None:
     logging.info("demo: %s, %s: %s", label, name, json.dumps(
         {k: round(v, 3) for k, v in metrics_out[name].items()}))
 
@@ -122,7 +138,7 @@ def make_context(config: Any, root: pathlib.Path, total_stages: int) -> Context:
                                     w.max_objects)
   val_scenes = world.sample_scenes(demo.validation.seed, demo.validation.num_scenes, "val",
                                    w.min_objects, w.max_objects, exclude=eval_scenes)
-  train_scenes = world.sample_scenes(10_000 + int(demo.base_seed), w.num_train_scenes,
+  train_scenes = world.sample_scenes(10_000 + int(demo.shared_seed), w.num_train_scenes,
                                      "train", w.min_objects, w.max_objects,
                                      exclude=list(eval_scenes) + list(val_scenes))
   return Context(config, root, tokenizer_path, train_scenes,

@@ -36,10 +36,10 @@ def _sft_records(examples: Sequence[corpora.TextExample], prefix: str,
 
 def web_captions(config: Any, train_scenes: Sequence[world.Scene],
                  clean: bool = False) -> list[corpora.TextExample]:
-  """The base model's web captions (seeded by ``demo.base_seed``); `clean`: the control
+  """The base model's web captions (seeded by ``demo.shared_seed``); `clean`: the control
   corpus, the same scenes and template draws with no caption mismatched."""
   c = config.demo.corpus
-  return corpora.web_captions(train_scenes, int(config.demo.base_seed),
+  return corpora.web_captions(train_scenes, int(config.demo.shared_seed),
                               0.0 if clean else c.mismatch_rate,
                               {"extra_object": c.extra_object_weight,
                                "wrong_color": c.wrong_color_weight})

@@ -1,38 +1,43 @@
 """The demo: the paper's experiment in miniature, one command, on a CPU.
 
 `run(config, workdir)` (what ``python -m rlhfv_jax.main --config configs/demo.py``
-runs) first trains the base model, once, like a released checkpoint everyone starts
-from (seed ``demo.base_seed``):
+runs) first prepares what every seed shares, as a lab shares its data and a released
+CLIP (seeded by ``demo.shared_seed``):
 
   data        render the training scenes; write "web" captions, a share of them
               mismatched with their image, as a ``jsonl_sft`` dataset
   perception  pretrain the vision tower to read every grid cell (`perception`: the
-              miniature's CLIP), saved as the initial checkpoint of sft_web
+              miniature's CLIP), saved as the base models' initial checkpoint
+  data_clean  with ``demo.control_base``: the same scenes with every caption faithful
+
+then runs the study ``demo.study``. Each seed in ``demo.seeds`` is one training run of
+the whole chain (`chain`): the seed drives every model's initialisation and data order,
+the VQA questions, sampling and feedback. Per seed:
+
   sft_web     train projector + language model on the web captions, the pretrained
               tower frozen as LLaVA-1.5 keeps CLIP frozen           (runner "sft")
   sft_web_clean  with ``demo.control_base``: the control, trained the same way on the
-              same scenes with every caption faithful (the row that shows the cause)
+              clean captions (the rows that show the cause)
+  ...         VQA data, sft_vqa, feedback from the oracle labeler through the
+              annotation store, the reference log-probs, then the preference runs.
 
-then runs the study ``demo.study`` from it. The ablation (`ablation`, the default)
-runs, for every seed in ``demo.seeds`` (the seed drives the VQA questions, data order,
-sampling, and the DDPO data order), the per-seed chain (`chain`): VQA data, sft_vqa,
-feedback from the oracle labeler through the annotation store, the reference log-probs,
-then one preference run per arm:
+The ablation (`ablation`, the default) trains one preference run per arm:
 
   dpo        γ = 1 (plain DPO, length-normalised)
   ddpo_mean  γ = config.ddpo.gamma, weighted mean (the paper)
   ddpo_sum   γ = config.ddpo.gamma, weighted sum (released scripts)
   ddpo_crop  ddpo with config.ddpo.normalize + random-crop augmentation
 
-The sweep (`sweep`, configs/demo.py:sweep) runs the studies instead: the control base
-beside the web base, the VQA-stage candidates of ``demo.sweep`` scored on validation
-scenes with one chosen by `sweep.select_vqa`, and per seed the same chain with DPO and
-DDPO trained on 25 / 50 / 100% of the feedback pairs.
+The sweep (`sweep`, configs/demo.py:sweep) runs the studies instead: the cause (each
+seed's web base against its control, greedy and sampled), the VQA-stage candidates and
+the preference schedules scored on validation scenes from every seed with one of each
+chosen across seeds (`sweep.select`), and per seed DPO and DDPO trained on 25 / 50 /
+100% of the feedback pairs.
 
 Every trained model is evaluated on the same held-out scenes (disjoint from all
 training scenes): greedy descriptions -> CHAIR-style metrics (`scoring`). The reports
-compare models by paired differences with 95% bootstrap intervals over those scenes
-(`stats`).
+compare models by paired differences with two-level 95% bootstrap intervals, over the
+seeds (training runs) and the scenes within each (`stats`).
 
 Every training stage is the project's own `rlhfv_jax.stages.runner` on the project's
 data path (TFDS array_record built from the JSONL files, grain loader, chat
@@ -43,19 +48,22 @@ Workdir layout::
   demo_config.json         the config this workdir belongs to (a re-run resumes; a
                            different config is refused)
   tokenizer.model          the demo tokenizer (`rlhfv_jax.demo.vocabulary`)
-  base/data/web/           train.jsonl + images/ (the web captions)
-  base/perception/         checkpoints/ (random LLaVA + pretrained tower), perception.json
-  base/sft_web/            runner workdir: config.json, checkpoints/, metrics.jsonl,
-                           tensorboard/
+  shared/data/web/         train.jsonl + images/ (the web captions; web_clean/: the
+                           control's)
+  shared/perception/       checkpoints/ (random LLaVA + pretrained tower), perception.json
+  shared/tfds/             the captions' built datasets
+  seed_<s>/sft_web/        runner workdir: config.json, checkpoints/, metrics.jsonl,
+                           tensorboard/ (and sft_web_clean/)
   seed_<s>/data/vqa/                train.jsonl + images/
   seed_<s>/annotations.sqlite       the annotation store (items, the oracle's annotations)
   seed_<s>/feedback_images/         its image root
   seed_<s>/feedback_export/         its export: preference/ (the DDPO data), rlhfv_parquet/, ...
   seed_<s>/feedback_samples.jsonl   every sampled description with the oracle's verdict
-  {base,seed_<s>}/tfds/    built datasets (+ the reference log-prob cache)
+  seed_<s>/tfds/           built datasets (+ the reference log-prob cache)
   seed_<s>/<run>/          runner workdirs of sft_vqa, reference and the arms (a run's
-                           directory is its `runs.Run.name`: "dpo", "sft_vqa#1", "dpo%25")
-  {base,seed_<s>}/eval/<model>.jsonl  every evaluation description with its scores
+                           directory is its `runs.Run.name`: "dpo", "sft_vqa#1", "dpo#2",
+                           "dpo%25")
+  seed_<s>/eval/<model>.jsonl  every evaluation description with its scores
   results.json             all metrics, feedback statistics and stage timings
   ablation.md / ablation.csv / ablation_per_seed.csv / ablation_differences.csv /
   ablation.png             (the sweep: sweep.md / sweep.csv / sweep.png)
@@ -74,7 +82,7 @@ from rlhfv_jax import model as model_lib
 from rlhfv_jax.data import factory
 from rlhfv_jax.demo import ablation, datasets, perception, sweep, world
 from rlhfv_jax.demo.context import Context, make_context
-from rlhfv_jax.demo.runs import CONTROL, SFT_WEB, Run, SeedPaths, base_paths
+from rlhfv_jax.demo.runs import SFT_WEB, Run, SeedPaths, shared_paths
 from rlhfv_jax.demo.settings import validate
 from rlhfv_jax.stages import model_init
 from rlhfv_jax.train import checkpointing
@@ -96,9 +104,9 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   _check_workdir(config, root)
   _enable_compilation_cache(root)
   study = sweep if config.demo.study == "sweep" else ablation
-  ctx = make_context(config, root, num_base_stages(config) + study.num_stages(config))
-  base = run_base(ctx)
-  return study.run(ctx, base)
+  ctx = make_context(config, root, num_shared_stages(config) + study.num_stages(config))
+  shared = run_shared(ctx)
+  return study.run(ctx, shared)
 
 
 def _check_workdir(config: Any, workdir: pathlib.Path) -> None:
@@ -119,40 +127,34 @@ def _enable_compilation_cache(workdir: pathlib.Path) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-def num_base_stages(config: Any) -> int:
-  """The progress stages of `run_base`."""
-  return 3 + 2 * config.demo.control_base
+def num_shared_stages(config: Any) -> int:
+  """The progress stages of `run_shared`."""
+  return 2 + config.demo.control_base
 
 
-def run_base(ctx: Context) -> dict[str, Any]:
-  """The base model every seed starts from: perception pretraining, then web captions
-  (and with ``demo.control_base`` the control on clean captions).
+def run_shared(ctx: Context) -> dict[str, Any]:
+  """What every seed starts from: the web captions (and the clean ones with
+  ``demo.control_base``) and the pretrained vision tower.
 
   Returns:
-    "metrics" (held-out metrics by run name), "corpus" (data statistics) and
-    "perception" (the tower's validation accuracy).
+    "corpus" (data statistics) and "perception" (the tower's validation accuracy).
   """
-  paths = base_paths(ctx.root)
-  out: dict[str, Any] = {"metrics": {}}
-  base_seed = ctx.config.demo.base_seed
-  label = f"base (seed {base_seed})"
+  paths = shared_paths(ctx.root)
+  out: dict[str, Any] = {}
+  label = f"shared (seed {ctx.config.demo.shared_seed})"
   out["corpus"] = ctx.progress.stage(label, "data", lambda: datasets.write_web_data(
       ctx.config, paths, ctx.train_scenes, ctx.train_images))
-  out["perception"] = ctx.progress.stage(label, "perception",
-                                         lambda: pretrain_perception(ctx, paths))
-  logging.info("demo: %s, perception: %s", label, json.dumps(out["perception"]))
-  ctx.progress.stage(label, SFT_WEB, lambda: ctx.train_and_eval(
-      base_seed, paths, Run(SFT_WEB), label, out["metrics"]))
   if ctx.config.demo.control_base:
     out["corpus"].update(ctx.progress.stage(label, "data_clean", lambda: datasets.write_web_data(
         ctx.config, paths, ctx.train_scenes, ctx.train_images, clean=True)))
-    ctx.progress.stage(label, CONTROL, lambda: ctx.train_and_eval(
-        base_seed, paths, Run(CONTROL), label, out["metrics"]))
+  out["perception"] = ctx.progress.stage(label, "perception",
+                                         lambda: pretrain_perception(ctx, paths))
+  logging.info("demo: %s, perception: %s", label, json.dumps(out["perception"]))
   return out
 
 
 def pretrain_perception(ctx: Context, paths: SeedPaths) -> dict[str, Any]:
-  """The sft_web stage's initial checkpoint: a random LLaVA holding the pretrained tower.
+  """The base models' initial checkpoint: a random LLaVA holding the pretrained tower.
 
   Returns the tower's accuracy per attribute on validation scenes (disjoint from the
   held-out evaluation scenes). A re-run finds the checkpoint and its summary and resumes.
@@ -164,7 +166,7 @@ def pretrain_perception(ctx: Context, paths: SeedPaths) -> dict[str, Any]:
   try:
     if ckpt.latest_step() is not None and summary_file.is_file():
       return json.loads(summary_file.read_text())
-    demo, seed = ctx.config.demo, int(ctx.config.demo.base_seed)
+    demo, seed = ctx.config.demo, int(ctx.config.demo.shared_seed)
     p, w = demo.perception, demo.world
     stage = ctx.stage_config(seed, Run(SFT_WEB))
     preprocessor = factory.make_preprocessor(stage, factory.ModelFacts.from_config(stage),

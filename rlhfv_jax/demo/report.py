@@ -1,15 +1,16 @@
 """The demo's ablation report: Markdown tables, CSV and a PNG plot.
 
 Input is `results[arm][run] -> {metric: value}` (metrics of `scoring.METRIC_NAMES`),
-one entry per seed — or a single one for a model shared by all seeds (the demo's
-base models). Spread is the sample standard deviation over the runs (ddof=1); a single
-run has none (empty in the CSV, nothing after the mean in the table, never "± 0.0").
-NaN values (an undefined rate, e.g. CHAIR_i of a model that mentions nothing) are left
-out of their cell's mean. A cell over fewer runs than the table's most says so: "(n=1)".
+one entry per seed (training run). Spread is the sample standard deviation over the
+runs (ddof=1); a single run has none (empty in the CSV, nothing after the mean in the
+table, never "± 0.0"). NaN values (an undefined rate, e.g. CHAIR_i of a model that
+mentions nothing) are left out of their cell's mean. A cell over fewer runs than the
+table's most says so: "(n=1)".
 
-Comparisons between models are paired differences with 95% bootstrap intervals over the
-held-out scenes (`stats`): `differences_table` / `write_differences_csv`, and the
-plot's error bars are the same kind of interval around each model's own value.
+Comparisons between models are paired differences with two-level 95% bootstrap
+intervals over the seeds and the held-out scenes (`stats`): `differences_table` /
+`write_differences_csv`, and the plot's error bars are the same kind of interval around
+each model's own value.
 """
 
 from __future__ import annotations
@@ -57,15 +58,21 @@ def _values(results: Results, arm: str, metric: str) -> list[float]:
   return [float(m[metric]) for m in results[arm].values()]
 
 
-def markdown_table(results: Results, arms: Sequence[str], labels: Mapping[str, str]) -> str:
-  """The ablation table as GitHub Markdown (one row per arm, mean ± std per metric)."""
+# Where hallucinations come from (the sweep's cause table): not a quality metric.
+CO_OCCURRENCE_COLUMN = ("co_occurrence_share", "Co-occurring share", "")
+
+
+def markdown_table(results: Results, arms: Sequence[str], labels: Mapping[str, str],
+                   columns: Sequence[tuple[str, str, str]] = COLUMNS) -> str:
+  """The ablation table as GitHub Markdown (one row per arm, mean ± std per metric of
+  `columns`)."""
   total = max(len(results[arm]) for arm in arms)
   header = "| Model | " + " | ".join(f"{title} {arrow}".strip()
-                                      for _, title, arrow in COLUMNS) + " |"
-  lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
+                                      for _, title, arrow in columns) + " |"
+  lines = [header, "|" + "---|" * (len(columns) + 1)]
   for arm in arms:
     cells = []
-    for metric, _, _ in COLUMNS:
+    for metric, _, _ in columns:
       mean, std, n = summarize(_values(results, arm, metric))
       cells.append(_cell(mean, std, n, total, 1 if metric == "avg_words" else 3))
     lines.append(f"| {labels[arm]} | " + " | ".join(cells) + " |")
@@ -106,7 +113,8 @@ def differences_table(differences: Mapping[tuple[str, str, str], stats.Differenc
                       comparisons: Sequence[tuple[str, str]], labels: Mapping[str, str],
                       metrics_shown: Sequence[str] = DIFFERENCE_METRICS) -> str:
   """Paired differences as Markdown: estimate [95% interval] per metric, a star where
-  the interval excludes 0, and "(every seed)" where each seed alone has that sign."""
+  the interval excludes 0, "(every seed)" where each seed alone has that sign, and the
+  cell in bold where both hold over several seeds (`stats.Difference.established`)."""
   titles = {m: f"{t} {a}".strip() for m, t, a in COLUMNS}
   lines = ["| Comparison (A − B) | " + " | ".join(f"Δ {titles[m]}" for m in metrics_shown)
            + " |", "|" + "---|" * (len(metrics_shown) + 1)]
@@ -122,6 +130,8 @@ def differences_table(differences: Mapping[tuple[str, str, str], stats.Differenc
         cell += " *"
       if len(d.per_seed) > 1 and d.same_sign_every_seed:
         cell += " (every seed)"
+      if len(d.per_seed) > 1 and d.established:
+        cell = f"**{cell}**"
       cells.append(cell)
     lines.append(f"| {labels[a]} − {labels[b]} | " + " | ".join(cells) + " |")
   return "\n".join(lines)

@@ -1,8 +1,13 @@
 """The demo's runs: what each is called, what an arm trains, its label, where it lives.
 
 A `Run` names one runner invocation of the demo: a stage (one of `STAGES`) and, in
-the sweep, a VQA-stage candidate or a feedback budget. Its `name` is the run's
-directory, evaluation log and report key ("sft_vqa", "sft_vqa#1", "dpo%25").
+the sweep, a candidate setting (of the VQA stage, or a preference schedule) or a
+feedback budget. Its `name` is the run's directory, evaluation log and report key
+("sft_vqa", "sft_vqa#1", "dpo#2", "dpo%25").
+
+Every run is trained per seed, the base models included: a seed is a training run from
+the shared inputs (the training scenes, their captions and the pretrained vision tower,
+in `shared_paths`) to the last arm (`seed_paths`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ SFT_VQA = "sft_vqa"
 REFERENCE = "reference"  # sft_vqa's log-probs of the feedback (runner "precompute_ref")
 SFT_STAGES = (SFT_WEB, SFT_VQA)
 ARMS = ("dpo", "ddpo_mean", "ddpo_sum", "ddpo_crop")
-BASE_MODELS = (SFT_WEB, CONTROL)  # trained once, shared by every seed
+BASE_MODELS = (SFT_WEB, CONTROL)  # trained per seed from the shared tower and data
 MODELS = SFT_STAGES + ARMS
 STAGES = (SFT_WEB, CONTROL, SFT_VQA, REFERENCE) + ARMS
 
@@ -29,8 +34,9 @@ class Run:
 
   Attributes:
     stage: one of `STAGES`.
-    candidate: for "sft_vqa" in the sweep, the index into ``demo.sweep.vqa_candidates``
-      whose settings the run trains with.
+    candidate: in the sweep, the index of the settings the run trains with: for
+      "sft_vqa" into ``demo.sweep.vqa_candidates``, for an arm into
+      ``demo.sweep.schedules`` (the preference stage's epochs and learning rate).
     budget: for an arm in the sweep, the percentage of the feedback pairs it trains on.
   """
 
@@ -41,17 +47,17 @@ class Run:
   def __post_init__(self):
     if self.stage not in STAGES:
       raise ValueError(f"demo stage {self.stage!r}; expected one of {STAGES}")
-    if self.candidate is not None and self.stage != SFT_VQA:
-      raise ValueError(f"a VQA-stage candidate is a setting of {SFT_VQA!r}, not of "
-                       f"{self.stage!r}")
+    if self.candidate is not None and self.stage != SFT_VQA and self.stage not in ARMS:
+      raise ValueError(f"a candidate is a setting of {SFT_VQA!r} or of an arm {ARMS}, not "
+                       f"of {self.stage!r}")
     if self.budget is not None and self.stage not in ARMS:
       raise ValueError(f"a feedback budget is a setting of an arm {ARMS}, not of "
                        f"{self.stage!r}")
 
   @property
   def name(self) -> str:
-    """The run's directory, evaluation log and report key: "dpo", "sft_vqa#1" (the
-    candidate), "dpo%25" (the budget)."""
+    """The run's directory, evaluation log and report key: "dpo", "sft_vqa#1" (a VQA
+    candidate), "dpo#2" (a schedule), "dpo%25" (the budget)."""
     name = self.stage
     if self.candidate is not None:
       name += f"#{self.candidate}"
@@ -72,8 +78,13 @@ class Run:
     return "precompute_ref" if self.stage == REFERENCE else "ddpo"
 
   @property
+  def sampled_name(self) -> str:
+    """The key of the run's sampled (not greedy) held-out descriptions ("sft_web~T")."""
+    return f"{self.name}~T"
+
+  @property
   def is_base(self) -> bool:
-    """Whether it is a base model (trained once, from ``demo.base_seed``)."""
+    """Whether it is a base model (from the shared tower, on the shared captions)."""
     return self.stage in BASE_MODELS
 
 
@@ -81,6 +92,14 @@ def vqa_candidate_runs(config: Any) -> tuple[Run, ...]:
   """The sweep's VQA-stage candidates, one run each."""
   return tuple(Run(SFT_VQA, candidate=k)
                for k in range(len(config.demo.sweep.vqa_candidates)))
+
+
+def schedule_runs(config: Any) -> tuple[Run, ...]:
+  """The sweep's preference-schedule candidates, one run per arm of ``demo.sweep.arms``
+  each."""
+  sweep = config.demo.sweep
+  return tuple(Run(arm, candidate=k) for arm in sweep.arms
+               for k in range(len(sweep.schedules)))
 
 
 def budget_runs(config: Any) -> tuple[Run, ...]:
@@ -126,6 +145,10 @@ def model_labels(config: Any) -> dict[str, str]:
   for run, candidate in zip(vqa_candidate_runs(config), config.demo.sweep.vqa_candidates):
     labels[run.name] = "+ VQA SFT, " + ", ".join(f"{key}={value}" for key, value
                                                  in sorted(dict(candidate).items()))
+  for run in schedule_runs(config):
+    schedule = config.demo.sweep.schedules[run.candidate]
+    labels[run.name] = f"{labels[run.stage]}, " + ", ".join(
+        f"{key}={value:g}" for key, value in sorted(dict(schedule).items()))
   for run in budget_runs(config):
     labels[run.name] = f"{labels[run.stage]}, {run.budget}% of the pairs"
   return labels
@@ -167,7 +190,8 @@ class SeedPaths:
 
   @property
   def perception(self) -> pathlib.Path:
-    """The pretrained vision tower in a random LLaVA: sft_web's initial checkpoint."""
+    """The pretrained vision tower in a random LLaVA: the base models' initial
+    checkpoint (in `shared_paths`)."""
     return self.root / "perception"
 
   def run(self, run: Run) -> pathlib.Path:
@@ -178,13 +202,14 @@ class SeedPaths:
     return self.root / "eval" / f"{name}.jsonl"
 
 
-def base_paths(root: pathlib.Path) -> SeedPaths:
-  """The shared base model's directories (web data, perception, sft_web)."""
-  return SeedPaths(root / "base")
+def shared_paths(root: pathlib.Path) -> SeedPaths:
+  """What every seed starts from: the web (and clean) captions and the pretrained tower."""
+  return SeedPaths(root / "shared")
 
 
 def seed_paths(root: pathlib.Path, seed: int) -> SeedPaths:
-  """One seed's directories (VQA data, feedback, sft_vqa, reference, arms)."""
+  """One seed's directories (base models, VQA data, feedback, sft_vqa, reference,
+  arms)."""
   return SeedPaths(root / f"seed_{seed}")
 
 

@@ -14,7 +14,12 @@ silence — a model that describes nothing has CHAIR 0 — so they are reported 
   objects| (pooled over responses),
 * the attribute error rate (size/position wrong among mentions of present types),
 * count accuracy (share of count claims that are right, over responses with one),
-* average response length in words.
+* average response length in words,
+
+and, to see where hallucinations come from, the co-occurrence share: of the
+hallucinated mentions, those naming the web corpus's companion of a present object
+(`corpora.companion_kind`: what the mismatched captions add), the miniature's
+"adversarial" negatives in POPE's terms.
 
 Ratios with an empty denominator (e.g. CHAIR_i when nothing is mentioned) are NaN:
 undefined, not perfect.
@@ -25,11 +30,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
-from rlhfv_jax.demo import oracle, world
+from rlhfv_jax.demo import corpora, oracle, world
 from rlhfv_jax.evals import chair
 
 METRIC_NAMES: tuple[str, ...] = ("chair_s", "chair_i", "recall", "attribute_error_rate",
-                                 "count_accuracy", "avg_words")
+                                 "count_accuracy", "avg_words", "co_occurrence_share")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +51,8 @@ class ResponseScore:
     words: length in words.
     repeated: mentions of a present object that an earlier mention already described
       (not part of CHAIR; the oracle labeler deletes them).
+    co_occurring: hallucinated mentions whose (colour, shape) is the web corpus's
+      companion of an object in the scene.
   """
 
   mentions: int
@@ -56,6 +63,7 @@ class ResponseScore:
   count_correct: Optional[bool]
   words: int
   repeated: int = 0
+  co_occurring: int = 0
 
 
 def score_response(text: str, scene: world.Scene) -> ResponseScore:
@@ -70,11 +78,13 @@ def score_response(text: str, scene: world.Scene) -> ResponseScore:
   """
   parsed = oracle.parse_description(text)
   covered: set[world.SceneObject] = set()
-  hallucinated = attribute_errors = repeated = 0
+  companions = {corpora.companion_kind(o) for o in scene.objects}
+  hallucinated = attribute_errors = repeated = co_occurring = 0
   for mention in parsed.mentions:
     grounding = oracle.ground_mention(mention, scene)
     if not grounding.exists:
       hallucinated += 1
+      co_occurring += (mention.color, mention.shape) in companions
       continue
     repeated += grounding.referent in covered
     covered.add(grounding.referent)
@@ -85,7 +95,7 @@ def score_response(text: str, scene: world.Scene) -> ResponseScore:
       mentions=len(parsed.mentions), hallucinated=hallucinated,
       attribute_errors=attribute_errors, covered=len(covered), objects=len(scene.objects),
       count_correct=None if not claims else claims[0].count == len(scene.objects),
-      words=len(oracle.words_in(text)), repeated=repeated)
+      words=len(oracle.words_in(text)), repeated=repeated, co_occurring=co_occurring)
 
 
 def aggregate(scores: Sequence[ResponseScore]) -> dict[str, float]:
@@ -112,6 +122,8 @@ def aggregate(scores: Sequence[ResponseScore]) -> dict[str, float]:
       "attribute_error_rate": chair.ratio(sum(s.attribute_errors for s in scores), present),
       "count_accuracy": chair.ratio(sum(claims), len(claims)),
       "avg_words": pooled["avg_words"],
+      "co_occurrence_share": chair.ratio(sum(s.co_occurring for s in scores),
+                                         sum(s.hallucinated for s in scores)),
       "responses": pooled["num_responses"],
   }
 

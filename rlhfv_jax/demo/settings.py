@@ -36,8 +36,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.checkpoint.update(every_steps=1_000_000, max_to_keep=1, async_save=False)
   config.precompute.batch_size = 32
   config.demo = ml_collections.ConfigDict(dict(
+      # Each seed is a training run: the base models, the VQA stage, the feedback and
+      # every arm (initialisation, data order, VQA questions, sampling).
       seeds=(0, 1, 2),
-      base_seed=0,  # the web-pretrained base model is trained once and shared by all seeds
+      # What every seed shares, as a lab shares its data and a released CLIP: the
+      # training scenes, their web (and clean) captions and the pretrained vision tower.
+      shared_seed=0,
       world=dict(image_size=48, min_objects=1, max_objects=4, num_train_scenes=6000,
                  num_feedback_scenes=512, num_eval_scenes=200, eval_seed=1000),
       corpus=dict(mismatch_rate=0.5, extra_object_weight=3.0, wrong_color_weight=1.0,
@@ -46,8 +50,9 @@ def default_config() -> ml_collections.ConfigDict:
                   # own captions, mismatches included, as a recipe that mixes its earlier
                   # instruction data back in) or "none" (VQA pairs alone).
                   vqa_replay="web"),
-      # The control base on clean captions (the row that shows the cause).
-      control_base=True,
+      # The control base on clean captions, per seed (the rows that show the cause). Off
+      # in the full demo (its budget); on in the sweep, whose cause study it is.
+      control_base=False,
       # "ablation" (the table) or "sweep" (the studies: `sweep.run`).
       study="ablation",
       # Scenes for choosing settings (`sweep`'s VQA selection), disjoint from the
@@ -59,15 +64,22 @@ def default_config() -> ml_collections.ConfigDict:
       # The miniature's CLIP (see `perception`): learns to read all cells in ~200 steps.
       perception=dict(steps=300, batch_size=64, learning_rate=3e-3, num_val_scenes=256),
       # The pretrained tower stays frozen in every stage, as CLIP does in LLaVA-1.5.
-      sft_web=dict(steps=1500, batch_size=32, learning_rate=3e-3, frozen=("vision_tower",)),
-      sft_vqa=dict(steps=100, batch_size=32, learning_rate=1e-3, frozen=("vision_tower",)),
+      # One base model per seed: 800 steps keep three of them in the full demo's budget.
+      sft_web=dict(steps=800, batch_size=32, learning_rate=3e-3, frozen=("vision_tower",)),
+      # The VQA stage and the preference schedule are the sweep's choices on validation
+      # scenes across 3 seeds (docs/results.md: VQA candidate 1, 2 of 3 seeds' picks;
+      # schedule 3, 2 of 6 seed-and-arm picks, the gentler 0.5 epoch at 1e-4 taking 3).
+      sft_vqa=dict(steps=100, batch_size=32, learning_rate=3e-4, frozen=("vision_tower",)),
       sampling=dict(temperature=0.7, top_p=0.95, max_new_tokens=80, batch_size=64),
-      preference=dict(num_epochs=2.0, batch_size=16, learning_rate=1e-4,
+      preference=dict(num_epochs=2.0, batch_size=16, learning_rate=3e-5,
                       frozen=("vision_tower",), explicit_spans=False,
                       # One shared-prefix row per pair (the prompt once, both sampled
                       # descriptions of <= 80 tokens): one length, one compilation.
                       bucket=208),
-      eval=dict(max_new_tokens=80, batch_size=100),
+      # probe_temperature: the sweep's cause study also samples the base models'
+      # descriptions at this temperature (greedy decoding shows a learnt mismatch only
+      # where it beats the faithful continuation).
+      eval=dict(max_new_tokens=80, batch_size=100, probe_temperature=1.0),
       # The `sweep` variant's studies (configs/demo.py docstring).
       sweep=_sweep_settings(),
   ))
@@ -79,23 +91,30 @@ def _sweep_settings() -> dict[str, Any]:
   return dict(
       # Feedback budgets (percent of each seed's pairs) for the data-efficiency sweep.
       budgets=(25, 50, 100), arms=("dpo", "ddpo_mean"),
-      # VQA-stage settings tried on the validation scenes; the rule that picks one
-      # is `sweep.select_vqa`. Fields override demo.corpus.vqa_replay /
-      # vqa_stage_caption_share and demo.sft_vqa.steps / learning_rate.
-      # VQA alone ("none") is in the list to show why a recipe replays: the tiny
-      # model then answers every prompt in a word or two. Candidates marked
-      # `diagnostic` are never chosen; they tell where the stage's effect comes from:
-      # the replayed captions alone (no VQA pairs), and the VQA pairs without the
-      # presence questions (which name absent objects in the prompt).
+      # The preference stage's schedules tried on the validation scenes from every
+      # seed's VQA stage, both arms; the rule that picks one is `sweep.select`. Fields
+      # override demo.preference.num_epochs / learning_rate.
+      schedules=(
+          dict(num_epochs=2.0, learning_rate=1e-4),
+          dict(num_epochs=1.0, learning_rate=1e-4),
+          dict(num_epochs=0.5, learning_rate=1e-4),
+          dict(num_epochs=2.0, learning_rate=3e-5),
+      ),
+      # VQA-stage settings tried on the validation scenes from every seed's web base;
+      # the rule that picks one is `sweep.select`. Fields override demo.corpus.vqa_replay
+      # / vqa_stage_caption_share and demo.sft_vqa.steps / learning_rate. VQA alone
+      # ("none") is in the list to show why a recipe replays: the tiny model then answers
+      # every prompt in a word or two. A candidate marked `diagnostic` is never chosen:
+      # it tells where the stage's effect comes from, e.g.
+      #   dict(replay="web", caption_share=0.3, steps=100, learning_rate=1e-3,
+      #        vqa_pairs=False, diagnostic=True)       # the replayed captions alone
+      #   dict(..., presence_questions=False, diagnostic=True)  # no presence questions
+      # (docs/results.md reports both from one training run).
       vqa_candidates=(
           dict(replay="web", caption_share=0.3, steps=100, learning_rate=1e-3),
           dict(replay="web", caption_share=0.3, steps=100, learning_rate=3e-4),
           dict(replay="web", caption_share=0.5, steps=100, learning_rate=3e-4),
           dict(replay="none", steps=100, learning_rate=3e-4),
-          dict(replay="web", caption_share=0.3, steps=100, learning_rate=1e-3,
-               vqa_pairs=False, diagnostic=True),
-          dict(replay="web", caption_share=0.3, steps=100, learning_rate=1e-3,
-               presence_questions=False, diagnostic=True),
       ))
 
 
@@ -121,7 +140,7 @@ def stage_config(config: Any, root: pathlib.Path, seed: int, run: Run,
   Args:
     config: the demo config.
     root: the demo workdir.
-    seed: the seed (ignored for a base model, which uses ``demo.base_seed``).
+    seed: the seed: the training run this run belongs to.
     run: the run.
     tokenizer_path: the demo tokenizer file.
     tokenizer: the loaded tokenizer (its ids fix the model's vocabulary fields).
@@ -129,15 +148,13 @@ def stage_config(config: Any, root: pathlib.Path, seed: int, run: Run,
   Returns:
     A validated-ready config for `rlhfv_jax.stages.runner` (stage, init, data, ...).
   """
-  if run.is_base:
-    seed, paths = int(config.demo.base_seed), runs.base_paths(root)
-  else:
-    paths = runs.seed_paths(root, seed)
+  paths = runs.seed_paths(root, seed)
   out = _runner_config(config, run.runner_stage, seed, tokenizer_path, tokenizer)
   out.init.update(params="checkpoint", checkpoint_dir=str(_initial_checkpoint(root, paths, run)))
   settings = _training_settings(config, run)
   if run.runner_stage == "sft":
-    _set_sft_data(out, paths, run, settings)
+    # The base models read the captions every seed shares (built once).
+    _set_sft_data(out, runs.shared_paths(root) if run.is_base else paths, run, settings)
   else:
     _set_preference_data(out, paths, run, settings)
   out.optim.update(learning_rate=settings.learning_rate, frozen=tuple(settings.frozen))
@@ -164,12 +181,12 @@ def _runner_config(config: Any, runner_stage: str, seed: int, tokenizer_path: pa
 
 
 def _initial_checkpoint(root: pathlib.Path, paths: runs.SeedPaths, run: Run) -> pathlib.Path:
-  """Where a run starts: a base model from the pretrained tower, the VQA stage from the
-  web base, the reference and every arm from the VQA-tuned model."""
+  """Where a run starts: a base model from the shared pretrained tower, the VQA stage
+  from the seed's web base, the reference and every arm from the seed's VQA stage."""
   if run.is_base:
-    return paths.perception
+    return runs.shared_paths(root).perception
   if run.stage == SFT_VQA:
-    return runs.base_paths(root).run(Run(SFT_WEB))
+    return paths.run(Run(SFT_WEB))
   return paths.run(Run(SFT_VQA))
 
 
@@ -179,7 +196,7 @@ def _training_settings(config: Any, run: Run) -> ml_collections.ConfigDict:
     return config.demo.sft_web
   if run.stage == SFT_VQA:
     return vqa_settings(config, run.candidate)
-  return config.demo.preference
+  return preference_settings(config, run.candidate)
 
 
 def _set_sft_data(out: ml_collections.ConfigDict, paths: runs.SeedPaths, run: Run,
@@ -245,6 +262,22 @@ def vqa_settings(config: Any, candidate: int | None) -> ml_collections.ConfigDic
   return with_vqa_candidate(config, candidate).demo.sft_vqa
 
 
+def with_schedule(config: Any, schedule: int | None) -> ml_collections.ConfigDict:
+  """A copy of the config whose preference stage has the epochs and learning rate of
+  ``demo.sweep.schedules[schedule]`` (the config itself for None)."""
+  if schedule is None:
+    return config
+  chosen = copy.deepcopy(config)
+  chosen.demo.preference.update(dict(config.demo.sweep.schedules[schedule]))
+  return chosen
+
+
+def preference_settings(config: Any, schedule: int | None) -> ml_collections.ConfigDict:
+  """The preference stage's training settings (``demo.preference``, a schedule's if
+  given)."""
+  return with_schedule(config, schedule).demo.preference
+
+
 def vqa_data_settings(config: Any, candidate: int | None) -> dict[str, Any]:
   """The VQA stage's data settings (replay, caption share; for diagnostics, whether it
   has VQA pairs and presence questions), a candidate's if given."""
@@ -282,11 +315,20 @@ def validate(config: Any) -> None:
   if any(not 0 < b <= 100 for b in demo.sweep.budgets):
     problems.append(f"demo.sweep.budgets={tuple(demo.sweep.budgets)} must be percentages "
                     "in (0, 100]")
+  for k, schedule in enumerate(demo.sweep.schedules):
+    unknown = set(dict(schedule)) - {"num_epochs", "learning_rate"}
+    if unknown:
+      problems.append(f"demo.sweep.schedules[{k}] sets {sorted(unknown)}; a schedule sets "
+                      "num_epochs and learning_rate")
+  if demo.study == "sweep" and not demo.control_base:
+    problems.append("demo.study='sweep' needs demo.control_base=True: the cause study "
+                    "compares each seed's web base with its control")
   if problems:
     raise ValueError("invalid demo config:\n  - " + "\n  - ".join(problems))
   checked = tuple(Run(stage) for stage in runs.STAGES)
   if demo.study == "sweep":
-    checked += runs.vqa_candidate_runs(config) + runs.budget_runs(config)
+    checked += (runs.vqa_candidate_runs(config) + runs.schedule_runs(config)
+                + runs.budget_runs(config))
   for run in checked:
     stage = stage_config(config, pathlib.Path("/nonexistent"), demo.seeds[0], run,
                          pathlib.Path("tokenizer.model"), TokenIds.of_model(config.model))

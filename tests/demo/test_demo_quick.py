@@ -50,9 +50,9 @@ def check_quick_demo(workdir: pathlib.Path, log: str) -> None:
   """Checks a finished quick demo's workdir and console log."""
 
   # Progress: one line per finished stage.
-  for stage in ("data", "perception", "sft_web"):
-    assert f"base (seed 0), stage {stage} done in" in log, stage
-  for stage in ("data", "sft_vqa", "feedback", "reference") + ARMS:
+  for stage in ("data", "perception"):
+    assert f"shared (seed 0), stage {stage} done in" in log, stage
+  for stage in ("sft_web", "data", "sft_vqa", "feedback", "reference") + ARMS:
     assert f"seed 0, stage {stage} done in" in log, stage
   # The crop arm's warning comes when that arm runs, not from validating it up front.
   crop_starts = log.index("seed 0, stage ddpo_crop (")
@@ -81,17 +81,18 @@ def check_quick_demo(workdir: pathlib.Path, log: str) -> None:
   assert results["seeds"] == [0]
   for model in MODELS:
     assert f"| {results['models'][model]['label']} |" in table
-    (run,) = results["models"][model]["per_seed"]  # the shared base model or seed 0
-    assert run == ("base" if model == "sft_web" else "0")
+    (run,) = results["models"][model]["per_seed"]  # every model, the base too: seed 0
+    assert run == "0"
     assert set(scoring.METRIC_NAMES) <= set(results["models"][model]["per_seed"][run])
   rows = list(csv.DictReader((workdir / "ablation.csv").open()))
   assert [r["arm"] for r in rows] == list(MODELS)
   png = np.asarray(Image.open(workdir / "ablation.png"))
   assert png.ndim == 3 and png.std() > 0
 
-  # The data, runs and evaluation logs of the base model and the seed.
-  base_dir, seed_dir = workdir / "base", workdir / "seed_0"
-  assert (base_dir / "data" / "web" / "train.jsonl").stat().st_size > 0
+  # The shared captions and tower; the runs and evaluation logs of the seed.
+  shared_dir, seed_dir = workdir / "shared", workdir / "seed_0"
+  assert (shared_dir / "data" / "web" / "train.jsonl").stat().st_size > 0
+  assert (shared_dir / "perception" / "perception.json").is_file()
   assert (seed_dir / "data" / "vqa" / "train.jsonl").stat().st_size > 0
   feedback = results["feedback"]["0"]
   pairs = seed_dir / "feedback_export" / "preference" / "train.jsonl"
@@ -106,10 +107,9 @@ def check_quick_demo(workdir: pathlib.Path, log: str) -> None:
   assert {a.annotator for a in annotations} == {"oracle"}
   assert sum(a.verdict == "corrected" for a in annotations) == feedback["corrected"]
   for model in MODELS:
-    run_dir = base_dir if model == "sft_web" else seed_dir
-    assert (run_dir / model / "metrics.jsonl").is_file(), model
-    assert (run_dir / model / "config.json").is_file(), model
-    logged = (run_dir / "eval" / f"{model}.jsonl").read_text().splitlines()
+    assert (seed_dir / model / "metrics.jsonl").is_file(), model
+    assert (seed_dir / model / "config.json").is_file(), model
+    logged = (seed_dir / "eval" / f"{model}.jsonl").read_text().splitlines()
     assert len(logged) == results["eval_scenes"]
   assert list((seed_dir / "tfds").rglob("ref_logps-*.npz"))
 
@@ -121,7 +121,7 @@ def check_quick_demo(workdir: pathlib.Path, log: str) -> None:
   # The base model can see: it names the objects that are there (the pretrained, frozen
   # tower: one trained from scratch sits at the edge of learning shapes, and on one
   # machine never learnt them: recall 0.62, CHAIR_i 0.38; docs/decisions.md).
-  web = per_seed["sft_web"]["base"]
+  web = per_seed["sft_web"]["0"]
   assert web["recall"] >= 0.9 and web["chair_i"] <= 0.15, web
   sft = per_seed["sft_vqa"]["0"]
   assert sft["chair_i"] > 0.0, sft  # there was something to correct

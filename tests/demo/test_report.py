@@ -83,7 +83,8 @@ def test_differences_table_and_csv(tmp_path):
        ("b", "a", "recall"): stats.Difference(math.nan, math.nan, math.nan, ())}
   table = report.differences_table(d, [("b", "a")], LABELS).splitlines()
   assert table[0] == "| Comparison (A − B) | Δ CHAIR_s ↓ | Δ CHAIR_i ↓ | Δ Object recall ↑ |"
-  assert table[2] == ("| + DDPO − SFT | -0.300 [-0.450, -0.120] * (every seed) | "
+  # Established (interval and every seed) is bold.
+  assert table[2] == ("| + DDPO − SFT | **-0.300 [-0.450, -0.120] * (every seed)** | "
                       "+0.010 [-0.020, +0.050] | n/a |")
   report.write_differences_csv(tmp_path / "d.csv", d)
   rows = list(csv.DictReader((tmp_path / "d.csv").open()))

@@ -26,7 +26,11 @@ def test_response_scores_by_hand():
       count_correct=True, words=7 + 9 + 8 + 9)
   assert scoring.score_response(WRONG, SCENE) == scoring.ResponseScore(
       mentions=2, hallucinated=1, attribute_errors=1, covered=1, objects=3,
-      count_correct=False, words=7 + 8 + 7)
+      count_correct=False, words=7 + 8 + 7,
+      # The yellow triangle is the web corpus's companion of the blue square.
+      co_occurring=1)
+  # Neither a blue circle nor a red square is a companion (blue square, yellow triangle,
+  # white square) of the scene's objects.
   assert scoring.score_response(INVENTED, SCENE) == scoring.ResponseScore(
       mentions=2, hallucinated=2, attribute_errors=0, covered=0, objects=3,
       count_correct=None, words=7)
@@ -41,6 +45,7 @@ def test_aggregate_by_hand():
       "attribute_error_rate": 1 / (3 + 1),   # over mentions of present types
       "count_accuracy": 1 / 2,
       "avg_words": (33 + 22 + 0 + 7) / 4,
+      "co_occurrence_share": 1 / 3,      # the yellow triangle, of three hallucinated
       "responses": 4.0,
   }
   assert got.keys() == want.keys()
@@ -53,7 +58,7 @@ def test_silence_does_not_look_good():
   got = scoring.aggregate(scoring.score_responses(["", "Nothing to see."], [SCENE] * 2))
   assert got["chair_s"] == 0.0 and got["recall"] == 0.0 and got["avg_words"] == 1.5
   assert math.isnan(got["chair_i"]) and math.isnan(got["count_accuracy"])
-  assert math.isnan(got["attribute_error_rate"])
+  assert math.isnan(got["attribute_error_rate"]) and math.isnan(got["co_occurrence_share"])
   faithful = scoring.aggregate(scoring.score_responses([FAITHFUL], [SCENE]))
   assert faithful["recall"] == 1.0 and faithful["chair_i"] == 0.0
 

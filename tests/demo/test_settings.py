@@ -28,15 +28,16 @@ def _stage(config, run, root=pathlib.Path("/w")):
 def test_stage_chain_and_arms():
   config = _config()
   web, vqa, ref = (_stage(config, Run(s)) for s in ("sft_web", "sft_vqa", "reference"))
-  # The base model: shared by every seed, seeded by demo.base_seed.
+  # The base model: trained per seed (its init and data order), on the shared captions ...
   assert (web.stage, web.init.params, web.data.dataset) == ("sft", "checkpoint", "jsonl_sft")
-  # ... from the perception stage's checkpoint, the pretrained tower frozen (as CLIP in LLaVA).
-  assert web.init.checkpoint_dir == "/w/base/perception"
-  assert web.data.source_dir == "/w/base/data/web"
-  assert web.seed == config.demo.base_seed == web.data.seed
+  # ... from the shared perception checkpoint, the pretrained tower frozen (as CLIP).
+  assert web.init.checkpoint_dir == "/w/shared/perception"
+  assert web.data.source_dir == "/w/shared/data/web"
+  assert web.data.data_dir == "/w/shared/tfds/web"  # built once for every seed
+  assert web.seed == 3 == web.data.seed
   assert web.train.num_steps == config.demo.sft_web.steps
   assert web.optim.frozen == vqa.optim.frozen == ("vision_tower",)
-  assert (vqa.init.params, vqa.init.checkpoint_dir) == ("checkpoint", "/w/base/sft_web")
+  assert (vqa.init.params, vqa.init.checkpoint_dir) == ("checkpoint", "/w/seed_3/sft_web")
   assert vqa.data.source_dir == "/w/seed_3/data/vqa" and vqa.seed == 3
   # Both SFT sources are `jsonl_sft` datasets: each needs its own built data dir, or the
   # VQA stage would read the web captions built first.
@@ -61,12 +62,12 @@ def test_stage_chain_and_arms():
   assert config.ddpo.gamma == 5.0 and config.data.augmentation == "none"
 
 
-def test_sweep_stages_control_candidates_and_budgets():
+def test_sweep_stages_control_candidates_schedules_and_budgets():
   config = _config()
   control = _stage(config, Run(runs.CONTROL))
   web = _stage(config, Run("sft_web"))
-  assert control.data.source_dir == "/w/base/data/web_clean"
-  assert control.init.checkpoint_dir == web.init.checkpoint_dir == "/w/base/perception"
+  assert control.data.source_dir == "/w/shared/data/web_clean"
+  assert control.init.checkpoint_dir == web.init.checkpoint_dir == "/w/shared/perception"
   assert control.train.num_steps == web.train.num_steps and control.seed == web.seed
   assert control.data.data_dir != web.data.data_dir
   # A VQA candidate: its own data, its steps and learning rate, from the web base.
@@ -74,7 +75,14 @@ def test_sweep_stages_control_candidates_and_budgets():
   candidate = _stage(config, Run("sft_vqa", candidate=0))
   assert candidate.data.source_dir == "/w/seed_3/data/vqa#0"
   assert (candidate.train.num_steps, candidate.optim.learning_rate) == (7, 2e-4)
-  assert candidate.init.checkpoint_dir == "/w/base/sft_web"
+  assert candidate.init.checkpoint_dir == "/w/seed_3/sft_web"
+  # A schedule candidate: the arm on the full feedback with its epochs and learning rate.
+  config.demo.sweep.schedules = (dict(num_epochs=0.5, learning_rate=3e-5),)
+  scheduled = _stage(config, Run("dpo", candidate=0))
+  assert (scheduled.train.num_epochs, scheduled.optim.learning_rate) == (0.5, 3e-5)
+  assert scheduled.data.source_dir == "/w/seed_3/feedback_export/preference"
+  assert scheduled.ddpo.gamma == 1.0 and scheduled.init.checkpoint_dir == "/w/seed_3/sft_vqa"
+  assert _stage(config, Run("dpo")).train.num_epochs == config.demo.preference.num_epochs
   # A budget arm: the arm's objective on a subset, reading the full set's reference cache.
   full, part = _stage(config, Run("ddpo_mean")), _stage(config, Run("ddpo_mean", budget=25))
   assert part.data.source_dir == "/w/seed_3/feedback_export/preference%25"
@@ -94,6 +102,9 @@ def test_sweep_stages_control_candidates_and_budgets():
     (lambda c: setattr(c.ddpo, "gamma", 0.5), "demo stage 'dpo'|gamma=0.5"),
     (lambda c: setattr(c.demo.sft_web, "learning_rate", -1.0),
      "(?s)demo stage 'sft_web'.*learning_rate=-1.0 must be > 0"),
+    (lambda c: setattr(c.demo.sweep, "schedules", (dict(num_epochs=1.0, steps=3),)),
+     r"demo.sweep.schedules\[0\] sets \['steps'\]"),
+    (lambda c: c.demo.update(study="sweep", control_base=False), "needs demo.control_base"),
 ])
 def test_validate_rejects(change, match):
   config = _config()

@@ -40,27 +40,47 @@ def test_pooled_metrics_equal_aggregate():
   assert math.isnan(stats.metric_from_sums(stats.count_table(silent).sum(0), "chair_i"))
 
 
+@pytest.mark.parametrize("two_level", [True, False])
 @pytest.mark.parametrize("metric", ["chair_s", "chair_i", "recall", "count_accuracy"])
-def test_bootstrap_equals_a_plain_loop_over_aggregate(metric):
+def test_bootstrap_equals_a_plain_loop_over_aggregate(metric, two_level):
+  """The same draws, each replicate through scoring.aggregate on the resampled responses:
+  two levels (seeds drawn with replacement, then each drawn seed's scenes) or one (each
+  seed's scenes)."""
   rng = np.random.default_rng(1)
-  a = [_scores(rng, 40, 0.1), _scores(rng, 40, 0.15)]
-  b = [_scores(rng, 40, 0.3), _scores(rng, 40, 0.25)]
+  a = [_scores(rng, 40, 0.1), _scores(rng, 40, 0.15), _scores(rng, 40, 0.2)]
+  b = [_scores(rng, 40, 0.3), _scores(rng, 40, 0.25), _scores(rng, 40, 0.2)]
   got = stats.paired_difference([stats.count_table(s) for s in a],
                                 [stats.count_table(s) for s in b], metric, resamples=200,
-                                seed=5)
-  # The same draws, each replicate through scoring.aggregate on the resampled responses.
+                                seed=5, resample_seeds=two_level)
   draws = np.random.default_rng(5)
-  replicates = []
-  for seed_a, seed_b in zip(a, b):
-    index = draws.integers(0, 40, size=(200, 40))
-    replicates.append([scoring.aggregate([seed_a[i] for i in row])[metric]
-                       - scoring.aggregate([seed_b[i] for i in row])[metric] for row in index])
-  combined = np.mean(replicates, axis=0)
+
+  def difference(seed, row):
+    return (scoring.aggregate([a[seed][i] for i in row])[metric]
+            - scoring.aggregate([b[seed][i] for i in row])[metric])
+
+  if two_level:
+    drawn_seeds = draws.integers(0, 3, size=(200, 3))
+    values = np.zeros((200, 3))
+    for seed in range(3):
+      slots = np.argwhere(drawn_seeds == seed)
+      for (r, j), row in zip(slots, draws.integers(0, 40, size=(len(slots), 40))):
+        values[r, j] = difference(seed, row)
+    combined = values.mean(axis=1)
+  else:
+    combined = np.mean([[difference(seed, row)
+                         for row in draws.integers(0, 40, size=(200, 40))]
+                        for seed in range(3)], axis=0)
   combined = combined[np.isfinite(combined)]
   per_seed = [scoring.aggregate(x)[metric] - scoring.aggregate(y)[metric] for x, y in zip(a, b)]
   np.testing.assert_allclose(got.per_seed, per_seed)
   np.testing.assert_allclose(got.estimate, np.mean(per_seed))
   np.testing.assert_allclose([got.low, got.high], np.percentile(combined, [2.5, 97.5]))
+
+
+def test_established_needs_the_interval_and_every_seed():
+  assert stats.Difference(0.05, 0.01, 0.09, (0.04, 0.06, 0.05)).established
+  assert not stats.Difference(0.05, -0.01, 0.09, (0.04, 0.06, 0.05)).established
+  assert not stats.Difference(0.05, 0.01, 0.09, (0.14, -0.01, 0.02)).established
 
 
 def test_identical_models_differ_by_exactly_zero():
@@ -96,7 +116,7 @@ def test_interval_covers_the_true_difference_about_95_percent_of_the_time():
       table[:, stats.COUNT_FIELDS.index("any_hallucinated")] = u < p
       tables.append(table)
     d = stats.paired_difference([tables[0]], [tables[1]], "chair_s", resamples=400,
-                                seed=trial)
+                                seed=trial, resample_seeds=False)
     covered += d.low <= 0.1 <= d.high
   assert 0.88 <= covered / 200 <= 0.99, covered
 
