@@ -33,6 +33,8 @@ LAYERS = {
     "rlhfv_jax.data": 1,
     # collecting corrections (store, web app, export): records in, records out
     "rlhfv_jax.annotate": 1,
+    # AI feedback on answers (claims, corrections, ranking pairs): text in, text out
+    "rlhfv_jax.feedback": 1,
     # batches -> log-probs -> loss
     "rlhfv_jax.logps": 2,
     "rlhfv_jax.ddpo": 3,

@@ -222,7 +222,9 @@ def correction_spans(original: str, corrected: str) -> tuple[list[Span], list[Sp
   return _merged(rejected, original), _merged(chosen, corrected)
 
 
-def _trimmed(text: str, start: int, end: int) -> Span | None:
+def trimmed(text: str, start: int, end: int) -> Span | None:
+  """text[start:end] without its leading and trailing whitespace; None if nothing is
+  left."""
   while start < end and text[start].isspace():
     start += 1
   while end > start and text[end - 1].isspace():
@@ -264,7 +266,7 @@ def edit_spans(original: str, corrected: str,
     if original[done_a:start_a] != corrected[done_b:start_b]:
       raise ValueError(f"edit {k}: the texts differ before it, outside the edits")
     done_a, done_b = end_a, end_b
-    span_a, span_b = _trimmed(original, start_a, end_a), _trimmed(corrected, start_b, end_b)
+    span_a, span_b = trimmed(original, start_a, end_a), trimmed(corrected, start_b, end_b)
     text_a = original[span_a[0]:span_a[1]] if span_a else ""
     text_b = corrected[span_b[0]:span_b[1]] if span_b else ""
     if text_a == text_b:  # only whitespace changed: nothing to mark

@@ -162,6 +162,47 @@ _WORDNET_LEMMAS: dict[str, str] = {
 }
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _TOKENIZER = TreebankWordTokenizer()
+# Treebank's spellings of a double quote (it rewrites '"' as "``" or "''").
+_QUOTE_TOKENS = ("``", "''", '"')
+_QUOTE = re.compile(r"``|''|\"")
+
+
+def _sentence_pieces(text: str) -> list[tuple[int, int]]:
+  """(start, end) of the pieces `_SENTENCE_END.split(text)` returns, in order."""
+  pieces, start = [], 0
+  for match in _SENTENCE_END.finditer(text):
+    pieces.append((start, match.start()))
+    start = match.end()
+  pieces.append((start, len(text)))
+  return pieces
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+  """The sentences the extraction tokenizes one by one: split after '.', '!' or '?'
+  followed by whitespace; empty pieces left out."""
+  return [(a, b) for a, b in _sentence_pieces(text) if a < b]
+
+
+def _aligned_tokens(piece: str) -> tuple[list[str], list[tuple[int, int]]]:
+  """Treebank's tokens of `piece` and the span of each in `piece`.
+
+  Treebank only inserts spaces and rewrites double quotes, so every other token is found
+  as it is, in order.
+  """
+  tokens = _TOKENIZER.tokenize(piece)
+  spans, point = [], 0
+  for token in tokens:
+    if token in _QUOTE_TOKENS:
+      match = _QUOTE.search(piece, point)
+      start, end = (match.start(), match.end()) if match else (-1, -1)
+    else:
+      start = piece.find(token, point)
+      end = start + len(token)
+    if start < 0:
+      raise ValueError(f"Treebank token {token!r} not found in {piece!r}")
+    spans.append((start, end))
+    point = end
+  return tokens, spans
 
 
 def read_synonyms(path: str | pathlib.Path) -> tuple[str, ...]:
@@ -214,27 +255,58 @@ class Vocabulary:
     known = [f for f in forms if f in self._known]
     return min(known, key=len) if known else word
 
-  def words(self, text: str) -> list[str]:
-    """Lower-cased tokens, lemmatized, two-word phrases joined (before the vocabulary)."""
-    tokens = [t for sentence in _SENTENCE_END.split(text.lower())
-              for t in _TOKENIZER.tokenize(sentence)]
-    lemmas = [self.lemmatize(t) for t in tokens]
+  def token_spans(self, text: str) -> list[tuple[str, int, int]]:
+    """The lower-cased Treebank tokens of `text`, each with its span (start, end) in `text`.
+
+    The tokens the extraction reads (module docstring). A double quote becomes the token
+    "``" or "''" as in Treebank; its span is that of the quote in `text`.
+    """
+    lower = text.lower()
+    # lower() lengthens a few characters ("İ"); `origin` maps back to `text`.
+    origin = None
+    if len(lower) != len(text):
+      origin = [i for i, c in enumerate(text) for _ in c.lower()] + [len(text)]
+    out = []
+    for start, end in _sentence_pieces(lower):
+      piece = lower[start:end]
+      for token, (a, b) in zip(*_aligned_tokens(piece)):
+        a, b = start + a, start + b
+        out.append((token, origin[a] if origin else a, origin[b] if origin else b))
+    return out
+
+  def word_spans(self, text: str) -> list[tuple[str, int, int]]:
+    """`words(text)`, each with the span in `text` of the token(s) it was made from."""
+    lemmas = [(self.lemmatize(t), a, b) for t, a, b in self.token_spans(text)]
     joined, i = [], 0
     while i < len(lemmas):
-      pair = " ".join(lemmas[i:i + 2])
+      pair = " ".join(lemma for lemma, _, _ in lemmas[i:i + 2])
       if pair in self.double_words:
-        joined.append(self.double_words[pair])
+        joined.append((self.double_words[pair], lemmas[i][1], lemmas[i + 1][2]))
         i += 2
       else:
         joined.append(lemmas[i])
         i += 1
-    if "toilet" in joined and "seat" in joined:
-      joined = [w for w in joined if w != "seat"]
+    words = [w for w, _, _ in joined]
+    if "toilet" in words and "seat" in words:
+      joined = [j for j in joined if j[0] != "seat"]
     return joined
+
+  def words(self, text: str) -> list[str]:
+    """Lower-cased tokens, lemmatized, two-word phrases joined (before the vocabulary)."""
+    return [w for w, _, _ in self.word_spans(text)]
+
+  def mention_spans(self, text: str) -> list[tuple[str, int, int]]:
+    """(COCO class, start, end) of every object mention in `text`, in order.
+
+    `text[start:end]` is the mention's word or two-word phrase as written ("hot dogs",
+    "baby elephant", "Puppies").
+    """
+    return [(self.to_class[w], a, b) for w, a, b in self.word_spans(text)
+            if w in self.to_class]
 
   def mentions(self, text: str) -> list[str]:
     """The COCO class of every object mention in `text`, in order, duplicates kept."""
-    return [self.to_class[w] for w in self.words(text) if w in self.to_class]
+    return [cls for cls, _, _ in self.mention_spans(text)]
 
 
 class CocoObjects:
