@@ -17,3 +17,15 @@ def llama_tokenizer_path() -> pathlib.Path:
     raise SystemExit("needs the Llama-2 tokenizer: set RLHFV_LLAMA_TOKENIZER=/path/to/"
                      "tokenizer.model")
   return path
+
+
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo; else what `platform` knows), for printed numbers."""
+  import platform
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()

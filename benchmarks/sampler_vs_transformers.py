@@ -46,6 +46,17 @@ def small_config():
   return cfg
 
 
+def small_sampler():
+  """(config, random params, LLaVA-1.5 template over the Llama-2 tokenizer, sampler) of
+  `small_config`: what the answering benchmarks run."""
+  cfg = small_config()
+  params = model_lib.init_params(cfg, jax.random.key(0))
+  template = ChatTemplate(SentencePieceTokenizer(common.llama_tokenizer_path()),
+                          model_lib.num_image_tokens(cfg), system="A chat about an image.")
+  return cfg, params, template, sampler_lib.Sampler(
+      cfg, template, ImagePreprocessor(cfg.vision.image_size))
+
+
 def images(n: int) -> list[bytes]:
   rng, out = np.random.default_rng(0), []
   for _ in range(n):
@@ -80,11 +91,7 @@ def main():
   import torch
   import transformers
 
-  cfg = small_config()
-  params = model_lib.init_params(cfg, jax.random.key(0))
-  template = ChatTemplate(SentencePieceTokenizer(common.llama_tokenizer_path()),
-                          model_lib.num_image_tokens(cfg), system="A chat about an image.")
-  sample = sampler_lib.Sampler(cfg, template, ImagePreprocessor(cfg.vision.image_size))
+  cfg, params, template, sample = small_sampler()
   pics = images(args.items)
   prompts = [QUESTIONS[i % len(QUESTIONS)] + "\nAnswer the question using a single word or "
              "phrase." for i in range(args.items)]

@@ -12,13 +12,15 @@ Variants: `ddpo` (default), `fsdp` (DDPO on a 2 x 2 data x FSDP mesh; needs 4 de
 e.g. XLA_FLAGS=--xla_force_host_platform_device_count=4), `sft` (on `jsonl_sft` data),
 `precompute_ref` (reference cache; then `--config.data.use_ref_cache=True` in `ddpo`),
 `eval` (`--config.init.checkpoint_dir=<a ddpo workdir>`), `sample` (answers into an
-annotation store; `--config.sample.images=<a folder of images>`), `export_hf` (a run's
+annotation store; `--config.sample.images=<a folder of images>`), `label` (an AI labeler
+over a store's answers; `--config.label.store=<annotations.sqlite>`), `export_hf` (a run's
 checkpoint as a llava-hf directory; `--config.init.checkpoint_dir=<a ddpo workdir>`).
 """
 
 from rlhfv_jax.stages import defaults
 
-VARIANTS = ("ddpo", "fsdp", "sft", "precompute_ref", "eval", "sample", "export_hf")
+VARIANTS = ("ddpo", "fsdp", "sft", "precompute_ref", "eval", "sample", "label",
+            "export_hf")
 
 
 def get_config(arg: str = ""):
@@ -51,6 +53,9 @@ def get_config(arg: str = ""):
   elif variant == "sample":
     config.stage = "sample"
     config.sample.update(num_samples=2, max_new_tokens=8, batch_size=4, prompt_multiple=8)
+  elif variant == "label":
+    config.stage = "label"
+    config.label.update(batch_size=4, prompt_multiple=8)
   elif variant == "export_hf":
     config.stage = "export_hf"
     config.init.params = "checkpoint"

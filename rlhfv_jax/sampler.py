@@ -9,19 +9,24 @@ Prompts are built by the same `ChatTemplate` the training data goes through and
 left-padded to the longest prompt of the call; batches have a fixed size
 (`data.fixed_batches`: the tail is padded and its outputs dropped), so generation
 compiles once per (batch, prompt length, max_new_tokens). Images are never augmented.
+
+`Sampler.choice_probabilities` scores instead of generating: the probability that the
+first answer token is one of given ids (an AI labeler's P(yes) / P(no)), from the same
+inputs and the same prefill forward (`model.generate.next_token_logits`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from rlhfv_jax.data import factory
-from rlhfv_jax.data.fixed_batches import fixed_size_batches
+from rlhfv_jax.data.fixed_batches import FixedSizeBatch, fixed_size_batches
 from rlhfv_jax.data.images import ImagePreprocessor
 from rlhfv_jax.data.tokenizer import ChatTemplate
 from rlhfv_jax.model import generate as generate_lib
@@ -110,23 +115,12 @@ class Sampler:
         prompts of different lengths share compilations (padding does not change
         greedy answers).
     """
-    if len(images) != len(prompts):
-      raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
     if temperature > 0 and rng is None:
       raise ValueError("sampling (temperature > 0) needs an rng")
-    if self.batch_sharding is not None and batch_size % self.batch_sharding.mesh.size:
-      raise ValueError(f"batch_size={batch_size} must be a multiple of the "
-                       f"{self.batch_sharding.mesh.size} devices the batch is split over")
     tok = self.template.tokenizer
-    prompt_rows = [self.template.encode_prompt(p) for p in prompts]
-    longest = max(len(r) for r in prompt_rows)  # one length for all: one compilation
-    prompt_length = -(-longest // prompt_multiple) * prompt_multiple
     texts, finished = [], []
-    for batch in fixed_size_batches(range(len(images)), batch_size):
-      ids, mask = left_pad([prompt_rows[i] for i in batch.items], tok.pad_id, prompt_length)
-      pixels = np.stack([self.preprocessor(images[i]) for i in batch.items])
-      if self.batch_sharding is not None:
-        ids, mask, pixels = jax.device_put((ids, mask, pixels), self.batch_sharding)
+    for batch, ids, mask, pixels in self._prompt_batches(images, prompts, batch_size,
+                                                         prompt_multiple):
       out = generate_lib.generate(
           params, self.model_config, ids, mask, pixels, max_new_tokens=max_new_tokens,
           eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, temperature=temperature,
@@ -136,3 +130,78 @@ class Sampler:
         texts.append(text)
         finished.append(done)
     return Samples(texts, finished)
+
+  def choice_probabilities(self, params: Any, images: Sequence[bytes], prompts: Sequence[str],
+                           *, choices: Mapping[str, Sequence[int]], batch_size: int,
+                           prompt_multiple: int = 1) -> dict[str, np.ndarray]:
+    """The probability of each choice as the first answer token, per (image, prompt).
+
+    The next-token distribution after the prompt as generation sees it (same template,
+    padding, images, batching and forward as `__call__`): a softmax over the whole
+    vocabulary in float32, summed over each choice's token ids — e.g. P(yes) with
+    ``choices={"yes": ids of "▁yes", "▁Yes", ...}`` (`tokenizer.choice_token_ids`).
+
+    Args:
+      params: model parameters.
+      images: encoded images.
+      prompts: one instruction per image (without the image placeholder).
+      choices: name -> token ids; the ids of different choices may overlap.
+      batch_size: rows per forward.
+      prompt_multiple: left-pad prompts to a multiple of this length (see `__call__`).
+
+    Returns:
+      name -> float32 [len(prompts)] probabilities.
+    """
+    vocab_size = self.model_config.text.vocab_size
+    for name, ids in choices.items():
+      if not ids or any(not 0 <= int(i) < vocab_size for i in ids):
+        raise ValueError(f"choice {name!r}: token ids {list(ids)} must be a non-empty list of "
+                         f"ids in [0, {vocab_size})")
+    # One gather of every choice's ids on device; the per-choice sums happen here.
+    token_ids = np.array([int(i) for ids in choices.values() for i in ids], np.int32)
+    ends = np.cumsum([len(ids) for ids in choices.values()])
+    rows = []
+    for batch, ids, mask, pixels in self._prompt_batches(images, prompts, batch_size,
+                                                         prompt_multiple):
+      logits = generate_lib.next_token_logits(params, self.model_config, ids, mask, pixels)
+      rows.extend(batch.real(np.asarray(_token_probabilities(logits, token_ids))))
+    probs = np.asarray(rows, np.float32).reshape(len(rows), len(token_ids))
+    return {name: part.sum(axis=1, dtype=np.float32)
+            for name, part in zip(choices, np.split(probs, ends[:-1], axis=1))}
+
+  def _prompt_batches(self, images: Sequence[bytes], prompts: Sequence[str], batch_size: int,
+                      prompt_multiple: int
+                      ) -> Iterator[tuple[FixedSizeBatch, Any, Any, Any]]:
+    """Model inputs of every forward over (image, prompt) rows, in order.
+
+    Prompts are encoded for generation, left-padded to one length (the longest, rounded
+    up to `prompt_multiple`: one compilation), images preprocessed; with
+    `batch_sharding` the arrays are split over its devices. The last batch is padded
+    (`fixed_size_batches`): keep `batch.real(...)` of each output.
+
+    Yields:
+      (batch, ids [batch_size, P] int32, mask [batch_size, P] bool, pixels).
+    """
+    if len(images) != len(prompts):
+      raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+    if self.batch_sharding is not None and batch_size % self.batch_sharding.mesh.size:
+      raise ValueError(f"batch_size={batch_size} must be a multiple of the "
+                       f"{self.batch_sharding.mesh.size} devices the batch is split over")
+    if not prompts:
+      return
+    tok = self.template.tokenizer
+    prompt_rows = [self.template.encode_prompt(p) for p in prompts]
+    longest = max(len(r) for r in prompt_rows)  # one length for all: one compilation
+    prompt_length = -(-longest // prompt_multiple) * prompt_multiple
+    for batch in fixed_size_batches(range(len(images)), batch_size):
+      ids, mask = left_pad([prompt_rows[i] for i in batch.items], tok.pad_id, prompt_length)
+      pixels = np.stack([self.preprocessor(images[i]) for i in batch.items])
+      if self.batch_sharding is not None:
+        ids, mask, pixels = jax.device_put((ids, mask, pixels), self.batch_sharding)
+      yield batch, ids, mask, pixels
+
+
+@jax.jit
+def _token_probabilities(logits: jax.Array, token_ids: jax.Array) -> jax.Array:
+  """softmax(logits [N, V]) at `token_ids` [K]: [N, K] float32."""
+  return jnp.take(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), token_ids, axis=-1)

@@ -87,3 +87,76 @@ def test_sampled_answers_do_not_depend_on_the_batches_before_them(setup):
   greedy, _ = _sample(cfg, template, pre, params, pngs[:4], prompts, batch_size=2,
                       max_new_tokens=6)
   assert texts != greedy  # it did sample
+
+
+def _direct_choice_probabilities(cfg, template, pre, params, pngs, prompts, choices):
+  """Each (image, prompt) alone and unpadded through the model's forward: softmax of the
+  last position's logits, summed over each choice's ids."""
+  apply = jax.jit(model_lib.make_apply_fn(cfg, skip_prompt_logits=False))
+  out = {name: [] for name in choices}
+  for png, prompt in zip(pngs, prompts):
+    ids = np.array([template.encode_prompt(prompt)], np.int32)
+    logits = apply(params, ids, np.ones_like(ids, bool), pre(png)[None])
+    probs = np.asarray(jax.nn.softmax(logits[0, -1].astype(np.float32)))
+    for name, token_ids in choices.items():
+      out[name].append(probs[list(token_ids)].sum())
+  return {name: np.array(v, np.float32) for name, v in out.items()}
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_choice_probabilities_equal_the_models_next_token_distribution(setup, sharded):
+  cfg, template, params, pre, pngs = setup
+  prompts = [corpora.DESCRIPTION_PROMPTS[i % 3] for i in range(5)]  # different lengths
+  assert len({len(template.encode_prompt(p)) for p in prompts}) > 1
+  vocab = cfg.text.vocab_size
+  choices = {"a": [5, 9, 11], "b": [7], "everything": list(range(vocab))}
+  sample = sampler.Sampler(cfg, template, pre)
+  if sharded:  # the batch split over 2 devices, params replicated on them
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:2]), ("data",))
+    sample.batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    params = jax.device_put(params,
+                            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  # batch_size 2: batches {0,1} {2,3} {4,+pad}; prompt_multiple adds left padding.
+  got = sample.choice_probabilities(params, pngs, prompts, choices=choices, batch_size=2,
+                                    prompt_multiple=16)
+  want = _direct_choice_probabilities(cfg, template, pre, params, pngs, prompts, choices)
+  assert set(got) == set(choices)
+  for name in choices:
+    assert got[name].dtype == np.float32 and got[name].shape == (5,)
+    np.testing.assert_allclose(got[name], want[name], atol=1e-5, rtol=0)
+  assert np.all(got["a"] + got["b"] <= 1.0)
+  np.testing.assert_allclose(got["everything"], 1.0, atol=1e-5)
+
+
+def test_choice_probabilities_argument_errors(setup):
+  cfg, template, params, pre, pngs = setup
+  sample = sampler.Sampler(cfg, template, pre)
+  with pytest.raises(ValueError, match="2 images but 1 prompts"):
+    sample.choice_probabilities(params, pngs[:2], ["x"], choices={"a": [1]}, batch_size=2)
+  for bad in ([], [cfg.text.vocab_size]):
+    with pytest.raises(ValueError, match="choice 'a': token ids"):
+      sample.choice_probabilities(params, pngs[:1], ["x"], choices={"a": bad}, batch_size=2)
+
+
+def test_choice_token_ids_on_the_llava_tokenizer(llama_tokenizer_path):
+  import sentencepiece
+  tok = tokenizer_lib.SentencePieceTokenizer(llama_tokenizer_path)
+  sp = sentencepiece.SentencePieceProcessor(model_file=str(llama_tokenizer_path))
+  for words in (["yes", "Yes"], ["no", "No"]):
+    ids = tokenizer_lib.choice_token_ids(tok, words)
+    pieces = {sp.id_to_piece(i) for i in ids}
+    assert pieces == {form for w in words for form in (w, "▁" + w)}, pieces
+    assert len(ids) == len(set(ids))
+    # The first token of an answer "Yes, ..." as the template encodes it after the prompt.
+    template = tokenizer_lib.ChatTemplate(tok, num_image_tokens=4)
+    assert template.encode_answer(f"{words[1]}, there is.")[0] in ids
+
+
+def test_choice_token_ids_error_names_the_tokenizer_and_word(sentencepiece_tokenizer_path):
+  tok = tokenizer_lib.SentencePieceTokenizer(sentencepiece_tokenizer_path)
+  assert tokenizer_lib.choice_token_ids(tok, ["cat"])  # a learned word is found
+  with pytest.raises(ValueError) as error:
+    tokenizer_lib.choice_token_ids(tok, ["cat", "yes"])
+  assert str(error.value) == (
+      f"the labeler's tokenizer {sentencepiece_tokenizer_path} has no single token for 'yes'; "
+      "a labeler must answer yes/no in one token")

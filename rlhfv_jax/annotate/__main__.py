@@ -4,7 +4,7 @@
       [--port 8765] [--token T] [--allowed_host NAME ...] [--lease_seconds 600]
       [--annotations_per_item 1]
   python -m rlhfv_jax.annotate export --store annotations.sqlite --out DIR [--images DIR]
-      [--no_spans] [--error_policy skip]
+      [--no_spans] [--error_policy skip] [--ranking_pairs pairs.jsonl]
   python -m rlhfv_jax.annotate add --store annotations.sqlite --images DIR --items answers.jsonl
 
 The first serves the web app and prints its URL (with its token when it has one: always
@@ -12,10 +12,12 @@ when the host is not loopback; an empty one is refused). The server answers only
 requests whose Host header names it (its address, localhost on loopback, any address on
 0.0.0.0, and each --allowed_host). `export` writes the preference data (see
 `rlhfv_jax.annotate.export`); an annotation whose image cannot be read is left out and
-named (--error_policy raise stops at it instead). `add` puts answers made elsewhere into
-the store: JSON lines with ``id``, ``image`` (relative to --images), ``prompt``,
-``answer`` and optionally ``meta``. The `sample` stage of `rlhfv_jax.main` fills the
-store itself. --images is recorded in the store, so later commands may leave it out.
+named (--error_policy raise stops at it instead); --ranking_pairs adds an AI labeler's
+ranking pairs among the store's answers (JSON lines, a bad line is an error naming it).
+`add` puts answers made elsewhere into the store: JSON lines with ``id``, ``image``
+(relative to --images), ``prompt``, ``answer`` and optionally ``meta``. The `sample`
+stage of `rlhfv_jax.main` fills the store itself. --images is recorded in the store, so
+later commands may leave it out.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ def _parser(command: str) -> argparse.ArgumentParser:
     parser.add_argument("--error_policy", choices=records_lib.ERROR_POLICIES, default="skip",
                         help="an annotation whose image cannot be read: left out and listed "
                         "(skip) or an error (raise)")
+    parser.add_argument("--ranking_pairs", help="JSON lines of ranking pairs among the "
+                        "store's items ({chosen_item_id, rejected_item_id, chosen_score, "
+                        "rejected_score, labeler}), exported as preference records too")
   else:
     parser.add_argument("--items", required=True, help="JSON lines of answers to add")
   return parser
@@ -99,7 +104,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  allowed_hosts=args.allowed_host)
   elif command == "export":
     report = export_lib.export(store, image_root, args.out, with_spans=not args.no_spans,
-                               error_policy=args.error_policy)
+                               error_policy=args.error_policy,
+                               ranking_pairs=args.ranking_pairs)
     print(json.dumps(report, indent=2, sort_keys=True))
     for skipped in report["skipped"]:
       print(f"left out: item {skipped['item_id']!r} by {skipped['annotator']!r}: "

@@ -12,6 +12,10 @@
 // selection the annotator replaces or deletes is one edit of the pieces, so the spans
 // sent with a submission are exactly what the annotator changed. Only a free edit (E)
 // uses the server's diff, and only for what that free edit changed.
+//
+// An item may come with an AI labeler's proposal (`item.proposal`): the page pre-fills it
+// (its spans make the pieces, so its changes are highlighted as the annotator's are),
+// marks it as the AI's, and A submits it unchanged as the annotator's own annotation.
 
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token");
@@ -264,8 +268,35 @@ function renderText(element, text, spans, cls) {
   appendTokens(element, text.slice(at));
 }
 
+/** The text the item's AI proposal stands for (its correction, or the answer for "no
+ * hallucination"), or null without a proposal. */
+function proposalText(item) {
+  const p = item.proposal;
+  if (!p) return null;
+  return p.verdict === "corrected" ? p.corrected : item.answer;
+}
+
+/** Whether the corrected answer on screen is the AI proposal as it came. */
+function untouchedProposal() {
+  return state.item !== null && currentText() === proposalText(state.item);
+}
+
+function showProposal() {
+  const p = state.item.proposal, untouched = untouchedProposal();
+  $("proposal").hidden = $("accept").hidden = !p;
+  $("working").classList.toggle("proposal", Boolean(p) && untouched);
+  if (!p) return;
+  $("proposalBy").textContent = `AI proposal by ${p.annotator}`;
+  $("proposalNote").textContent = !untouched
+      ? "(you changed it: S submits your version, U undoes your changes)"
+      : p.verdict === "corrected"
+      ? "(pre-filled below, its corrections highlighted): A accepts it as yours, or edit it"
+      : "(no hallucination): A accepts that as yours, or correct the answer";
+}
+
 function render() {
   if (!state.item) return;
+  showProposal();
   // Pieces of another text (a free edit's diff still on its way) mark nothing.
   state.spans = state.pieces && textOf(state.pieces) === state.working
       ? spansOf(state.pieces, state.item.answer) : {rejected: [], chosen: []};
@@ -498,8 +529,8 @@ function closeFix() {
 
 function updateButtons() {
   document.querySelectorAll(".actions button").forEach((b) => b.disabled = state.busy);
-  // Judging needs the image: submit and "no hallucination" wait until it has loaded.
-  if (!state.imageReady) $("submit").disabled = $("clean").disabled = true;
+  // Judging needs the image: submit, "no hallucination" and accept wait until it loads.
+  if (!state.imageReady) $("submit").disabled = $("clean").disabled = $("accept").disabled = true;
 }
 
 function loadImage() {
@@ -567,11 +598,12 @@ function zoom(level, x, y) {
 
 // ------------------------------------------------------------------ items
 
-/** Shows `item`: its draft if this browser holds one, else `annotation` (a revision) or
- * the model's answer. */
+/** Shows `item`: its draft if this browser holds one, else `annotation` (a revision), the
+ * item's AI proposal or the model's answer. */
 function showItem(item, annotation, revising) {
-  const stored = annotation && annotation.verdict === "corrected" && annotation.corrected !== null
-      ? annotation : null;
+  const source = annotation || item.proposal;  // one's own annotation comes first
+  const stored = source && source.verdict === "corrected" && source.corrected !== null
+      ? source : null;
   state.item = item;
   state.revising = revising === undefined ? null : revising;
   state.baseline = stored ? stored.corrected : item.answer;
@@ -619,7 +651,18 @@ async function loadNext() {
   showItem(data.item);
 }
 
-async function submit(verdict) {
+/** A: the AI proposal, unchanged, becomes the annotator's own annotation. */
+function accept() {
+  if (!state.item.proposal) { status("This item has no AI proposal.", true); return; }
+  if (!untouchedProposal()) {
+    status("The corrected answer is no longer the AI proposal: submit (S) it as yours, " +
+           "or undo (U) your changes to accept the proposal.", true);
+    return;
+  }
+  submit(state.item.proposal.verdict, true);
+}
+
+async function submit(verdict, accepting) {
   if (!state.item || state.busy) return;
   if (!$("freeEdit").hidden) await leaveFreeEdit();
   if (verdict !== "unclear" && !state.imageReady) {
@@ -631,7 +674,9 @@ async function submit(verdict) {
     status("Nothing is corrected yet. Press N if the answer has no hallucination.", true);
     return;
   }
-  if (verdict === "no_hallucination" && state.working !== state.item.answer) {
+  // N over an untouched AI correction overrules it: the annotator made no change there.
+  if (verdict === "no_hallucination" && state.working !== state.item.answer &&
+      !untouchedProposal()) {
     status("You corrected this answer: undo (U) the corrections first, or submit (S).", true);
     return;
   }
@@ -654,8 +699,9 @@ async function submit(verdict) {
   }
   forgetDraft(item.id);
   remember(item.id);
-  const saved = {corrected: "Correction saved.", no_hallucination: "Saved: no hallucination.",
-                 unclear: "Skipped as unclear."}[verdict] +
+  const saved = (accepting ? "AI proposal accepted as yours." :
+                 {corrected: "Correction saved.", no_hallucination: "Saved: no hallucination.",
+                  unclear: "Skipped as unclear."}[verdict]) +
                 (data.lease_lost && item.lease_token
                  ? " (Your lease had expired; it is saved all the same.)" : "");
   showProgress(data.progress);
@@ -791,6 +837,7 @@ $("fix").addEventListener("keydown", (e) => {
 $("submit").addEventListener("click", () => submit("corrected"));
 $("clean").addEventListener("click", () => submit("no_hallucination"));
 $("unclear").addEventListener("click", () => submit("unclear"));
+$("accept").addEventListener("click", () => state.item && accept());
 $("undo").addEventListener("click", undo);
 $("edit").addEventListener("click", () => $("freeEdit").hidden ? enterFreeEdit() : leaveFreeEdit());
 $("back").addEventListener("click", back);
@@ -836,7 +883,7 @@ document.addEventListener("keydown", (e) => {
   }
   const actions = {
     s: () => submit("corrected"), n: () => submit("no_hallucination"),
-    k: () => submit("unclear"), u: undo, e: enterFreeEdit, b: back, f: forward,
+    k: () => submit("unclear"), a: accept, u: undo, e: enterFreeEdit, b: back, f: forward,
     "+": () => zoom(state.zoom * 1.25), "=": () => zoom(state.zoom * 1.25),
     "-": () => zoom(state.zoom * 0.8), "0": () => zoom(1),
     Enter: startFix, Escape: () => {

@@ -18,6 +18,12 @@ small JSON API over an `AnnotationStore`:
   GET  /api/progress          ?annotator=
   GET  /api/image/{item_id}   the item's image, read from under the image root only
 
+Every item the API returns carries its AI proposal (`store.AnnotationStore.proposal`:
+annotator, verdict, corrected, rejected_spans, chosen_spans, updated_at) or null; the page
+pre-fills it and one key accepts it as the annotator's own annotation. Names starting
+with "ai:" are the AI labelers' (`store.AI_PREFIX`), which write to the store directly:
+the API refuses them (422), so no one passes their work off as the AI's.
+
 Safety: texts reach the page as JSON and are inserted as text, never as HTML; an
 item's image path is resolved under the image root (absolute paths, ".." and symlinks
 out of the root are refused) and only raster images are served (JPEG, PNG, GIF, WebP,
@@ -42,7 +48,7 @@ import json
 import pathlib
 import secrets
 import urllib.parse
-from typing import Any, Iterable, Literal, Optional
+from typing import Annotated, Any, Iterable, Literal, Optional
 
 import fastapi
 import pydantic
@@ -207,7 +213,14 @@ class BodyLimit:
     await send({"type": "http.response.body", "body": body})
 
 
-Annotator = pydantic.constr(strip_whitespace=True, min_length=1, max_length=64)
+def _person(name: str) -> str:
+  if store_lib.is_ai(name):
+    raise ValueError(f"names starting with {store_lib.AI_PREFIX!r} are kept for AI labelers")
+  return name
+
+
+Annotator = Annotated[pydantic.constr(strip_whitespace=True, min_length=1, max_length=64),
+                      pydantic.AfterValidator(_person)]
 ItemId = pydantic.constr(min_length=1, max_length=512)
 Text = pydantic.constr(max_length=MAX_TEXT)
 
@@ -242,9 +255,16 @@ class SpansRequest(pydantic.BaseModel):
   corrected: Text
 
 
-def _item_json(item: store_lib.Item) -> dict:
+def _item_json(store: store_lib.AnnotationStore, item: store_lib.Item) -> dict:
+  """An item for the page, with its AI proposal (module docstring) or None."""
+  proposal = store.proposal(item.id)
+  if proposal is not None:
+    proposal = {k: v for k, v in proposal.to_json().items()
+                if k in ("annotator", "verdict", "corrected", "rejected_spans",
+                         "chosen_spans", "updated_at")}
   return {"id": item.id, "prompt": item.prompt, "answer": item.answer,
-          "image_url": "/api/image/" + urllib.parse.quote(item.id, safe="")}
+          "image_url": "/api/image/" + urllib.parse.quote(item.id, safe=""),
+          "proposal": proposal}
 
 
 def is_loopback(host: str) -> bool:
@@ -366,7 +386,8 @@ def _add_api_routes(app: fastapi.FastAPI, store: store_lib.AnnotationStore) -> N
   @app.post("/api/next")
   def next_item(request: NextRequest):
     lease = store.next_item(request.annotator)
-    item = None if lease is None else dict(_item_json(lease.item), lease_token=lease.token,
+    item = None if lease is None else dict(_item_json(store, lease.item),
+                                           lease_token=lease.token,
                                            lease_expires_at=lease.expires_at)
     return {"item": item, "progress": store.progress(request.annotator)}
 
@@ -389,7 +410,8 @@ def _add_api_routes(app: fastapi.FastAPI, store: store_lib.AnnotationStore) -> N
   def annotation(annotator: Annotator, item_id: ItemId):
     item = store.item(item_id)
     found = store.annotation(item_id, annotator)
-    return {"item": _item_json(item), "annotation": None if found is None else found.to_json()}
+    return {"item": _item_json(store, item),
+            "annotation": None if found is None else found.to_json()}
 
   @app.get("/api/progress")
   def progress(annotator: Annotator):

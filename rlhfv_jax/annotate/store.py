@@ -22,12 +22,20 @@ One SQLite file (WAL journal, so readers never block the writer) holds:
   used for another item is refused (`ConflictError`). Stores made when ids were global
   are brought to this layout when opened (`AnnotationStore._migrate`).
 
+Annotators whose name starts with ``ai:`` (`AI_PREFIX`, e.g. ``ai:llava-1.5-7b``) are AI
+labelers: their annotations are proposals for people, written through the same
+`next_item` and `submit` as anyone's. They never finish an item nor put it first in the
+queue (people are handed items as if they were not there), and a labeler is handed every
+item it has not annotated yet, whatever people did with it. `proposal` is an item's
+latest AI annotation, which the page shows pre-filled; a person who accepts it makes an
+annotation of their own, and the AI's stays as it was.
+
 A first annotation made without a live lease of the annotator's own (expired, maybe
 leased to someone else since) is still stored, flagged ``lease_lost``: the annotator's
 work is never lost. A revision of one's own annotation needs no lease and is never
 flagged. If both annotate the item, it simply has two annotations (which the export's
-agreement uses). An item is done when it has ``annotations_per_item`` annotations that
-are not ``unclear``; ``unclear`` hands it to another annotator.
+agreement uses). An item is done when it has ``annotations_per_item`` annotations by
+people that are not ``unclear``; ``unclear`` hands it to another annotator.
 
 Every method runs in one transaction (``BEGIN IMMEDIATE`` for writes) on a connection of
 the calling thread, so the store can be shared by the web server's worker threads. A
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import pathlib
 import secrets
@@ -51,6 +60,12 @@ from rlhfv_jax.annotate import spans as spans_lib
 
 VERDICTS = ("corrected", "no_hallucination", "unclear")
 DEFAULT_LEASE_SECONDS = 600.0
+AI_PREFIX = "ai:"
+# SQL: annotation `a` is a person's (not an AI labeler's, see `is_ai`).
+_BY_PERSON = f"substr(a.annotator, 1, {len(AI_PREFIX)}) != '{AI_PREFIX}'"
+# SQL: item `i` has fewer than ? annotations by people that are not "unclear".
+_NEEDS_MORE = ("(SELECT COUNT(*) FROM annotations a WHERE a.item_id = i.id"
+               f" AND a.verdict != 'unclear' AND {_BY_PERSON}) < ?")
 
 _SUBMISSIONS = """(
   annotator TEXT NOT NULL, submission_id TEXT NOT NULL, item_id TEXT NOT NULL,
@@ -159,6 +174,11 @@ def check_image_path(item_id: str, image: str) -> str:
   return str(path)
 
 
+def is_ai(annotator: str) -> bool:
+  """Whether `annotator` is an AI labeler (its name starts with `AI_PREFIX`)."""
+  return annotator.startswith(AI_PREFIX)
+
+
 def check_annotator(name: str) -> str:
   name = name.strip() if isinstance(name, str) else ""
   if not name or len(name) > 64:
@@ -207,8 +227,8 @@ class AnnotationStore:
   Args:
     path: the SQLite file (created with its schema if missing).
     lease_seconds: how long an item stays with the annotator it was handed to.
-    annotations_per_item: how many annotations (other than "unclear") finish an item; 2
-      or more gives the agreement the export reports.
+    annotations_per_item: how many annotations by people (other than "unclear") finish
+      an item; 2 or more gives the agreement the export reports.
     clock: seconds since the epoch (tests pass a fake one).
   """
 
@@ -348,7 +368,10 @@ class AnnotationStore:
 
   def next_item(self, annotator: str) -> Optional[Lease]:
     """Leases the next item to `annotator` (the one it holds, if any), or None when no
-    item is left for it: every item is done, annotated by it, or held by another."""
+    item is left for it: every item is done, annotated by it, or held by another. Only
+    people's annotations make an item done; an AI labeler gets every item it has not
+    annotated (module docstring), except one another annotator holds: when this
+    returns None, `progress`'s "open_for_you" counts those still to come."""
     annotator, now = check_annotator(annotator), self.clock()
     with self._transaction() as db:
       held = db.execute(
@@ -365,12 +388,13 @@ class AnnotationStore:
             "                   AND a.annotator = ?)"
             " AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.item_id = i.id"
             "                 AND l.expires_at > ? AND l.annotator != ?)"
-            " AND (SELECT COUNT(*) FROM annotations a WHERE a.item_id = i.id"
-            "      AND a.verdict != 'unclear') < ?"
-            # Items others started first (so double annotation finishes), then in order.
-            " ORDER BY (SELECT COUNT(*) FROM annotations a WHERE a.item_id = i.id) DESC,"
-            " i.rowid LIMIT 1",
-            (annotator, now, annotator, self.annotations_per_item)).fetchone()
+            f" AND (? OR {_NEEDS_MORE})"
+            # Items other people started first (so double annotation finishes), then in
+            # order.
+            " ORDER BY (SELECT COUNT(*) FROM annotations a WHERE a.item_id = i.id"
+            f"          AND {_BY_PERSON}) DESC, i.rowid LIMIT 1",
+            (annotator, now, annotator, is_ai(annotator),
+             self.annotations_per_item)).fetchone()
         if row is None:
           return None
         item_id, token = row["id"], secrets.token_hex(16)
@@ -436,7 +460,8 @@ class AnnotationStore:
                             " WHERE item_id = ? AND annotator = ?",
                             (item_id, annotator)).fetchone()
       # Only late work is flagged: a revision of one's own annotation needs no lease.
-      lease_lost = previous is None and not (
+      # AI proposals (`propose`) hold no lease by design: never late.
+      lease_lost = previous is None and not is_ai(annotator) and not (
           lease is not None and lease["annotator"] == annotator
           and lease["token"] == lease_token and lease["expires_at"] > now)
       created, revision = ((previous["created_at"], previous["revision"] + 1)
@@ -455,6 +480,24 @@ class AnnotationStore:
       row = db.execute("SELECT * FROM annotations WHERE item_id = ? AND annotator = ?",
                        (item_id, annotator)).fetchone()
     return Submitted(self._annotation(row), duplicate=False, lease_lost=lease_lost)
+
+  def propose(self, annotator: str, item_id: str, verdict: str,
+              corrected: Optional[str]) -> Submitted:
+    """Stores an AI labeler's annotation of `item_id` (a proposal: `annotator` is
+    "ai:<name>") without a lease: a labeler annotates every item, whoever holds it, and
+    its annotation never counts as a person's. Its spans are the diff of the answer and
+    `corrected`. The submission id is the content's digest, so proposing the same
+    annotation again (a re-run) is a duplicate, and a different one is a revision.
+
+    Raises:
+      StoreError: `annotator` is not an AI labeler's name, or as `submit`.
+    """
+    if not is_ai(check_annotator(annotator)):
+      raise StoreError(f"annotator {annotator!r} is not an AI labeler ({AI_PREFIX}<name>): "
+                       "people submit through a lease")
+    digest = hashlib.sha256(json.dumps([item_id, verdict, corrected]).encode()).hexdigest()
+    return self.submit(annotator, item_id, verdict, corrected, lease_token="",
+                       submission_id=f"propose-{digest[:40]}")
 
   def _resent(self, db: sqlite3.Connection, annotator: str, submission_id: str,
               item_id: str) -> Optional[Submitted]:
@@ -487,6 +530,15 @@ class AnnotationStore:
         (item_id, annotator)).fetchone()
     return None if row is None else self._annotation(row)
 
+  def proposal(self, item_id: str) -> Optional[Annotation]:
+    """The item's AI proposal: its most recently updated annotation by an AI labeler
+    (`is_ai`) that is not "unclear", or None."""
+    row = self._connection().execute(
+        f"SELECT * FROM annotations a WHERE a.item_id = ? AND NOT ({_BY_PERSON})"
+        " AND a.verdict != 'unclear' ORDER BY a.updated_at DESC, a.annotator LIMIT 1",
+        (item_id,)).fetchone()
+    return None if row is None else self._annotation(row)
+
   def annotations(self) -> list[Annotation]:
     """Every current annotation, in the order the items were added (then oldest first)."""
     return [self._annotation(r) for r in self._connection().execute(
@@ -498,19 +550,16 @@ class AnnotationStore:
 
   def progress(self, annotator: str) -> dict[str, int]:
     """Counts for the page: items, items done, this annotator's annotations, and how
-    many items are still open for it."""
+    many items are still open for it (as `next_item` counts them)."""
     annotator = check_annotator(annotator)
     db = self._connection()
     total = db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-    done = db.execute(
-        "SELECT COUNT(*) FROM items i WHERE (SELECT COUNT(*) FROM annotations a"
-        " WHERE a.item_id = i.id AND a.verdict != 'unclear') >= ?",
-        (self.annotations_per_item,)).fetchone()[0]
+    done = db.execute(f"SELECT COUNT(*) FROM items i WHERE NOT {_NEEDS_MORE}",
+                      (self.annotations_per_item,)).fetchone()[0]
     mine = db.execute("SELECT COUNT(*) FROM annotations WHERE annotator = ?",
                       (annotator,)).fetchone()[0]
     open_for_me = db.execute(
         "SELECT COUNT(*) FROM items i WHERE NOT EXISTS (SELECT 1 FROM annotations a"
-        " WHERE a.item_id = i.id AND a.annotator = ?) AND (SELECT COUNT(*) FROM annotations a"
-        " WHERE a.item_id = i.id AND a.verdict != 'unclear') < ?",
-        (annotator, self.annotations_per_item)).fetchone()[0]
+        f" WHERE a.item_id = i.id AND a.annotator = ?) AND (? OR {_NEEDS_MORE})",
+        (annotator, is_ai(annotator), self.annotations_per_item)).fetchone()[0]
     return {"items": total, "done": done, "yours": mine, "open_for_you": open_for_me}

@@ -68,6 +68,7 @@ class SentencePieceTokenizer:
 
   def __init__(self, model_path: Union[str, pathlib.Path]):
     import sentencepiece  # local: only this backend needs it
+    self.path = pathlib.Path(model_path)  # named by errors about what it lacks
     self._sp = sentencepiece.SentencePieceProcessor(model_file=str(model_path))
     self.bos_id = self._sp.bos_id()
     self.eos_id = self._sp.eos_id()
@@ -94,6 +95,7 @@ class HFTokenizer:
 
   def __init__(self, directory: Union[str, pathlib.Path]):
     import transformers  # local: heavy import, only this backend needs it
+    self.path = pathlib.Path(directory)  # named by errors about what it lacks
     self._tok = transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     if IMAGE_PLACEHOLDER not in self._tok.get_vocab():
       self._tok.add_special_tokens({"additional_special_tokens": [IMAGE_PLACEHOLDER]})
@@ -114,6 +116,43 @@ class HFTokenizer:
 
   def decode(self, ids: Sequence[int]) -> str:
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+def choice_token_ids(tokenizer: Tokenizer, words: Sequence[str]) -> list[int]:
+  """Ids of the single tokens that start an answer with one of `words`, e.g. yes/no.
+
+  The template encodes the answer on its own after "ASSISTANT:", so a model's first
+  answer token is normally the word with the dummy prefix ("▁Yes"); the bare piece
+  ("Yes") can start an answer too. Every token that decodes to exactly the word, with
+  or without leading whitespace, counts; casings are separate words (pass "yes" and
+  "Yes" for RLAIF-V's P(yes)).
+
+  Args:
+    tokenizer: a tokenizer with `vocab_size` (both of this module's do).
+    words: the answer words.
+
+  Returns:
+    The ids, in id order per word, words in the given order (no repeats).
+
+  Raises:
+    ValueError: naming the tokenizer and the word, when a word is no single token.
+  """
+  # Scanning the vocabulary finds both forms whatever the backend; decoding a lone
+  # "▁yes" drops its leading space, as SentencePiece and HF decoders do.
+  wanted = set(words)
+  found: dict[str, list[int]] = {w: [] for w in words}
+  for i in range(tokenizer.vocab_size):
+    text = tokenizer.decode([i]).lstrip()
+    if text in wanted:
+      found[text].append(i)
+  ids = []
+  for word in words:
+    if not found[word]:
+      where = getattr(tokenizer, "path", type(tokenizer).__name__)
+      raise ValueError(f"the labeler's tokenizer {where} has no single token for {word!r}; "
+                       "a labeler must answer yes/no in one token")
+    ids.extend(i for i in found[word] if i not in ids)
+  return ids
 
 
 def load_tokenizer(path: Union[str, pathlib.Path]) -> Tokenizer:

@@ -15,6 +15,9 @@ Stopping: a row is finished after it emits an EOS token (which is kept in the
 output); later slots hold `pad_token_id`. The loop exits early once every row is
 finished.
 
+`next_token_logits` runs the same prefill without a cache: the distribution of the first
+generated token (an AI labeler's yes/no).
+
 Example:
   tokens = generate(params, cfg, input_ids, attention_mask, pixel_values,
                     max_new_tokens=64, eos_token_id=2, pad_token_id=0,
@@ -75,6 +78,80 @@ def sample_tokens(logits: jax.Array, rng: jax.Array, temperature: jax.Array,
   return jax.lax.cond(temperature > 0, sample, greedy, None)
 
 
+def _prefill(model: llava.Llava, params, input_ids: jax.Array, attention_mask: jax.Array,
+             pixel_values: Optional[jax.Array], sequences_per_image: int,
+             max_new_tokens: int) -> tuple[jax.Array, Optional[llama.KVCache], jax.Array]:
+  """Runs the prompts through the model: the forward of generation and of scoring.
+
+  Args:
+    model: the `Llava` module.
+    params: its parameters.
+    input_ids: [N, P] int32 prompts, any padding side.
+    attention_mask: [N, P] bool, True for real prompt tokens.
+    pixel_values: [B, H, W, C] images (N = sequences_per_image * B), or None.
+    sequences_per_image: see `generate`.
+    max_new_tokens: free cache slots after the prompt; 0 builds no cache (only the
+      next-token distribution is wanted).
+
+  Returns:
+    (logits [N, 1, V] float32 at each row's last real token, the KV cache holding the
+    prompt at slots [0, P) or None, the cache's key-validity mask [N, P + max_new_tokens]).
+  """
+  variables = {"params": params}
+  num_rows, prompt_len = input_ids.shape
+  features = None
+  if pixel_values is not None:
+    features = model.apply(variables, pixel_values, method=llava.Llava.encode_images)
+  # Generated slots are real tokens; causality hides each one until it is written.
+  key_valid = jnp.concatenate(
+      [attention_mask, jnp.ones((num_rows, max_new_tokens), bool)], axis=1)
+  cache = (llama.init_kv_cache(model.cfg, num_rows, prompt_len + max_new_tokens)
+           if max_new_tokens else None)
+  last_real = prompt_len - 1 - jnp.argmax(attention_mask[:, ::-1], axis=1)
+  out = model.apply(
+      variables, input_ids, key_valid, features, sequences_per_image,
+      positions=layers.positions_from_mask(attention_mask), kv_cache=cache,
+      cache_index=0, logits_index=last_real, method=llava.Llava.decode)
+  logits, cache = out if cache is not None else (out, None)
+  return logits, cache, key_valid
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_next_token_fn(cfg: ml_collections.FrozenConfigDict,
+                          sequences_per_image: int) -> Callable[..., jax.Array]:
+  model = llava.Llava(cfg)
+
+  def next_token_fn(params, input_ids, attention_mask, pixel_values):
+    logits, _, _ = _prefill(model, params, input_ids, attention_mask.astype(bool),
+                            pixel_values, sequences_per_image, max_new_tokens=0)
+    return logits[:, 0]
+
+  return jax.jit(next_token_fn)
+
+
+def next_token_logits(params, cfg: ml_collections.ConfigDict, input_ids: jax.Array,
+                      attention_mask: jax.Array, pixel_values: Optional[jax.Array], *,
+                      sequences_per_image: int = 1) -> jax.Array:
+  """Logits of the first token `generate` would emit: generation's prefill, no cache.
+
+  Jitted once per config (and compiled once per input shape).
+
+  Args:
+    params: `Llava(cfg)` parameters.
+    cfg: model config.
+    input_ids: [N, P] int32 prompts with expanded image placeholders, any padding side.
+    attention_mask: [N, P] bool, True for real prompt tokens.
+    pixel_values: [B, H, W, C] images with N = sequences_per_image * B, or None.
+    sequences_per_image: see `generate`.
+
+  Returns:
+    [N, V] float32 logits at each row's last real prompt token.
+  """
+  fn = _cached_next_token_fn(ml_collections.FrozenConfigDict(cfg), sequences_per_image)
+  return fn(params, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, bool),
+            pixel_values)
+
+
 def make_generate_fn(cfg: ml_collections.ConfigDict, *, max_new_tokens: int,
                      sequences_per_image: int = 1) -> GenerateFn:
   """Builds the jitted `fn(params, input_ids, attention_mask, pixel_values, rng,
@@ -92,19 +169,9 @@ def make_generate_fn(cfg: ml_collections.ConfigDict, *, max_new_tokens: int,
     variables = {"params": params}
     num_rows, prompt_len = input_ids.shape
     attention_mask = attention_mask.astype(bool)
-    features = None
-    if pixel_values is not None:
-      features = model.apply(variables, pixel_values, method=llava.Llava.encode_images)
-    cache = llama.init_kv_cache(cfg, num_rows, prompt_len + max_new_tokens)
-    # Generated slots are real tokens; causality hides each one until it is written.
-    key_valid = jnp.concatenate(
-        [attention_mask, jnp.ones((num_rows, max_new_tokens), bool)], axis=1)
+    logits, cache, key_valid = _prefill(model, params, input_ids, attention_mask,
+                                        pixel_values, sequences_per_image, max_new_tokens)
     lengths = attention_mask.sum(axis=1).astype(jnp.int32)
-    last_real = prompt_len - 1 - jnp.argmax(attention_mask[:, ::-1], axis=1)
-    logits, cache = model.apply(
-        variables, input_ids, key_valid, features, sequences_per_image,
-        positions=layers.positions_from_mask(attention_mask), kv_cache=cache,
-        cache_index=0, logits_index=last_real, method=llava.Llava.decode)
 
     def cond(state):
       step, _, _, done, _, _ = state

@@ -24,6 +24,8 @@ import jax
 from absl import logging
 
 from rlhfv_jax import sampler as sampler_lib
+from rlhfv_jax.annotate import export as annotate_export
+from rlhfv_jax.annotate import store as store_lib
 from rlhfv_jax.data.records import ErrorLog, RecordError
 from rlhfv_jax.stages import model_init
 from rlhfv_jax.train import mesh as mesh_lib
@@ -37,6 +39,16 @@ class Answerable(Protocol):
 
   def image_bytes(self) -> bytes:
     ...
+
+
+def store_image(root: pathlib.Path, image: str, item_id: str) -> bytes:
+  """The bytes of `image` under the image root `root` (a store's, or a sample stage's
+  folder); an unreadable or escaping path is a `RecordError` naming `item_id`."""
+  try:
+    return annotate_export.image_file(root, image).read_bytes()
+  except (OSError, store_lib.StoreError) as e:
+    raise RecordError(item_id, f"cannot read image {image!r} under {root} "
+                      f"({getattr(e, 'strerror', None) or e})") from e
 
 
 def local_sampler(config: Any, batch_size: int) -> tuple[sampler_lib.Sampler, Any]:
@@ -112,6 +124,33 @@ def answer_items(name: str, items: Sequence[Answerable], sample: sampler_lib.Sam
     errors: an unreadable image is raised, or skipped and listed, per its policy.
     temperature, top_p, rng: sampling (temperature 0: greedy).
   """
+
+  def generate(batch: Sequence[Answerable], images: list[bytes], first: int) -> list[dict]:
+    out = sample(params, images, [i.prompt for i in batch], max_new_tokens=max_new_tokens,
+                 batch_size=batch_size, prompt_multiple=prompt_multiple,
+                 temperature=temperature, top_p=top_p,
+                 rng=None if rng is None else jax.random.fold_in(rng, first))
+    return [row(item, text, finished)
+            for item, text, finished in zip(batch, out.texts, out.finished)]
+
+  resumable_batches(name, items, path, generate, batch_size=batch_size, errors=errors)
+
+
+def resumable_batches(name: str, items: Sequence[Answerable], path: pathlib.Path,
+                      produce: Callable[[Sequence[Answerable], list[bytes], int], list[dict]],
+                      *, batch_size: int, errors: ErrorLog) -> None:
+  """The resumable loop (module docstring) over any per-batch computation: answering
+  (`answer_items`) or scoring answer choices (the label stage's yes/no verdicts).
+
+  Args:
+    name: for the log.
+    items: this process's items, in a fixed order.
+    path: the JSON lines file.
+    produce: (the batch's readable items, their image bytes, the batch's first position
+      in `items`) -> one JSON object per item, in order, each holding the item's "id".
+    batch_size: items per batch (cut at fixed positions of `items`).
+    errors: an unreadable image is raised, or skipped and listed, per its policy.
+  """
   _drop_partial_last_line(path)
   done = read_answers(path)
   todo = sum(item.id not in done for item in items)
@@ -133,15 +172,10 @@ def answer_items(name: str, items: Sequence[Answerable], sample: sampler_lib.Sam
             errors.handle(e)
       if not batch:
         continue
-      out = sample(params, images, [i.prompt for i in batch], max_new_tokens=max_new_tokens,
-                   batch_size=batch_size, prompt_multiple=prompt_multiple,
-                   temperature=temperature, top_p=top_p,
-                   rng=None if rng is None else jax.random.fold_in(rng, first))
-      new = [(item, text, finished) for item, text, finished
-             in zip(batch, out.texts, out.finished) if item.id not in done]
-      for item, text, finished in new:
-        f.write(json.dumps(row(item, text, finished), sort_keys=True,
-                           ensure_ascii=False) + "\n")
+      new = [line for item, line in zip(batch, produce(batch, images, first))
+             if item.id not in done]
+      for line in new:
+        f.write(json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n")
       f.flush()
       answered += len(new)
       rate = answered / (time.monotonic() - start)

@@ -171,14 +171,42 @@ def _problems_sample(s: Any, local_devices: int) -> list[str]:
     out.append(f"sample.top_p={s.top_p} must be in (0, 1]")
   if not s.questions and not s.prompts:
     out.append("sample.prompts is empty and sample.questions is not set: nothing to ask")
-  for field in ("batch_size", "max_new_tokens", "prompt_multiple"):
-    if s[field] < 1:
-      out.append(f"sample.{field}={s[field]} must be >= 1")
-  if s.batch_size >= 1 and s.batch_size % local_devices:
-    out.append(f"sample.batch_size={s.batch_size} must be a multiple of the {local_devices} "
-               "devices of each process (each batch is split over them)")
-  if s.error_policy not in ("raise", "skip"):
-    out.append(f"sample.error_policy={s.error_policy!r}; expected 'raise' or 'skip'")
+  if s.max_new_tokens < 1:
+    out.append(f"sample.max_new_tokens={s.max_new_tokens} must be >= 1")
+  return out + _problems_answering("sample", s, local_devices)
+
+
+def _problems_answering(name: str, section: Any, local_devices: int) -> list[str]:
+  """What every answering stage's section needs: batches split over each process's
+  devices, a prompt padding multiple, an error policy."""
+  out = []
+  for field in ("batch_size", "prompt_multiple"):
+    if section[field] < 1:
+      out.append(f"{name}.{field}={section[field]} must be >= 1")
+  if section.batch_size >= 1 and section.batch_size % local_devices:
+    out.append(f"{name}.batch_size={section.batch_size} must be a multiple of the "
+               f"{local_devices} devices of each process (each batch is split over them)")
+  if section.error_policy not in ("raise", "skip"):
+    out.append(f"{name}.error_policy={section.error_policy!r}; expected 'raise' or 'skip'")
+  return out
+
+
+def _problems_label(lab: Any, local_devices: int) -> list[str]:
+  """The label stage's section: a store, yes/no words and sane pair settings."""
+  out = []
+  if not lab.store:
+    out.append("label.store is empty: the annotation store whose answers are labelled "
+               "(the `sample` stage's <workdir>/annotations.sqlite)")
+  if not lab.yes_words or not lab.no_words:
+    out.append("label.yes_words and label.no_words name the answers' tokens, e.g. "
+               "('yes', 'Yes') and ('no', 'No')")
+  out += _problems_answering("label", lab, local_devices)
+  if lab.min_gap <= 0:
+    out.append(f"label.min_gap={lab.min_gap} must be > 0 (a pair's scores must differ)")
+  if lab.max_pairs < 0:
+    out.append(f"label.max_pairs={lab.max_pairs} must be >= 0")
+  if lab.max_length_ratio < 1:
+    out.append(f"label.max_length_ratio={lab.max_length_ratio} must be >= 1")
   return out
 
 
@@ -274,6 +302,8 @@ def validate_config(config: Any, *, num_devices: Optional[int] = None,
     problems += _problems_hallucination(config.hallucination)
   if stage == "sample":
     problems += _problems_sample(config.sample, num_devices // num_processes)
+  if stage == "label":
+    problems += _problems_label(config.label, num_devices // num_processes)
   problems += _problems_data_and_model(config)
   if problems:
     raise ValueError(f"invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}):\n"

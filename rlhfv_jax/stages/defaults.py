@@ -21,6 +21,8 @@ Sections (see `rlhfv_jax.stages.config_validation` for what is checked):
   eval         split, batch_size, objective ("ddpo" | "sft")
   hallucination  the hallucination_eval stage (`rlhfv_jax/stages/hallucination_eval.py`)
   sample       the sample stage: answers to correct (`rlhfv_jax/stages/sample.py`)
+  label        the label stage: an AI labeler's verdicts, corrections and ranking pairs
+               (`rlhfv_jax/stages/label.py`)
   export_hf    the export_hf stage: out_dir of the llava-hf directory
 
 Defaults are the paper's DDPO settings (Yu et al. 2024, Sec. 4.1 / App.): beta 0.5,
@@ -77,6 +79,13 @@ def base_config(stage: str = "ddpo", model_size: str = "7b") -> ml_collections.C
       images="", questions="", prompts=objhal.PROMPTS, num_samples=2, temperature=0.7,
       top_p=0.9, seed=0, max_new_tokens=512, batch_size=8, prompt_multiple=32, store="",
       error_policy="raise"))
+  config.label = ml_collections.ConfigDict(dict(
+      store="", claims_file="", labeler="",
+      # RLAIF-V asks each claim's question with this instruction and reads one token.
+      question_suffix=" Please answer yes or no.", yes_words=("yes", "Yes"),
+      no_words=("no", "No"), batch_size=8, prompt_multiple=32, error_policy="raise",
+      # RLAIF-V's pairs: scores differing by >= 1, at most 2 per prompt, length balanced.
+      min_gap=1.0, max_pairs=2, max_length_ratio=2.0))
   config.export_hf = ml_collections.ConfigDict(dict(out_dir=""))
   return config
 

@@ -68,6 +68,11 @@ STAGES: dict[str, Stage] = {
         "`python -m rlhfv_jax.annotate`. Needs: init, data.tokenizer, sample (images, "
         "questions or prompts, num_samples, temperature, top_p, seed).",
         run="rlhfv_jax.stages.sample:run", reads_dataset=False),
+    "label": Stage(
+        "an AI labeler over the annotation store's answers: claims, yes/no verdicts from "
+        "the model, fine-grained corrections (annotator ai:<labeler>) and ranking pairs. "
+        "Needs: init (the labeler), data.tokenizer, label.store.",
+        run="rlhfv_jax.stages.label:run", reads_dataset=False),
     "export_hf": Stage(
         "a run's params -> a llava-hf directory (config, safetensors, tokenizer, image "
         "processor, chat template) that transformers loads. Needs: init (checkpoint), "

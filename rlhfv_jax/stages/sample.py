@@ -38,9 +38,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from rlhfv_jax import jsonl
-from rlhfv_jax.annotate import export as annotate_export
 from rlhfv_jax.annotate import store as store_lib
-from rlhfv_jax.data.records import ErrorLog, RecordError
+from rlhfv_jax.data.records import ErrorLog
 from rlhfv_jax.stages import answering, model_init
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
@@ -58,11 +57,7 @@ class Question:
   root: pathlib.Path
 
   def image_bytes(self) -> bytes:
-    try:
-      return annotate_export.image_file(self.root, self.image).read_bytes()
-    except (OSError, store_lib.StoreError) as e:
-      raise RecordError(self.id, f"cannot read image {self.image!r} under {self.root} "
-                        f"({getattr(e, 'strerror', None) or e})") from e
+    return answering.store_image(self.root, self.image, self.id)
 
 
 def _asked(s: Any, root: pathlib.Path) -> list[tuple[str, str, str]]:

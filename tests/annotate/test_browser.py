@@ -475,3 +475,74 @@ def test_deletions_keyboard_selection_zoom_and_progress(driver, serve):
   assert driver.execute_script(under_cursor, x, y)[0] == pytest.approx(0.7, abs=0.01)
   assert "open for you" in page.text("progress")
   assert "not annotated yet" in page.element("progress").get_attribute("title")
+
+
+def _propose(store, labeler, proposals):
+  """`labeler` annotates through leases, as the `label` stage does: item id -> (verdict,
+  corrected, edits)."""
+  while (lease := store.next_item(labeler)) is not None:
+    verdict, corrected, edits = proposals[lease.item.id]
+    store.submit(labeler, lease.item.id, verdict, corrected, lease_token=lease.token,
+                 submission_id=f"{labeler}/{lease.item.id}", edits=edits)
+
+
+@pytest.mark.slow
+def test_ai_proposals_are_prefilled_marked_and_accepted_with_one_key(driver, serve):
+  """x0: the AI's correction is pre-filled, labelled and highlighted; A makes it alice's
+  annotation. x1: alice edits the proposal: A refuses, S stores her edit. x2: N overrules
+  an untouched AI correction. x3 has no proposal: no label, no A."""
+  labeler = "ai:llava-1.5-7b"
+  car = "There is a red car next to a dog on the street."
+  answers = [("coco/1.png", car), ("coco/2.png", "A cat sleeps on a sofa."),
+             ("coco/3.png", "Two birds sing."), ("coco/1.png", "A bus waits.")]
+  store, server = serve(answers)
+  red, gone = car.index("red"), car.index(" next to a dog")
+  proposed = "There is a blue car on the street."
+  _propose(store, labeler, {
+      "x0": ("corrected", proposed,
+             [((red, red + 3), (red, red + 4)), ((gone, gone + 14), (gone + 1, gone + 1))]),
+      "x1": ("corrected", "A cat sleeps on a bed.", None),
+      "x2": ("corrected", "Three birds sing.", None),
+      "x3": ("unclear", None, None)})  # not a proposal
+  ai = store.annotation("x0", labeler)
+  page = Page(driver)
+  page.start(server.url)
+
+  page.ready(proposed)
+  assert page.text("proposalBy") == f"AI proposal by {labeler}"
+  assert page.element("proposal").is_displayed() and page.element("accept").is_displayed()
+  assert "proposal" in page.element("working").get_attribute("class")
+  page.wait_marked(["red", "next to a dog"], ["blue"])
+  page.keys("a")
+  page.ready("A cat sleeps on a bed.")
+  mine = store.annotation("x0", "alice")
+  assert (mine.verdict, mine.corrected) == ("corrected", proposed)
+  assert (mine.rejected_spans, mine.chosen_spans) == (ai.rejected_spans, ai.chosen_spans)
+  assert store.annotation("x0", labeler) == ai  # the AI's own stays as it was
+
+  page.wait_marked(["sofa"], ["bed"])
+  page.select("cat")
+  page.correct("cat", "dog")
+  page.wait_marked(["cat", "sofa"], ["dog", "bed"])
+  page.wait(lambda d: "you changed it" in page.text("proposal"))
+  assert "proposal" not in page.element("working").get_attribute("class")
+  page.keys("a")
+  page.wait(lambda d: "no longer the AI proposal" in page.text("status"))
+  assert store.annotation("x1", "alice") is None
+  page.keys("s")
+  page.ready("Three birds sing.")
+  mine = store.annotation("x1", "alice")
+  assert mine.corrected == "A dog sleeps on a bed."
+  assert [mine.original[s:e] for s, e in mine.rejected_spans] == ["cat", "sofa"]
+  assert store.annotation("x1", labeler).corrected == "A cat sleeps on a bed."
+
+  page.keys("n")  # the answer was right: the AI's "Three" is overruled
+  page.ready("A bus waits.")
+  assert store.annotation("x2", "alice").verdict == "no_hallucination"
+  assert not page.element("proposal").is_displayed()
+  assert not page.element("accept").is_displayed()
+  page.keys("a")
+  page.wait(lambda d: "no AI proposal" in page.text("status"))
+  page.keys("n")
+  page.wait(lambda d: page.element("empty").is_displayed())
+  assert [a.annotator for a in store.annotations() if a.item_id == "x3"] == [labeler, "alice"]

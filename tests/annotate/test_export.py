@@ -40,9 +40,13 @@ def test_export_reads_back_in_both_formats_with_spans(store, image_root, tmp_pat
   report = export_lib.export(store, image_root, tmp_path / "out")
   assert report == {
       "items": 3, "annotations": 3, "pairs": 1, "no_hallucination": 1, "unclear": 1,
+      "pairs_by_source": {"human": 1, "ai": 0, "ai_ranking": 0},
       "items_not_annotated": 0, "annotators": ["alice"], "skipped": [],
       "agreement": {"items_annotated_twice_or_more": 0, "annotator_pairs": 0,
-                    "identical_spans_share": None, "mean_character_overlap": None}}
+                    "identical_spans_share": None, "mean_character_overlap": None,
+                    "ai_vs_human": {"items": 0, "pairs": 0, "same_verdict_share": None,
+                                    "corrected_pairs": 0, "identical_spans_share": None,
+                                    "mean_character_overlap": None}}}
   (jsonl,) = _records(tmp_path / "out" / "preference")
   (parquet,) = _records(tmp_path / "out" / "rlhfv_parquet", reader="parquet")
   for record in (jsonl, parquet):
@@ -54,6 +58,7 @@ def test_export_reads_back_in_both_formats_with_spans(store, image_root, tmp_pat
     assert [record.chosen[s:e] for s, e in record.chosen_spans] == ["blue truck"]
     assert record.image == (image_root / "coco" / "1.png").read_bytes()
   assert jsonl.origin["annotator"] == "alice" and jsonl.origin["sample_temperature"] == "0.7"
+  assert jsonl.origin["source"] == "human"
   (clean,) = _records(tmp_path / "out" / "no_hallucination", kind="sft")
   assert (clean.id, clean.answer) == ("item1@alice", ANSWERS[1][1])
   unclear = [json.loads(line) for line in
@@ -86,9 +91,10 @@ def test_agreement_over_doubly_annotated_items(store, image_root, tmp_path):
   _submit(store, "alice", "item2", "no_hallucination")
   _submit(store, "carol", "item2", "unclear")
   report = export_lib.export(store, image_root, tmp_path / "out")
-  assert report["agreement"] == {"items_annotated_twice_or_more": 2, "annotator_pairs": 2,
-                                 "identical_spans_share": 0.5,
-                                 "mean_character_overlap": 0.5}
+  people = {k: v for k, v in report["agreement"].items() if k != "ai_vs_human"}
+  assert people == {"items_annotated_twice_or_more": 2, "annotator_pairs": 2,
+                    "identical_spans_share": 0.5, "mean_character_overlap": 0.5}
+  assert report["agreement"]["ai_vs_human"]["pairs"] == 0
   assert report["pairs"] == 3  # every correction is a pair: alice's and bob's of item0
 
 
@@ -173,3 +179,130 @@ def test_export_skips_and_lists_items_whose_image_cannot_be_read(store, image_ro
   with pytest.raises(ValueError, match="'sneaky'.*outside the image root"):
     cli.main(["export", "--store", database, "--out", str(tmp_path / "strict"),
               "--error_policy", "raise"])
+
+
+def test_records_are_tagged_with_their_source_and_ai_agreement_is_reported(
+    store, image_root, tmp_path):
+  """By hand. item0: the AI marks "red" (3 characters), alice "red car" (7), bob "red".
+  item1: the AI finds no hallucination, alice corrects "cat". item2: the AI and bob both
+  mark "Two"; alice's "unclear" counts nowhere.
+  AI vs people: pairs (AI, alice)@0, (AI, bob)@0, (AI, alice)@1, (AI, bob)@2 over 3 items;
+  same verdict 3 of 4; both corrected 3, identical spans 2 of 3, overlaps 3/7, 1, 1.
+  People: alice and bob on item0 only: not identical, overlap 3/7."""
+  def fix(who, item, old, new):
+    _submit(store, who, f"item{item}", "corrected", ANSWERS[item][1].replace(old, new))
+  fix("ai:l", 0, "red", "blue")
+  fix("alice", 0, "red car", "blue truck")
+  fix("bob", 0, "red", "green")
+  _submit(store, "ai:l", "item1", "no_hallucination")
+  fix("alice", 1, "cat", "dog")
+  fix("ai:l", 2, "Two", "Three")
+  fix("bob", 2, "Two", "Four")
+  _submit(store, "alice", "item2", "unclear")
+  report = export_lib.export(store, image_root, tmp_path / "out")
+  ai_vs_human = report["agreement"].pop("ai_vs_human")
+  assert report["agreement"] == pytest.approx({
+      "items_annotated_twice_or_more": 1, "annotator_pairs": 1,
+      "identical_spans_share": 0.0, "mean_character_overlap": 3 / 7})
+  assert ai_vs_human == pytest.approx({
+      "items": 3, "pairs": 4, "same_verdict_share": 0.75, "corrected_pairs": 3,
+      "identical_spans_share": 2 / 3, "mean_character_overlap": (3 / 7 + 1 + 1) / 3})
+  assert report["pairs_by_source"] == {"human": 4, "ai": 2, "ai_ranking": 0}
+  assert report["pairs"] == 6 and report["no_hallucination"] == 1
+  pairs = {r.id: r.origin for r in _records(tmp_path / "out" / "preference")}
+  assert {i: (o["source"], o["annotator"]) for i, o in pairs.items()} == {
+      "item0@ai:l": ("ai", "ai:l"), "item0@alice": ("human", "alice"),
+      "item0@bob": ("human", "bob"), "item1@alice": ("human", "alice"),
+      "item2@ai:l": ("ai", "ai:l"), "item2@bob": ("human", "bob")}
+  (clean,) = _records(tmp_path / "out" / "no_hallucination", kind="sft")
+  assert (clean.id, clean.origin["source"]) == ("item1@ai:l", "ai")
+
+
+def _ranking_file(path, *rows):
+  path.write_text("".join(r if isinstance(r, str) else json.dumps(r) + "\n" for r in rows))
+  return path
+
+
+def _ranked(chosen, rejected, chosen_score=0, rejected_score=-2, labeler="ai:l"):
+  return {"chosen_item_id": chosen, "rejected_item_id": rejected,
+          "chosen_score": chosen_score, "rejected_score": rejected_score, "labeler": labeler}
+
+
+@pytest.fixture
+def siblings(store):
+  """Two more answers to item0's question (image and prompt), one to another prompt and
+  one about another image."""
+  store.add_items([
+      store_lib.Item("k1", "coco/1.png", "Describe the image.", "A red car on a street."),
+      store_lib.Item("k2", "coco/1.png", "Describe the image.", "A car, three dogs, a cat."),
+      store_lib.Item("asked", "coco/1.png", "What color is the car?", "Red."),
+      store_lib.Item("elsewhere", "coco/2.png", "Describe the image.", "A cat.")])
+  return store
+
+
+def test_ranking_pairs_are_exported_as_preference_records(siblings, image_root, tmp_path):
+  _submit(siblings, "alice", "item0", "corrected", ANSWERS[0][1].replace("red", "blue"))
+  pairs = _ranking_file(tmp_path / "pairs.jsonl", _ranked("k1", "k2", 0, -3), "\n",
+                        _ranked("k1", "item0", -1.0, -2.5, "ai:m"))
+  report = export_lib.export(siblings, image_root, tmp_path / "out", ranking_pairs=pairs)
+  assert report["pairs_by_source"] == {"human": 1, "ai": 0, "ai_ranking": 2}
+  assert report["pairs"] == 3
+  for reader in ("jsonl", "parquet"):
+    folder = "preference" if reader == "jsonl" else "rlhfv_parquet"
+    records = {r.id: r for r in _records(tmp_path / "out" / folder, reader=reader)}
+    assert set(records) == {"item0@alice", "k1>k2@ai:l", "k1>item0@ai:m"}
+    ranked = records["k1>k2@ai:l"]
+    assert (ranked.question, ranked.chosen, ranked.rejected) == (
+        "Describe the image.", "A red car on a street.", "A car, three dogs, a cat.")
+    assert not ranked.has_spans and records["item0@alice"].has_spans
+    assert ranked.image == (image_root / "coco" / "1.png").read_bytes()
+  origin = {r.id: r.origin for r in _records(tmp_path / "out" / "preference")}
+  assert origin["k1>k2@ai:l"] == {
+      "item_id": "k1", "rejected_item_id": "k2", "chosen_score": "0", "rejected_score": "-3",
+      "source": "ai_ranking", "annotator": "ai:l", "image_path": "coco/1.png",
+      "ds_name": "rlhfv_jax.annotate", "origin_split": "train"}
+  assert origin["k1>item0@ai:m"]["chosen_score"] == "-1.0"
+  # The command line's flag does the same.
+  assert cli.main(["export", "--store", str(siblings.path), "--out", str(tmp_path / "cli"),
+                   "--ranking_pairs", str(pairs)]) == 0
+  assert len(_records(tmp_path / "cli" / "preference")) == 3
+
+
+@pytest.mark.parametrize("rows, line, problem", [
+    (['{"chosen_item_id": "k1",\n'], 1, "not valid JSON"),
+    ([_ranked("k1", "k2"), "[1, 2]\n"], 2, "expected a JSON object"),
+    ([{k: v for k, v in _ranked("k1", "k2").items() if k != "labeler"}], 1,
+     r"missing \['labeler'\]"),
+    ([_ranked("k1", "nope")], 1, "rejected_item_id: no item 'nope' in the store"),
+    ([_ranked("", "k2")], 1, "chosen_item_id must be a non-empty string"),
+    ([_ranked("k1", "k2", labeler=7)], 1, "labeler must be a non-empty string"),
+    ([_ranked("k1", "k2", chosen_score="high")], 1, "chosen_score must be a finite number"),
+    ([_ranked("k1", "k2", rejected_score=True)], 1, "rejected_score must be a finite"),
+    ([_ranked("k1", "k1")], 1, "the same item 'k1'"),
+    ([_ranked("k1", "asked")], 1, "'k1' and 'asked' do not share their image and prompt"),
+    ([_ranked("k1", "elsewhere")], 1, "do not share their image and prompt"),
+    ([_ranked("k1", "k2", 0, 0)], 1, "score 0 is not above the rejected one's 0"),
+    ([_ranked("k1", "k2"), _ranked("k2", "item0"), _ranked("k1", "k2", 1, 0)], 3,
+     "the same pair as line 1"),
+])
+def test_bad_ranking_pairs_are_errors_naming_file_and_line(siblings, image_root, tmp_path,
+                                                          rows, line, problem):
+  pairs = _ranking_file(tmp_path / "pairs.jsonl", *rows)
+  with pytest.raises(ValueError, match=f"pairs.jsonl line {line}: .*{problem}"):
+    export_lib.export(siblings, image_root, tmp_path / "out", ranking_pairs=pairs)
+  assert not (tmp_path / "out").exists()  # checked before anything is written
+  with pytest.raises(ValueError, match=f"pairs.jsonl line {line}: .*{problem}"):
+    cli.main(["export", "--store", str(siblings.path), "--out", str(tmp_path / "cli"),
+              "--ranking_pairs", str(pairs)])
+
+
+def test_a_ranking_pair_whose_image_is_missing_is_skipped_and_named(siblings, image_root,
+                                                                   tmp_path):
+  (image_root / "coco" / "1.png").unlink()
+  pairs = _ranking_file(tmp_path / "pairs.jsonl", _ranked("k1", "k2"))
+  report = export_lib.export(siblings, image_root, tmp_path / "out", ranking_pairs=pairs)
+  assert report["pairs"] == 0
+  assert [(s["item_id"], s["annotator"]) for s in report["skipped"]] == [("k1", "ai:l")]
+  with pytest.raises(ValueError, match=r"k1>k2@ai:l.*pairs.jsonl line 1.*not found"):
+    export_lib.export(siblings, image_root, tmp_path / "raise", ranking_pairs=pairs,
+                      error_policy="raise")

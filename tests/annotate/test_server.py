@@ -440,3 +440,39 @@ def test_error_messages_hold_no_absolute_paths(store, image_root, tmp_path):
     for path in {str(tmp_path), str(tmp_path.resolve()), str(store.path.resolve())}:
       assert path not in response.text, response.text
   assert "coco/link.png" in refused[0].json()["detail"]  # the item's own relative path
+
+
+def test_items_carry_their_ai_proposal_and_ai_names_are_refused(client, store):
+  """/api/next and /api/annotation give an item's latest AI proposal (what the page
+  pre-fills); a person's submission is their own; the API is for people only."""
+  answer = ANSWERS[0][1]
+  deleted = answer.index(" next to a dog")
+  proposed = answer[:deleted] + answer[deleted + len(" next to a dog"):]
+  store.submit("ai:labeler", "item0", "corrected", proposed, lease_token="",
+               submission_id="ai/0", edits=[((deleted, deleted + 14), (deleted, deleted))])
+  store.submit("ai:labeler", "item1", "no_hallucination", None, lease_token="",
+               submission_id="ai/1")
+  item = client.post("/api/next", json={"annotator": "alice"}).json()["item"]
+  assert item["id"] == "item0"
+  proposal = item["proposal"]
+  assert proposal.pop("updated_at") > 0
+  assert proposal == {"annotator": "ai:labeler", "verdict": "corrected",
+                      "corrected": proposed, "rejected_spans": [[deleted + 1, deleted + 14]],
+                      "chosen_spans": []}
+  body = {"annotator": "alice", "item_id": "item0", "verdict": "corrected",
+          "corrected": proposed, "lease_token": item["lease_token"], "submission_id": "a0",
+          "edits": [{"rejected": [deleted, deleted + 14], "chosen": [deleted, deleted]}]}
+  mine = client.post("/api/submit", json=body).json()["annotation"]
+  assert (mine["annotator"], mine["rejected_spans"]) == ("alice", proposal["rejected_spans"])
+  assert store.annotation("item0", "ai:labeler").revision == 1  # the AI's stays as it was
+  again = client.get("/api/annotation", params={"annotator": "alice", "item_id": "item1"})
+  assert again.json()["item"]["proposal"]["verdict"] == "no_hallucination"
+  assert again.json()["annotation"] is None
+  plain = client.get("/api/annotation", params={"annotator": "alice", "item_id": "item2"})
+  assert plain.json()["item"]["proposal"] is None
+  for response in (client.post("/api/next", json={"annotator": "ai:me"}),
+                   client.post("/api/submit", json=dict(body, annotator=" ai:labeler")),
+                   client.get("/api/progress", params={"annotator": "ai:labeler"})):
+    assert response.status_code == 422
+    assert "kept for AI labelers" in json.dumps(response.json())
+  assert store.num_submissions() == 3

@@ -254,3 +254,68 @@ def test_a_store_with_global_submission_ids_is_migrated(tmp_path):
   assert not store.submit("bob", "i0", "unclear", None, lease_token="",
                           submission_id="s1").duplicate
   assert AnnotationStore(path).num_submissions() == 3  # and it opens again
+
+
+def _labeled(store, labeler, clock):
+  """`labeler` annotates every item it is handed (the `label` stage's way): i0 and i2
+  corrected, i1 found clean; returns the ids in the order it got them."""
+  got = []
+  while (lease := store.next_item(labeler)) is not None:
+    got.append(lease.item.id)
+    if lease.item.id == "i1":
+      store.submit(labeler, "i1", "no_hallucination", None, lease_token=lease.token,
+                   submission_id=f"{labeler}/i1")
+    else:
+      _fix(store, labeler, lease.item.id, lease, sid=f"{labeler}/{lease.item.id}",
+           text=store.item(lease.item.id).answer.replace("red ", ""))
+    clock.now += 1
+  return got
+
+
+def test_ai_proposals_leave_people_s_queue_as_it_was(tmp_path):
+  """An AI labeler's annotations finish nothing and reorder nothing for people; the
+  labeler gets every item it has not annotated, whatever people did; `proposal` is the
+  latest AI annotation, and a person's own annotation is stored beside it."""
+  clock = Clock()
+  store = _store(tmp_path, clock=clock)
+  _fix(store, "alice", "i2")  # a person first: the labeler still gets i2
+  clock.now += 1
+  assert sorted(_labeled(store, "ai:small", clock)) == ["i0", "i1", "i2"]
+  assert store.progress("ai:small") == {"items": 3, "done": 1, "yours": 3, "open_for_you": 0}
+  assert store.progress("bob") == {"items": 3, "done": 1, "yours": 0, "open_for_you": 2}
+  assert store.next_item("bob").item.id == "i0"  # as without the labeler
+  assert store.proposal("i0").annotator == "ai:small"
+  assert store.proposal("i1").verdict == "no_hallucination"
+  # Bob holds i0: a labeler waits for it, and its progress says one is left.
+  assert sorted(_labeled(store, "ai:large", clock)) == ["i1", "i2"]
+  assert store.progress("ai:large")["open_for_you"] == 1
+  assert store.proposal("i0").annotator == "ai:small"
+  _fix(store, "bob", "i0", text="A red truck number 0.")
+  assert _labeled(store, "ai:large", clock) == ["i0"]
+  assert [store.proposal(i).annotator for i in ("i0", "i1", "i2")] == ["ai:large"] * 3
+  clock.now += 1
+  _fix(store, "ai:small", "i0", sid="again", text="A car number 0!")  # a revision: newest
+  assert store.proposal("i0").corrected == "A car number 0!"
+  assert store.annotation("i0", "ai:small").corrected == "A car number 0!"
+  assert store.annotation("i0", "bob").corrected == "A red truck number 0."
+  assert store.progress("bob")["done"] == 2
+  assert store.proposal("nope") is None
+  unclear_only = _store(tmp_path / "u", n=1)
+  unclear_only.submit("ai:x", "i0", "unclear", None, lease_token="", submission_id="u")
+  assert unclear_only.proposal("i0") is None  # not a proposal
+
+
+def test_an_ai_labeler_proposes_without_a_lease_and_a_rerun_is_a_duplicate(tmp_path):
+  store = AnnotationStore(tmp_path / "s.sqlite")
+  store.add_items([Item("i1", "a.png", "Describe.", "A dog and a cat.")])
+  human = store.next_item("alice")  # a person holds the item: the labeler is not blocked
+  first = store.propose("ai:labeler", "i1", "corrected", "A dog.")
+  assert not first.duplicate and not first.lease_lost
+  assert first.annotation.rejected_spans == ((6, 15),)  # "and a cat"
+  again = store.propose("ai:labeler", "i1", "corrected", "A dog.")
+  assert again.duplicate and again.annotation.revision == 1
+  revised = store.propose("ai:labeler", "i1", "no_hallucination", None)
+  assert not revised.duplicate and revised.annotation.revision == 2
+  assert store.next_item("alice").item.id == human.item.id  # the person's lease stands
+  with pytest.raises(StoreError, match="not an AI labeler"):
+    store.propose("alice", "i1", "no_hallucination", None)

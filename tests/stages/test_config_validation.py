@@ -17,6 +17,7 @@ def valid_config(stage: str = "ddpo"):
   config.hallucination.update(pope_dir="/pope", coco_images="/coco/val2014",
                               coco_annotations="/coco/annotations", amber_dir="/amber")
   config.sample.images = "/images"
+  config.label.store = "/runs/feedback/annotations.sqlite"
   return config
 
 
