@@ -13,14 +13,16 @@ e.g. XLA_FLAGS=--xla_force_host_platform_device_count=4), `sft` (on `jsonl_sft` 
 `precompute_ref` (reference cache; then `--config.data.use_ref_cache=True` in `ddpo`),
 `eval` (`--config.init.checkpoint_dir=<a ddpo workdir>`), `sample` (answers into an
 annotation store; `--config.sample.images=<a folder of images>`), `label` (an AI labeler
-over a store's answers; `--config.label.store=<annotations.sqlite>`), `export_hf` (a run's
+over a store's answers; `--config.label.store=<annotations.sqlite>`), `iterate` (2 rounds of
+sample -> label -> export -> DDPO; `--config.sample.images=<a folder of images>`),
+`export_hf` (a run's
 checkpoint as a llava-hf directory; `--config.init.checkpoint_dir=<a ddpo workdir>`).
 """
 
 from rlhfv_jax.stages import defaults
 
 VARIANTS = ("ddpo", "fsdp", "sft", "precompute_ref", "eval", "sample", "label",
-            "export_hf")
+            "iterate", "export_hf")
 
 
 def get_config(arg: str = ""):
@@ -56,6 +58,12 @@ def get_config(arg: str = ""):
   elif variant == "label":
     config.stage = "label"
     config.label.update(batch_size=4, prompt_multiple=8)
+  elif variant == "iterate":
+    config.stage = "iterate"
+    config.iterate.rounds = 2
+    config.sample.update(num_samples=2, max_new_tokens=8, batch_size=4, prompt_multiple=8)
+    config.label.update(batch_size=4, prompt_multiple=8)
+    config.train.update(global_batch_size=4, num_steps=2)
   elif variant == "export_hf":
     config.stage = "export_hf"
     config.init.params = "checkpoint"

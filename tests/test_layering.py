@@ -57,6 +57,7 @@ LAYERS = {
     "rlhfv_jax.stages.hallucination_eval": 6,
     "rlhfv_jax.stages.sample": 6,
     "rlhfv_jax.stages.label": 6,
+    "rlhfv_jax.stages.iterate": 6,
     "rlhfv_jax.stages.export_hf": 6,
     "rlhfv_jax.demo": 7,
     # main

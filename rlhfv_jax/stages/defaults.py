@@ -23,6 +23,8 @@ Sections (see `rlhfv_jax.stages.config_validation` for what is checked):
   sample       the sample stage: answers to correct (`rlhfv_jax/stages/sample.py`)
   label        the label stage: an AI labeler's verdicts, corrections and ranking pairs
                (`rlhfv_jax/stages/label.py`)
+  iterate      the iterate stage: rounds of sample -> label -> export -> DDPO
+               (`rlhfv_jax/stages/iterate.py`)
   export_hf    the export_hf stage: out_dir of the llava-hf directory
 
 Defaults are the paper's DDPO settings (Yu et al. 2024, Sec. 4.1 / App.): beta 0.5,
@@ -86,6 +88,11 @@ def base_config(stage: str = "ddpo", model_size: str = "7b") -> ml_collections.C
       no_words=("no", "No"), batch_size=8, prompt_multiple=32, error_policy="raise",
       # RLAIF-V's pairs: scores differing by >= 1, at most 2 per prompt, length balanced.
       min_gap=1.0, max_pairs=2, max_length_ratio=2.0))
+  config.iterate = ml_collections.ConfigDict(dict(
+      rounds=4,  # RLAIF-V's 4 on-policy rounds
+      stop_after_label=False, ranking_pairs=False, evaluate=False,
+      # Another labeler than the policy itself: "hf" / "checkpoint" and its location.
+      labeler_params="", labeler_hf_checkpoint="", labeler_checkpoint_dir=""))
   config.export_hf = ml_collections.ConfigDict(dict(out_dir=""))
   return config
 

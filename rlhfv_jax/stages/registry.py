@@ -73,6 +73,12 @@ STAGES: dict[str, Stage] = {
         "the model, fine-grained corrections (annotator ai:<labeler>) and ranking pairs. "
         "Needs: init (the labeler), data.tokenizer, label.store.",
         run="rlhfv_jax.stages.label:run", reads_dataset=False),
+    "iterate": Stage(
+        "on-policy rounds of AI feedback: sample -> label -> export -> precompute_ref -> "
+        "ddpo (-> hallucination_eval), each round from the last one's policy. Needs: init "
+        "(the first policy), data.tokenizer, sample, label, ddpo, train, optim, iterate.",
+        run="rlhfv_jax.stages.iterate:run", validate="rlhfv_jax.stages.iterate:validate",
+        trains=True, reads_dataset=False),
     "export_hf": Stage(
         "a run's params -> a llava-hf directory (config, safetensors, tokenizer, image "
         "processor, chat template) that transformers loads. Needs: init (checkpoint), "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import config_files
-from rlhfv_jax.stages import config_validation
+from rlhfv_jax.stages import config_validation, iterate
 from rlhfv_jax.stages import defaults
 from rlhfv_jax.stages import registry
 
@@ -138,13 +138,20 @@ def test_real_configs_validate_once_their_paths_are_given():
     sft.init.hf_checkpoint = "/models/llava"
     sft.data.update(data_dir="/d", tokenizer="/t")
     config_validation.validate_config(sft, num_devices=8, num_processes=1)
-    for variant in ("sample", "export_hf"):
+    for variant in ("sample", "label", "export_hf"):
       feedback = config_files.load("llava15_feedback.py", f"{variant},{size}")
       assert feedback.stage == variant
       feedback.init.update(hf_checkpoint="/models/llava", checkpoint_dir="/runs/ddpo")
       feedback.data.tokenizer = "/t"
       feedback.sample.images = "/images"
+      feedback.label.store = "/runs/feedback/annotations.sqlite"
       config_validation.validate_config(feedback, num_devices=8, num_processes=1)
+    rounds = config_files.load("llava15_iterate.py", size)
+    assert (rounds.stage, rounds.iterate.rounds, rounds.sample.num_samples) == ("iterate", 4, 10)
+    rounds.init.hf_checkpoint = "/models/llava"
+    rounds.data.tokenizer = "/t"
+    rounds.sample.images = "/images"
+    iterate.validate(rounds)
   # Without the paths the messages say what to set.
   message = problems_of(config_files.load("llava15_ddpo.py", "7b"), num_devices=8)
   for field in ("init.hf_checkpoint", "data.data_dir", "data.tokenizer"):

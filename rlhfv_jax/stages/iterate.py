@@ -1,0 +1,220 @@
+"""The `iterate` stage: on-policy rounds of AI feedback and DDPO (RLAIF-V's loop, with
+RLHF-V's fine-grained corrections), unattended, in one workdir.
+
+  python -m rlhfv_jax.main --config configs/llava15_iterate.py --workdir /runs/iterate \\
+      --config.init.params=checkpoint --config.init.checkpoint_dir=/runs/llava15_7b_sft \\
+      --config.data.tokenizer=/models/llava-1.5-7b-hf/tokenizer.model \\
+      --config.sample.images=/data/feedback_images
+
+Round k (``round_<k>/``, k = 1 .. ``iterate.rounds``) starts from the current policy
+(round 1: ``init``; then the previous round's ``ddpo``) and runs, each step a stage of
+its own through `runner` (so each writes its ``config.json`` and resumes on its own):
+
+  sample     K answers per prompt from the policy into ``round_<k>/annotations.sqlite``
+             (``sample`` section; its seed + k, so every round draws new answers)
+  label      the labeler (the policy itself, or ``iterate.labeler_*``) proposes
+             corrections and ranking pairs (``label`` section)
+  (review)   with ``iterate.stop_after_label``: the run stops here, once per round, for
+             people to review the proposals in the annotation app; the next run continues
+  export     the store's export (``round_<k>/export``): the fine-grained corrections,
+             and with ``iterate.ranking_pairs`` the ranking pairs; a round whose export
+             holds no preference pair is refused
+  reference  the policy's log-probs of the round's pairs (``precompute_ref``: the current
+             policy is the reference, as RLAIF-V's rounds do)
+  ddpo       DDPO from the policy on the round's pairs only
+  eval       ``hallucination_eval`` of the new policy, when ``iterate.evaluate``
+
+``iterate_report.md`` / ``.json`` / ``.png`` gather per round the labeler's statistics
+(the share of claims it rejects: the policy's hallucination by its judgement), the pair
+counts and the benchmark numbers. Killing the run anywhere and re-running continues at
+the same step with the same answers (every step is resumable, and a finished step is
+found finished). A round only ever trains on its own store's pairs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+import shutil
+from typing import Any
+
+from absl import logging
+
+from rlhfv_jax.annotate import export as annotate_export
+from rlhfv_jax.annotate import store as store_lib
+from rlhfv_jax.stages import config_validation, runner
+
+REPORT = "iterate_report"
+REVIEW_MARK = "REVIEW_STOP"  # written when a run stops for review; the next one goes on
+
+
+def round_dir(root: pathlib.Path, k: int) -> pathlib.Path:
+  return root / f"round_{k}"
+
+
+def policy_init(config: Any, root: pathlib.Path, k: int) -> dict[str, Any]:
+  """The ``init`` of round k's policy: the run's init for round 1, else round k-1's ddpo."""
+  if k == 1:
+    return dict(config.init)
+  return dict(config.init, params="checkpoint",
+              checkpoint_dir=str(round_dir(root, k - 1) / "ddpo"), checkpoint_step=-1)
+
+
+def step_config(config: Any, stage: str, init: dict[str, Any]) -> Any:
+  """The config of one step: the iterate config with `stage` and `init` (the model's
+  architecture follows the checkpoint as in every stage)."""
+  out = copy.deepcopy(config)
+  out.stage = stage
+  out.init.update(init)
+  return out
+
+
+def _preference_data(cfg: Any, directory: pathlib.Path) -> None:
+  cfg.data.update(dataset="jsonl_preference", source_dir=str(directory / "export" / "preference"),
+                  data_dir=str(directory / "tfds"))
+
+
+def validate(config: Any) -> None:
+  """Checks the ``iterate`` section and, through the stages' own validation, every step
+  of a round (as round 1 runs them)."""
+  it, problems = config.iterate, []
+  if it.rounds < 1:
+    problems.append(f"iterate.rounds={it.rounds} must be >= 1")
+  if it.labeler_params not in ("", "hf", "checkpoint"):
+    problems.append(f"iterate.labeler_params={it.labeler_params!r}; expected '' (the policy "
+                    "labels itself), 'hf' or 'checkpoint'")
+  if problems:
+    raise ValueError("invalid iterate config:\n  - " + "\n  - ".join(problems))
+  policy = dict(config.init)
+  for stage in ("sample", "label", "precompute_ref", "ddpo"):
+    cfg = step_config(config, stage, policy)
+    cfg.sample.store = cfg.label.store = "<round>/annotations.sqlite"
+    if stage in ("precompute_ref", "ddpo"):
+      _preference_data(cfg, pathlib.Path("<round>"))
+    try:
+      config_validation.validate_config(cfg)
+    except ValueError as e:
+      raise ValueError(f"iterate step {stage!r}: {e}") from e
+
+
+def export_once(directory: pathlib.Path, store_path: pathlib.Path, ranking_pairs: bool
+                ) -> dict[str, Any]:
+  """The round's export, written once: a resumed round keeps it (its dataset was built
+  from these files; rewriting them would make it stale). Written to a scratch folder
+  and renamed, so a kill mid-export leaves no half export behind. Returns its report."""
+  out = directory / "export"
+  report = out / annotate_export.REPORT
+  if report.is_file():
+    return json.loads(report.read_text())
+  scratch = directory / "export.partial"
+  shutil.rmtree(scratch, ignore_errors=True)
+  store = store_lib.AnnotationStore(store_path)
+  try:
+    pairs = directory / "label" / "ranking_pairs.jsonl"
+    result = annotate_export.export(
+        store, store.image_root, scratch,
+        ranking_pairs=pairs if ranking_pairs and pairs.is_file() else None)
+  finally:
+    store.close()
+  scratch.rename(out)
+  return result
+
+
+def run_round(config: Any, root: pathlib.Path, k: int) -> dict[str, Any] | None:
+  """Runs round k (module docstring); returns its report row, or None when the run
+  stops for review."""
+  it, directory = config.iterate, round_dir(root, k)
+  directory.mkdir(parents=True, exist_ok=True)
+  policy = policy_init(config, root, k)
+  store_path = directory / "annotations.sqlite"
+  row: dict[str, Any] = {"round": k, "policy": policy.get("checkpoint_dir")
+                         or policy.get("hf_checkpoint") or policy["params"]}
+
+  sample = step_config(config, "sample", policy)
+  sample.sample.update(store=str(store_path), seed=int(config.sample.seed) + k)
+  row["sample"] = runner.run(sample, str(directory / "sample"))
+
+  labeler = dict(policy)
+  if it.labeler_params:
+    labeler.update(params=it.labeler_params, hf_checkpoint=it.labeler_hf_checkpoint,
+                   checkpoint_dir=it.labeler_checkpoint_dir, checkpoint_step=-1)
+  label = step_config(config, "label", labeler)
+  label.label.store = str(store_path)
+  row["label"] = runner.run(label, str(directory / "label"))
+
+  mark = directory / REVIEW_MARK
+  if it.stop_after_label and not mark.exists():
+    mark.write_text("stopped after label for review; re-run to continue\n")
+    logging.info("iterate: round %d stopped for review of %s (python -m rlhfv_jax.annotate "
+                 "--store %s); re-run to continue", k, store_path, store_path)
+    return None
+
+  row["export"] = export_once(directory, store_path, it.ranking_pairs)
+  if not row["export"]["pairs"]:
+    raise ValueError(f"round {k}: the export of {store_path} holds no preference pair (no "
+                     "answer was corrected and no ranking pair formed: "
+                     f"{json.dumps(row['label'], sort_keys=True)}); nothing to train on")
+
+  reference = step_config(config, "precompute_ref", policy)
+  _preference_data(reference, directory)
+  runner.run(reference, str(directory / "reference"))
+  ddpo = step_config(config, "ddpo", policy)
+  _preference_data(ddpo, directory)
+  ddpo.data.use_ref_cache = True
+  runner.run(ddpo, str(directory / "ddpo"))
+  if it.evaluate:
+    evaluate = step_config(config, "hallucination_eval", policy_init(config, root, k + 1))
+    row["eval"] = runner.run(evaluate, str(directory / "eval"))
+  return row
+
+
+def run(config: Any, workdir: str) -> dict[str, Any]:
+  """The stage (module docstring). Returns the report."""
+  root = pathlib.Path(workdir)
+  rows = []
+  for k in range(1, config.iterate.rounds + 1):
+    row = run_round(config, root, k)
+    if row is None:
+      break
+    rows.append(row)
+    write_report(root, rows)
+  return {"rounds": rows}
+
+
+def write_report(root: pathlib.Path, rows: list[dict[str, Any]]) -> None:
+  """iterate_report.json (every round's numbers) and iterate_report.md (a table)."""
+  (root / f"{REPORT}.json").write_text(json.dumps(rows, indent=2, sort_keys=True, default=str))
+  lines = ["| round | answers | claims | failed | corrected | no hallucination | "
+           "ranking pairs | preference records | benchmarks |", "|" + "---|" * 9]
+  for row in rows:
+    label, export = row["label"], row["export"]
+    lines.append(
+        f"| {row['round']} | {row['sample'].get('answered', 0)} | {label.get('claims', 0)} | "
+        f"{label.get('failed_claims', 0)} | {label.get('corrected', 0)} | "
+        f"{label.get('no_hallucination', 0)} | {label.get('ranking_pairs', 0)} | "
+        f"{export['pairs']} | {json.dumps(row.get('eval', {}), default=str)[:200]} |")
+  (root / f"{REPORT}.md").write_text("# Iterated AI-feedback DDPO\n\n" + "\n".join(lines) + "\n")
+  plot(root / f"{REPORT}.png", rows)
+
+
+def plot(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
+  """Per round: the share of the policy's claims the labeler rejects (how much it still
+  hallucinates, by the labeler's judgement) and the preference records trained on."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # after choosing the headless backend
+
+  rounds = [row["round"] for row in rows]
+  failed = [row["label"].get("failed_claims", 0) / max(row["label"].get("claims", 0), 1)
+            for row in rows]
+  fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+  left.plot(rounds, failed, marker="o")
+  left.set(xlabel="round", ylabel="share", title="claims the labeler rejects")
+  right.bar(rounds, [row["export"]["pairs"] for row in rows])
+  right.set(xlabel="round", title="preference records")
+  for ax in (left, right):
+    ax.set_xticks(rounds)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
