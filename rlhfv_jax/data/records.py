@@ -317,6 +317,11 @@ class ErrorLog:
   def skipped_ids(self) -> list[Optional[str]]:
     return [e.record_id for e in self._skipped]
 
+  def handle_input_error(self, error: ValueError) -> None:
+    """A bad line or entry of an input file (its message names the file and line):
+    `handle` as a record without an id. Pass it as a reader's error callback."""
+    self.handle(RecordError(None, str(error)))
+
   def handle(self, error: RecordError) -> None:
     """Raises `error` (policy "raise") or records it as skipped (policy "skip")."""
     if self.policy == "raise":

@@ -258,8 +258,10 @@ def write_sweep_report(config: Any, root: pathlib.Path, summary: dict) -> None:
   plot_budgets(root / "sweep.png", sweep, tables, seeds)
 
 
-def _wins(choice: dict[str, Any], k: int, total: int) -> str:
-  return f"wins {choice['wins'][str(k)]}/{total}"
+def _choice_note(choice: dict[str, Any], k: int) -> str:
+  """How candidate k fared: "chosen, wins 2/3" or "wins 1/3" (a `Choice.to_json`)."""
+  note = f"wins {choice['wins'][str(k)]}/{len(choice['picks'])}"
+  return "chosen, " + note if k == choice["chosen"] else note
 
 
 def _vqa_rows(config: Any, labels: dict[str, str], vqa: dict[str, Any]
@@ -270,9 +272,7 @@ def _vqa_rows(config: Any, labels: dict[str, str], vqa: dict[str, Any]
   row_labels = {web.validation_name: labels[web.name]}
   for run in candidates:
     diagnostic = dict(config.demo.sweep.vqa_candidates[run.candidate]).get("diagnostic")
-    note = "diagnostic" if diagnostic else _wins(vqa, run.candidate, len(vqa["picks"]))
-    if run.candidate == vqa["chosen"]:
-      note = "chosen, " + note
+    note = "diagnostic" if diagnostic else _choice_note(vqa, run.candidate)
     row_labels[run.validation_name] = f"{labels[run.name]} ({note})"
   return names, row_labels
 
@@ -283,12 +283,9 @@ def _schedule_rows(config: Any, labels: dict[str, str], vqa: dict[str, Any],
   start = Run(SFT_VQA, candidate=vqa["chosen"])
   names = [start.validation_name]
   row_labels = {start.validation_name: labels[start.name] + " (the start)"}
-  total = len(schedule["picks"])
   for run in runs.schedule_runs(config):
     names.append(run.validation_name)
-    note = _wins(schedule, run.candidate, total)
-    if run.candidate == schedule["chosen"]:
-      note = "chosen, " + note
+    note = _choice_note(schedule, run.candidate)
     row_labels[run.validation_name] = f"{labels[run.name]} ({note})"
   return names, row_labels
 

@@ -98,17 +98,12 @@ class Item:
 
 # ------------------------------------------------------------------------------- items
 
-def _through(errors: ErrorLog) -> Callable[[ValueError], None]:
-  """A bad input line/entry: raised, or skipped and listed, per the error policy."""
-  return lambda e: errors.handle(RecordError(None, str(e)))
-
-
 def _pope_format_items(h: Any, directory: str, name: str, errors: ErrorLog) -> list[Item]:
   """The questions of `coco_<name>_<split>.json` (POPE's format) for POPE's splits."""
   root, images = pathlib.Path(directory), pathlib.Path(h.coco_images)
   items = []
   for split in h.pope_splits:
-    for q in pope.read_questions(root / f"coco_{name}_{split}.json", _through(errors)):
+    for q in pope.read_questions(root / f"coco_{name}_{split}.json", errors.handle_input_error):
       items.append(Item(f"{split}/{q['question_id']}", images / q["image"],
                         q["text"] + h.short_answer_suffix, q["label"],
                         {"split": split, "image_file": q["image"]}))
@@ -189,11 +184,11 @@ def objhal_items(h: Any, errors: ErrorLog) -> list[Item]:
   images = pathlib.Path(h.coco_images)
   if h.objhal_questions:
     path, items = pathlib.Path(h.objhal_questions), []
-    for number, q in jsonl.read_objects(path, _through(errors)):
+    for number, q in jsonl.read_objects(path, errors.handle_input_error):
       try:
         items.append(_objhal_question(q, jsonl.location(path, number), images))
       except ValueError as e:
-        _through(errors)(e)
+        errors.handle_input_error(e)
     return items
   # The reproducible default: `objhal_num_images` COCO images drawn with `seed`.
   files = sorted(p.name for p in images.glob("COCO_val2014_*.jpg"))
@@ -213,7 +208,7 @@ def amber_items(h: Any, errors: ErrorLog) -> list[Item]:
   root = pathlib.Path(h.amber_dir)
   images = pathlib.Path(h.amber_images) if h.amber_images else root / "image"
   entries = amber.read_discriminative(root / "data" / "query" / "query_discriminative.json",
-                                      root / "data" / "annotations.json", _through(errors))
+                                      root / "data" / "annotations.json", errors.handle_input_error)
   return [Item(str(e["id"]), images / e["image"], e["query"] + h.short_answer_suffix,
                e["truth"], {"type": e["type"], "dimension": e["dimension"]})
           for e in entries]

@@ -95,7 +95,7 @@ def item_claims(lab: Any, items: Sequence[store_lib.Item], errors: ErrorLog
   claim is an error or, per the policy, a counted skip."""
   texts = {item.id: item.answer for item in items}
   if lab.claims_file:
-    found = claims_lib.read_claims_file(lab.claims_file, texts, on_error=_through(errors))
+    found = claims_lib.read_claims_file(lab.claims_file, texts, on_error=errors.handle_input_error)
   else:
     extractor = claims_lib.RuleClaimExtractor()
     found = {item.id: extractor.extract(item.answer) for item in items}
@@ -109,12 +109,6 @@ def item_claims(lab: Any, items: Sequence[store_lib.Item], errors: ErrorLog
                                 if not lab.claims_file else
                                 f"{lab.claims_file} lists no claim for it"))
   return out
-
-
-def _through(errors: ErrorLog):
-  def handle(e: ValueError) -> None:
-    errors.handle(RecordError("claims_file", str(e)))
-  return handle
 
 
 def failed(claim: claims_lib.Claim, p_yes: float, p_no: float) -> bool:
@@ -131,15 +125,17 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
                      "`sample` stage writes <workdir>/annotations.sqlite)")
   pid, count = jax.process_index(), jax.process_count()
   store = store_lib.AnnotationStore(lab.store)
-  if not store.image_root:
+  try:  # read once; the store is written again only by process 0, at the end
+    items, image_root = store.items(), store.image_root
+  finally:
+    store.close()
+  if not image_root:
     raise ValueError(f"{lab.store} has no image root: set it with "
                      "`python -m rlhfv_jax.annotate --store ... --image_root DIR`")
-  items = store.items()
   errors = ErrorLog(lab.error_policy, root, name="label")
   claims = item_claims(lab, items, errors)
-  image_root = pathlib.Path(store.image_root)
   questions = [Question(f"{item.id}|{k}", item.id, k, claim.question + lab.question_suffix,
-                        item.image, image_root)
+                        item.image, pathlib.Path(image_root))
                for item in items if item.id in claims
                for k, claim in enumerate(claims[item.id])]
   # The labeler must answer yes/no in one token: checked before its weights are read.
@@ -165,11 +161,14 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   summary: dict[str, Any] = {}
   if pid == 0:
     verdicts = answering.read_all_answers(root, ANSWERS, count)
-    summary = write_products(config, root, store, items, claims, verdicts)
+    store = store_lib.AnnotationStore(lab.store)
+    try:
+      summary = write_products(config, root, store, items, claims, verdicts)
+    finally:
+      store.close()
     summary["skipped"] = errors.num_skipped
     (root / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True))
     logging.info("label: %s", json.dumps(summary, sort_keys=True))
-  store.close()
   return summary
 
 
