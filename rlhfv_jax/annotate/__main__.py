@@ -5,6 +5,7 @@
       [--annotations_per_item 1]
   python -m rlhfv_jax.annotate export --store annotations.sqlite --out DIR [--images DIR]
       [--no_spans] [--error_policy skip] [--ranking_pairs pairs.jsonl]
+      [--sources human ai ai_ranking]
   python -m rlhfv_jax.annotate add --store annotations.sqlite --images DIR --items answers.jsonl
 
 The first serves the web app and prints its URL (with its token when it has one: always
@@ -61,6 +62,9 @@ def _parser(command: str) -> argparse.ArgumentParser:
     parser.add_argument("--ranking_pairs", help="JSON lines of ranking pairs among the "
                         "store's items ({chosen_item_id, rejected_item_id, chosen_score, "
                         "rejected_score, labeler}), exported as preference records too")
+    parser.add_argument("--sources", nargs="+", choices=export_lib.SOURCES,
+                        default=list(export_lib.SOURCES), help="write only these sources' "
+                        "preference pairs (e.g. ai_ranking); the report counts the others")
   else:
     parser.add_argument("--items", required=True, help="JSON lines of answers to add")
   return parser
@@ -105,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   elif command == "export":
     report = export_lib.export(store, image_root, args.out, with_spans=not args.no_spans,
                                error_policy=args.error_policy,
-                               ranking_pairs=args.ranking_pairs)
+                               ranking_pairs=args.ranking_pairs, sources=args.sources)
     print(json.dumps(report, indent=2, sort_keys=True))
     for skipped in report["skipped"]:
       print(f"left out: item {skipped['item_id']!r} by {skipped['annotator']!r}: "

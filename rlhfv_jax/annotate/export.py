@@ -17,7 +17,8 @@
   They make no pair; they are SFT records (``data.dataset=jsonl_sft``).
 * ``unclear.jsonl``: the items an annotator skipped as unclear (item id, annotator, when).
 * ``export_report.json``: counts (``pairs`` counts every preference record written,
-  ``pairs_by_source`` splits them), items not annotated yet, the annotations left out
+  ``pairs_by_source`` splits them; with ``sources`` only those sources' pairs are
+  written, the others counted in ``pairs_left_out_by_source``), items not annotated yet, the annotations left out
   (``skipped``: item, annotator, image, problem), and annotator agreement where
   an item has two or more annotations by people (other than "unclear"): the share of
   annotator pairs whose corrected spans in the answer are identical ("no hallucination" =
@@ -53,7 +54,7 @@ import itertools
 import json
 import math
 import pathlib
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from rlhfv_jax import jsonl
 from rlhfv_jax.annotate import store as store_lib
@@ -225,7 +226,8 @@ def agreement(annotations: list[store_lib.Annotation]) -> dict[str, Any]:
 def export(store: store_lib.AnnotationStore, image_root: str | pathlib.Path,
            out: str | pathlib.Path, *, with_spans: bool = True,
            error_policy: str = "skip",
-           ranking_pairs: Optional[str | pathlib.Path] = None) -> dict[str, Any]:
+           ranking_pairs: Optional[str | pathlib.Path] = None,
+           sources: Sequence[str] = SOURCES) -> dict[str, Any]:
   """Writes the files of the module docstring; returns the report.
 
   Args:
@@ -239,12 +241,18 @@ def export(store: store_lib.AnnotationStore, image_root: str | pathlib.Path,
       e.g. its image is missing; module docstring) or "raise".
     ranking_pairs: a JSON lines file of ranking pairs among the store's items (module
       docstring), each exported as one more preference record; None for none.
+    sources: the sources (`SOURCES`) whose preference pairs are written, e.g.
+      ("ai_ranking",) to train on an AI labeler's ranking pairs alone; the report's
+      ``pairs_left_out_by_source`` counts the others (no pair is dropped unsaid).
 
   Raises:
     records.RecordError: with "raise", the first such annotation or ranking pair.
     jsonl.JsonlError: a bad line of `ranking_pairs` (`read_ranking_pairs`), before
       anything is written.
   """
+  unknown = sorted(set(sources) - set(SOURCES))
+  if unknown or not sources:
+    raise ValueError(f"export sources {tuple(sources)}: expected some of {SOURCES}")
   out, image_root = pathlib.Path(out), pathlib.Path(image_root)
   items = {item.id: item for item in store.items()}
   ranked = [] if ranking_pairs is None else read_ranking_pairs(ranking_pairs, items)
@@ -299,6 +307,9 @@ def export(store: store_lib.AnnotationStore, image_root: str | pathlib.Path,
              {"id": pair.record_id, "image": image, "question": pair.chosen.prompt,
               "chosen": pair.chosen.answer, "rejected": pair.rejected.answer,
               "origin": origin}, location), pairs)
+  left_out = {s: sum(p.origin["source"] == s for p in pairs) for s in SOURCES
+              if s not in sources}
+  pairs = [p for p in pairs if p.origin["source"] in sources]
   writers.write_jsonl(out / "preference", pairs)
   writers.write_rlhfv_parquet(out / "rlhfv_parquet", pairs)
   writers.write_jsonl(out / "no_hallucination", clean)
@@ -308,6 +319,7 @@ def export(store: store_lib.AnnotationStore, image_root: str | pathlib.Path,
   report = {"items": len(items), "annotations": len(annotations), "pairs": len(pairs),
             "pairs_by_source": {s: sum(p.origin["source"] == s for p in pairs)
                                 for s in SOURCES},
+            "pairs_left_out_by_source": left_out,
             "no_hallucination": len(clean), "unclear": len(unclear),
             "items_not_annotated": len(set(items) - annotated),
             "annotators": sorted({a.annotator for a in annotations}), "skipped": skipped,

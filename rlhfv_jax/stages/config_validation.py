@@ -10,6 +10,7 @@ what to do instead, e.g.::
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any, Optional
 
 import jax
@@ -200,6 +201,12 @@ def _problems_label(lab: Any, local_devices: int) -> list[str]:
   if not lab.yes_words or not lab.no_words:
     out.append("label.yes_words and label.no_words name the answers' tokens, e.g. "
                "('yes', 'Yes') and ('no', 'No')")
+  if lab.vocabulary and lab.claims_file:
+    out.append(f"label.vocabulary={lab.vocabulary!r} is the rule extractor's and "
+               f"label.claims_file={lab.claims_file!r} replaces it: set one of them")
+  elif lab.vocabulary and not pathlib.Path(lab.vocabulary).is_file():
+    out.append(f"label.vocabulary={lab.vocabulary!r} is not a file (one object class a "
+               "line: 'name, synonym, ...'; '' for Object HalBench's COCO classes)")
   out += _problems_answering("label", lab, local_devices)
   if lab.min_gap <= 0:
     out.append(f"label.min_gap={lab.min_gap} must be > 0 (a pair's scores must differ)")

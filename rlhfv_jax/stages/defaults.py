@@ -83,6 +83,9 @@ def base_config(stage: str = "ddpo", model_size: str = "7b") -> ml_collections.C
       error_policy="raise"))
   config.label = ml_collections.ConfigDict(dict(
       store="", claims_file="", labeler="",
+      # The rule extractor's object vocabulary: "" = Object HalBench's COCO list, or a
+      # synonyms file of your own (one class a line: "name, synonym, ...").
+      vocabulary="",
       # RLAIF-V asks each claim's question with this instruction and reads one token.
       question_suffix=" Please answer yes or no.", yes_words=("yes", "Yes"),
       no_words=("no", "No"), batch_size=8, prompt_multiple=32, error_policy="raise",

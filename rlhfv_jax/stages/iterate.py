@@ -37,7 +37,8 @@ import copy
 import json
 import pathlib
 import shutil
-from typing import Any
+import time
+from typing import Any, Callable, Optional
 
 from absl import logging
 
@@ -70,7 +71,8 @@ def step_config(config: Any, stage: str, init: dict[str, Any]) -> Any:
   return out
 
 
-def _preference_data(cfg: Any, directory: pathlib.Path) -> None:
+def preference_data(cfg: Any, directory: pathlib.Path) -> None:
+  """Points `cfg`'s data at the preference pairs of the round in `directory`."""
   cfg.data.update(dataset="jsonl_preference", source_dir=str(directory / "export" / "preference"),
                   data_dir=str(directory / "tfds"))
 
@@ -91,7 +93,7 @@ def validate(config: Any) -> None:
     cfg = step_config(config, stage, policy)
     cfg.sample.store = cfg.label.store = "<round>/annotations.sqlite"
     if stage in ("precompute_ref", "ddpo"):
-      _preference_data(cfg, pathlib.Path("<round>"))
+      preference_data(cfg, pathlib.Path("<round>"))
     try:
       config_validation.validate_config(cfg)
     except ValueError as e:
@@ -121,9 +123,23 @@ def export_once(directory: pathlib.Path, store_path: pathlib.Path, ranking_pairs
   return result
 
 
-def run_round(config: Any, root: pathlib.Path, k: int) -> dict[str, Any] | None:
+def run_round(config: Any, root: pathlib.Path, k: int,
+              evaluate: Optional[Callable[[int, Any, Any], dict[str, Any]]] = None
+              ) -> dict[str, Any] | None:
   """Runs round k (module docstring); returns its report row, or None when the run
-  stops for review."""
+  stops for review.
+
+  Args:
+    config: the iterate config.
+    root: the iteration's workdir.
+    k: the round, from 1.
+    evaluate: called as ``evaluate(k, params, ddpo_config)`` with the round's new
+      policy instead of ``hallucination_eval`` (the miniature scores its CHAIR this
+      way); its metrics go to the row's "eval". None: ``iterate.evaluate`` decides.
+
+  The row's "seconds" holds each step's wall time in this run (a resumed step counts
+  only what it did now).
+  """
   it, directory = config.iterate, round_dir(root, k)
   directory.mkdir(parents=True, exist_ok=True)
   policy = policy_init(config, root, k)
@@ -131,9 +147,17 @@ def run_round(config: Any, root: pathlib.Path, k: int) -> dict[str, Any] | None:
   row: dict[str, Any] = {"round": k, "policy": policy.get("checkpoint_dir")
                          or policy.get("hf_checkpoint") or policy["params"]}
 
+  seconds = row["seconds"] = {}
+
+  def timed(step: str, fn: Callable[[], Any]) -> Any:
+    start = time.monotonic()
+    result = fn()
+    seconds[step] = round(time.monotonic() - start, 2)
+    return result
+
   sample = step_config(config, "sample", policy)
   sample.sample.update(store=str(store_path), seed=int(config.sample.seed) + k)
-  row["sample"] = runner.run(sample, str(directory / "sample"))
+  row["sample"] = timed("sample", lambda: runner.run(sample, str(directory / "sample")))
 
   labeler = dict(policy)
   if it.labeler_params:
@@ -141,7 +165,7 @@ def run_round(config: Any, root: pathlib.Path, k: int) -> dict[str, Any] | None:
                    checkpoint_dir=it.labeler_checkpoint_dir, checkpoint_step=-1)
   label = step_config(config, "label", labeler)
   label.label.store = str(store_path)
-  row["label"] = runner.run(label, str(directory / "label"))
+  row["label"] = timed("label", lambda: runner.run(label, str(directory / "label")))
 
   mark = directory / REVIEW_MARK
   if it.stop_after_label and not mark.exists():
@@ -150,22 +174,25 @@ def run_round(config: Any, root: pathlib.Path, k: int) -> dict[str, Any] | None:
                  "--store %s); re-run to continue", k, store_path, store_path)
     return None
 
-  row["export"] = export_once(directory, store_path, it.ranking_pairs)
+  row["export"] = timed("export", lambda: export_once(directory, store_path,
+                                                      it.ranking_pairs))
   if not row["export"]["pairs"]:
     raise ValueError(f"round {k}: the export of {store_path} holds no preference pair (no "
                      "answer was corrected and no ranking pair formed: "
                      f"{json.dumps(row['label'], sort_keys=True)}); nothing to train on")
 
   reference = step_config(config, "precompute_ref", policy)
-  _preference_data(reference, directory)
-  runner.run(reference, str(directory / "reference"))
+  preference_data(reference, directory)
+  timed("reference", lambda: runner.run(reference, str(directory / "reference")))
   ddpo = step_config(config, "ddpo", policy)
-  _preference_data(ddpo, directory)
+  preference_data(ddpo, directory)
   ddpo.data.use_ref_cache = True
-  runner.run(ddpo, str(directory / "ddpo"))
-  if it.evaluate:
-    evaluate = step_config(config, "hallucination_eval", policy_init(config, root, k + 1))
-    row["eval"] = runner.run(evaluate, str(directory / "eval"))
+  params = timed("ddpo", lambda: runner.run(ddpo, str(directory / "ddpo")))
+  if evaluate is not None:
+    row["eval"] = timed("eval", lambda: evaluate(k, params, ddpo))
+  elif it.evaluate:
+    benchmarks = step_config(config, "hallucination_eval", policy_init(config, root, k + 1))
+    row["eval"] = timed("eval", lambda: runner.run(benchmarks, str(directory / "eval")))
   return row
 
 
@@ -193,9 +220,41 @@ def write_report(root: pathlib.Path, rows: list[dict[str, Any]]) -> None:
         f"| {row['round']} | {row['sample'].get('answered', 0)} | {label.get('claims', 0)} | "
         f"{label.get('failed_claims', 0)} | {label.get('corrected', 0)} | "
         f"{label.get('no_hallucination', 0)} | {label.get('ranking_pairs', 0)} | "
-        f"{export['pairs']} | {json.dumps(row.get('eval', {}), default=str)[:200]} |")
+        f"{export['pairs']} | {headline(row.get('eval', {}))} |")
+  lines += ["", time_shares(rows)]
   (root / f"{REPORT}.md").write_text("# Iterated AI-feedback DDPO\n\n" + "\n".join(lines) + "\n")
   plot(root / f"{REPORT}.png", rows)
+
+
+def headline(metrics: dict[str, Any], limit: int = 8) -> str:
+  """The numbers of an evaluation, flattened ("pope.f1 0.667, objhal.chair_s 0.120"),
+  leaving out its settings, file hashes and per-split detail (all in the .json)."""
+  out: list[str] = []
+
+  def walk(prefix: str, value: Any) -> None:
+    if isinstance(value, dict):
+      for key, inner in value.items():
+        if key not in ("settings", "files", "splits", "per_split"):
+          walk(f"{prefix}.{key}" if prefix else str(key), inner)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+      out.append(f"{prefix.removeprefix('benchmarks.')} {value:.3g}")
+
+  walk("", metrics)
+  return ", ".join(out[:limit]) + (f", +{len(out) - limit} more" if len(out) > limit else "")
+
+
+def time_shares(rows: list[dict[str, Any]]) -> str:
+  """One line: each step's share of the rounds' wall time (as far as this run measured:
+  a step resumed finished costs ~0)."""
+  totals: dict[str, float] = {}
+  for row in rows:
+    for step, seconds in row.get("seconds", {}).items():
+      totals[step] = totals.get(step, 0.0) + seconds
+  whole = sum(totals.values())
+  if not whole:
+    return "Time per step: not measured."
+  return (f"Time per step over {len(rows)} round(s), {whole:.0f} s in all: " + ", ".join(
+      f"{step} {seconds / whole:.0%}" for step, seconds in totals.items()) + ".")
 
 
 def plot(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:

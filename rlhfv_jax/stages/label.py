@@ -7,8 +7,9 @@ divide-and-conquer, with RLHF-V's fine-grained corrections as a product).
 
 What it does (``config.label``):
   divide    each answer's claims (`rlhfv_jax.feedback.claims`): object presence, absence
-            (negations) and counts over the Object HalBench vocabulary, or an external
-            tool's claims (``claims_file``), each with its span and a yes/no question
+            (negations) and counts over the Object HalBench vocabulary (or the classes
+            of a synonyms file of your own, ``vocabulary``), or an external tool's
+            claims (``claims_file``), each with its span and a yes/no question
   conquer   the labeler (the run's init: any checkpoint the project loads; the policy
             itself is self-feedback) reads the image and each question + ``question_suffix``
             ("Please answer yes or no."); one forward gives P(yes) and P(no) from the
@@ -53,6 +54,7 @@ from jax.experimental import multihost_utils
 from rlhfv_jax.annotate import store as store_lib
 from rlhfv_jax.data import tokenizer as tokenizer_lib
 from rlhfv_jax.data.records import ErrorLog, RecordError
+from rlhfv_jax.evals import objhal
 from rlhfv_jax.feedback import claims as claims_lib
 from rlhfv_jax.feedback import corrections
 from rlhfv_jax.stages import answering
@@ -97,16 +99,18 @@ def item_claims(lab: Any, items: Sequence[store_lib.Item], errors: ErrorLog
   if lab.claims_file:
     found = claims_lib.read_claims_file(lab.claims_file, texts, on_error=errors.handle_input_error)
   else:
-    extractor = claims_lib.RuleClaimExtractor()
+    vocabulary = objhal.Vocabulary(objhal.read_synonyms(lab.vocabulary)
+                                   if lab.vocabulary else objhal.COCO_SYNONYMS)
+    extractor = claims_lib.RuleClaimExtractor(vocabulary)
     found = {item.id: extractor.extract(item.answer) for item in items}
   out = {}
   for item in items:
     if found.get(item.id):
       out[item.id] = found[item.id]
     elif item.id in found or not lab.claims_file:
+      vocabulary = lab.vocabulary or "the Object HalBench vocabulary"
       errors.handle(RecordError(item.id, "the answer has no claim to check (no object "
-                                "mention of the Object HalBench vocabulary)"
-                                if not lab.claims_file else
+                                f"mention of {vocabulary})" if not lab.claims_file else
                                 f"{lab.claims_file} lists no claim for it"))
   return out
 

@@ -41,7 +41,7 @@ def test_export_reads_back_in_both_formats_with_spans(store, image_root, tmp_pat
   assert report == {
       "items": 3, "annotations": 3, "pairs": 1, "no_hallucination": 1, "unclear": 1,
       "pairs_by_source": {"human": 1, "ai": 0, "ai_ranking": 0},
-      "items_not_annotated": 0, "annotators": ["alice"], "skipped": [],
+      "pairs_left_out_by_source": {}, "items_not_annotated": 0, "annotators": ["alice"], "skipped": [],
       "agreement": {"items_annotated_twice_or_more": 0, "annotator_pairs": 0,
                     "identical_spans_share": None, "mean_character_overlap": None,
                     "ai_vs_human": {"items": 0, "pairs": 0, "same_verdict_share": None,
@@ -266,6 +266,16 @@ def test_ranking_pairs_are_exported_as_preference_records(siblings, image_root, 
   assert cli.main(["export", "--store", str(siblings.path), "--out", str(tmp_path / "cli"),
                    "--ranking_pairs", str(pairs)]) == 0
   assert len(_records(tmp_path / "cli" / "preference")) == 3
+  # One source alone (the ranking pairs): the others are counted, not written.
+  assert cli.main(["export", "--store", str(siblings.path), "--out", str(tmp_path / "rank"),
+                   "--ranking_pairs", str(pairs), "--sources", "ai_ranking"]) == 0
+  assert {r.id for r in _records(tmp_path / "rank" / "preference")} == {
+      "k1>k2@ai:l", "k1>item0@ai:m"}
+  only = json.loads((tmp_path / "rank" / export_lib.REPORT).read_text())
+  assert only["pairs_by_source"] == {"human": 0, "ai": 0, "ai_ranking": 2}
+  assert only["pairs_left_out_by_source"] == {"human": 1, "ai": 0}
+  with pytest.raises(ValueError, match="export sources"):
+    export_lib.export(siblings, image_root, tmp_path / "x", sources=("people",))
 
 
 @pytest.mark.parametrize("rows, line, problem", [

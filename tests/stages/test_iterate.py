@@ -142,3 +142,36 @@ def test_validation_names_the_step(tmp_path, llama_tokenizer_path):
   config.label.min_gap = 0.0
   with pytest.raises(ValueError, match="(?s)iterate step 'label'.*label.min_gap=0.0"):
     iterate.validate(config)
+
+
+def test_each_round_is_scored_by_hallucination_eval(tmp_path, canned, rule_labeler,
+                                                    llama_tokenizer_path):
+  """``iterate.evaluate``: the round's new policy (its ddpo run) answers the benchmarks;
+  the metrics and every step's time are in the report."""
+  coco = tmp_path / "val2014"
+  coco.mkdir()
+  for i in (1, 2):
+    (coco / f"COCO_val2014_{i:012d}.png").write_bytes((_images(tmp_path / f"c{i}") / "0.png")
+                                                      .read_bytes())
+  pope = tmp_path / "pope"
+  pope.mkdir()
+  (pope / "coco_pope_random.json").write_text("".join(json.dumps({
+      "question_id": n, "image": f"COCO_val2014_{i:012d}.png",
+      "text": "Is there a dog in the image?", "label": label}) + "\n"
+      for n, (i, label) in enumerate(((1, "yes"), (2, "no")))))
+  config = _config(tmp_path, llama_tokenizer_path, rounds=1, evaluate=True)
+  config.hallucination.update(benchmarks=("pope",), pope_dir=str(pope), coco_images=str(coco),
+                              pope_splits=("random",), batch_size=4, prompt_multiple=8)
+  iterate.validate(config)
+  workdir = tmp_path / "run"
+  (row,) = iterate.run(config, str(workdir))["rounds"]
+  evaluated = json.loads((workdir / "round_1" / "eval" / "config.json").read_text())
+  assert evaluated["stage"] == "hallucination_eval"
+  assert evaluated["init"]["checkpoint_dir"] == str(workdir / "round_1" / "ddpo")
+  # The canned answers say no "no": both questions are answered yes.
+  pope = row["eval"]["benchmarks"]["pope"]
+  assert pope["scored"] == 2 and (pope["splits"]["random"]["tp"],
+                                  pope["splits"]["random"]["fp"]) == (1, 1)
+  assert "pope.f1 0.667" in (workdir / "iterate_report.md").read_text()
+  assert set(row["seconds"]) == {"sample", "label", "export", "reference", "ddpo", "eval"}
+  assert "Time per step over 1 round(s)" in (workdir / "iterate_report.md").read_text()

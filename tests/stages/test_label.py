@@ -159,6 +159,36 @@ def test_validation_names_the_label_problems(tmp_path, llama_tokenizer_path):
     assert field in str(e.value), field
 
 
+def test_a_vocabulary_file_of_ones_own_defines_the_claims(tmp_path, llama_tokenizer_path):
+  """``label.vocabulary``: the rule extractor's classes come from the file (two-word
+  classes, plurals and negation as for COCO); an answer naming none of them is named."""
+  answers = {"s#0": ("a.png", "A red circle at the top. There is no blue square. A dog."),
+             "s#1": ("a.png", "Two green triangles on the left.")}
+  vocabulary = tmp_path / "shapes.txt"
+  vocabulary.write_text("red circle\nblue square\ngreen triangle, green wedge\n")
+  config = _config(_store(tmp_path, answers), llama_tokenizer_path,
+                   vocabulary=str(vocabulary))
+  config_validation.validate_config(config)
+  label_stage.run(config, str(tmp_path / "run"))
+  rows = {json.loads(line)["item_id"]: json.loads(line)["claims"]
+          for line in (tmp_path / "run" / "verdicts.jsonl").open()}
+  assert [(c["kind"], c["object"], c["question"], c["expected"]) for c in rows["s#0"]] == [
+      ("presence", "red circle", "Is there a red circle in the image?", "yes"),
+      ("absence", "blue square", "Is there a blue square in the image?", "no")]
+  assert [(c["kind"], c["object"], c["count"]) for c in rows["s#1"]] == [
+      ("count", "green triangle", 2)]
+
+  store = _store(tmp_path / "other", {"x#0": ("a.png", "A yellow diamond.")})
+  config = _config(store, llama_tokenizer_path, vocabulary=str(vocabulary))
+  with pytest.raises(Exception, match=f"x#0.*no object mention of {vocabulary}"):
+    label_stage.run(config, str(tmp_path / "run2"))
+  for bad, message in ((dict(vocabulary=str(tmp_path / "none.txt")), "is not a file"),
+                       (dict(vocabulary=str(vocabulary), claims_file="c.jsonl"),
+                        "set one of them")):
+    with pytest.raises(ValueError, match=message):
+      config_validation.validate_config(_config(store, llama_tokenizer_path, **bad))
+
+
 def test_a_labeler_that_cannot_answer_yes_or_no_is_refused(tmp_path, sentencepiece_tokenizer_path):
   """The in-code test tokenizer has no single "yes" token: refused, naming the file."""
   config = _config(_store(tmp_path), sentencepiece_tokenizer_path)
