@@ -2,6 +2,7 @@
 transformers' PyTorch LLaVA on the same weights, questions and images.
 
   python -m benchmarks.label [--claims 64] [--batch 16] [--repeats 3]
+  python -m benchmarks.label --iteration_times /tmp/rlhfv_demo   # after configs/demo.py:iterate
 
 The claims are what `rlhfv_jax.feedback.claims.RuleClaimExtractor` finds in a few
 descriptions, asked as the label stage asks them (the question + " Please answer yes or
@@ -14,11 +15,18 @@ of the last position, the same ids summed. Prints claims verified per second of 
 ratio, and the largest difference of P(yes) between them (checked before timing). Needs
 the Llama-2 tokenizer (RLHFV_LLAMA_TOKENIZER or ../shared/data) and torch
 (requirements-dev.txt).
+
+``--iteration_times DIR`` prints instead the share of an iteration's time each step takes
+(sample, label, export, reference, ddpo, eval), summed over every iterate workdir under
+DIR (each ``iterate_report.json``: a demo iterate study's seeds, or one `iterate` run),
+as the rounds measured them (`rlhfv_jax.stages.iterate.time_shares`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 import tempfile
 
 import jax
@@ -31,6 +39,7 @@ from rlhfv_jax import sampler as sampler_lib
 from rlhfv_jax.data.tokenizer import choice_token_ids
 from rlhfv_jax.feedback.claims import RuleClaimExtractor
 from rlhfv_jax.model import hf_io
+from rlhfv_jax.stages import iterate
 
 ANSWERS = (
     "A man rides a bicycle past a parked car. Two dogs sit on the bench, and there is no cat.",
@@ -54,7 +63,12 @@ def main():
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=3,
                       help="each timing is the fastest of this many runs")
+  parser.add_argument("--iteration_times", metavar="DIR",
+                      help="print the steps' shares of the iterations under DIR instead")
   args = parser.parse_args()
+  if args.iteration_times:
+    print_iteration_times(pathlib.Path(args.iteration_times))
+    return
   import torch
   import transformers
 
@@ -101,6 +115,18 @@ def main():
   print(f"project      {args.claims / seconds_ours:8.1f} claims/s")
   print(f"transformers {args.claims / seconds_theirs:8.1f} claims/s")
   print(f"ratio project/transformers {seconds_theirs / seconds_ours:.2f}x")
+
+
+def print_iteration_times(root: pathlib.Path) -> None:
+  """Each step's share of the rounds' time in every iterate_report.json under `root`."""
+  reports = sorted(root.rglob(f"{iterate.REPORT}.json"))
+  if not reports:
+    raise SystemExit(f"no {iterate.REPORT}.json under {root}: run an iteration first "
+                     "(python -m rlhfv_jax.main --config configs/demo.py:iterate ...)")
+  rows = [row for path in reports for row in json.loads(path.read_text())]
+  print(f"CPU: {common.cpu_model()}; {len(rows)} rounds in {len(reports)} iteration(s) under "
+        f"{root}")
+  print(iterate.time_shares(rows))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ one picture) share the file.
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import json
 import os
@@ -62,7 +63,7 @@ def write_jsonl(directory: Union[str, pathlib.Path], records: Iterable[Record],
   """Writes ``<directory>/<split>.jsonl`` and the records' images (each content once).
 
   The JSONL file is written to a temporary name and renamed into place, so a reader
-  never sees half a split. Ids must be unique (they key the reference cache).
+  never sees half a split; writing the same records again leaves the file untouched. Ids must be unique (they key the reference cache).
 
   Returns:
     The JSONL file's path.
@@ -83,7 +84,12 @@ def write_jsonl(directory: Union[str, pathlib.Path], records: Iterable[Record],
         image_file.write_bytes(record.image)
       f.write(json.dumps(record_row(record, image_path), sort_keys=True,
                          ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
+  if path.is_file() and filecmp.cmp(tmp, path, shallow=False):
+    # The same records: the file stays as it was, so a dataset built from it (whose
+    # fingerprint holds its modification time) stays valid for a re-run.
+    tmp.unlink()
+  else:
+    os.replace(tmp, path)
   return path
 
 

@@ -8,6 +8,6 @@ Modules, from the world up:
   miniature's CLIP), `runs` (what each run is called and where it lives), `settings`
   (the demo config and each run's runner config), `datasets` (the JSONL datasets and
   the feedback loop), `context` (what every run shares), `chain` (one seed's chain),
-  `ablation` and `sweep` (the two studies), `driver` (the entry point and the base
-  model).
+  `ablation`, `sweep` and `iteration` (the studies), `driver` (the entry point and the
+  base model).
 """

@@ -106,11 +106,6 @@ def write_report(config: Any, root: pathlib.Path, results: report.Results,
   tables = {m: count_tables(root, m, seeds) for m in shown}
   comparisons = [(a, b) for a, b in COMPARISONS if a in shown and b in shown]
   differences = paired_differences(tables, comparisons)
-  intervals = {}
-  for m in shown:
-    for metric in report.DIFFERENCE_METRICS:
-      value = stats.interval(tables[m], metric)
-      intervals[(m, metric)] = (value.low, value.high)
   feedback = summary["feedback"]
   corrected = [feedback[str(s)]["corrected"] for s in seeds]
   sampled = [feedback[str(s)]["samples"] for s in seeds]
@@ -131,10 +126,23 @@ def write_report(config: Any, root: pathlib.Path, results: report.Results,
       f"(temperature {config.demo.sampling.temperature}); DDPO γ={config.ddpo.gamma:g}, "
       f"β={config.ddpo.beta:g}, segment mode {config.ddpo.segment_mode!r}.",
       f"Total time: {summary['total_seconds']:.0f}s.", ""])
-  (root / "ablation.md").write_text(text)
-  report.write_csv(root / "ablation.csv", results, shown, labels)
-  report.write_per_seed_csv(root / "ablation_per_seed.csv", results, shown)
-  report.write_differences_csv(root / "ablation_differences.csv", differences)
-  report.plot(root / "ablation.png", results, shown, labels,
+  write_files(root / "ablation", text, results, shown, labels, tables, differences,
               f"RLHF-V demo, {len(seeds)} seed(s), {summary['eval_scenes']} held-out scenes; "
-              "95% bootstrap intervals", intervals=intervals)
+              "95% bootstrap intervals")
+
+
+def write_files(stem: pathlib.Path, text: str, results: report.Results, shown: Sequence[str],
+                labels: dict[str, str], tables: dict[str, list[np.ndarray]],
+                differences: dict[tuple[str, str, str], stats.Difference], title: str) -> None:
+  """A study's report files: <stem>.md (`text`), .csv, _per_seed.csv, _differences.csv
+  and .png (each model's metrics with its own bootstrap interval over `tables`)."""
+  intervals = {}
+  for m in shown:
+    for metric in report.DIFFERENCE_METRICS:
+      value = stats.interval(tables[m], metric)
+      intervals[(m, metric)] = (value.low, value.high)
+  stem.with_suffix(".md").write_text(text)
+  report.write_csv(stem.with_suffix(".csv"), results, shown, labels)
+  report.write_per_seed_csv(stem.parent / f"{stem.name}_per_seed.csv", results, shown)
+  report.write_differences_csv(stem.parent / f"{stem.name}_differences.csv", differences)
+  report.plot(stem.with_suffix(".png"), results, shown, labels, title, intervals=intervals)

@@ -93,22 +93,29 @@ def train_bases(ctx: Context, seed: int, sampled: bool = False
   return metrics
 
 
+def feedback_scenes(ctx: Context, seed: int) -> list[world.Scene]:
+  """The seed's feedback scenes (new scenes, disjoint from the held-out and validation
+  ones), whose sampled descriptions become the preference data."""
+  w = ctx.config.demo.world
+  return world.sample_scenes(20_000 + seed, w.num_feedback_scenes, f"feedback{seed}",
+                             w.min_objects, w.max_objects,
+                             exclude=list(ctx.eval_scenes) + list(ctx.val_scenes))
+
+
 def prepare_feedback(ctx: Context, seed: int, budgets: Sequence[int] = ()) -> SeedResult:
   """From the seed's web base to the preference data and its reference log-probs: VQA
   data, sft_vqa (evaluated), feedback, budget subsets, reference."""
-  config, w = ctx.config, ctx.config.demo.world
+  config = ctx.config
   paths = seed_paths(ctx.root, seed)
   label = f"seed {seed}"
-  feedback_scenes = world.sample_scenes(20_000 + seed, w.num_feedback_scenes,
-                                        f"feedback{seed}", w.min_objects, w.max_objects,
-                                        exclude=list(ctx.eval_scenes) + list(ctx.val_scenes))
+  scenes = feedback_scenes(ctx, seed)
   metrics: dict[str, dict[str, float]] = {}
   corpus = ctx.progress.stage(label, "data", lambda: datasets.write_vqa_data(
       config, paths, ctx.train_scenes, ctx.train_images, seed))
   sft_params, sample = ctx.progress.stage(label, SFT_VQA, lambda: ctx.train_and_eval(
       seed, paths, Run(SFT_VQA), label, metrics))
   feedback = ctx.progress.stage(label, "feedback", lambda: datasets.collect_feedback(
-      config, paths, sft_params, sample, feedback_scenes, seed))
+      config, paths, sft_params, sample, scenes, seed))
   logging.info("demo: %s feedback: %s", label, json.dumps(feedback))
   subsets = {}
   if budgets:

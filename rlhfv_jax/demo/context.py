@@ -19,7 +19,7 @@ from rlhfv_jax import sampler
 from rlhfv_jax.data import tokenizer as tokenizer_lib
 from rlhfv_jax.demo import corpora, datasets, scoring, settings, vocabulary, world
 from rlhfv_jax.demo.runs import Run, SeedPaths
-from rlhfv_jax.stages import config_validation, runner
+from rlhfv_jax.stages import config_validation, iterate, runner
 
 
 def evaluate(config: Any, paths: SeedPaths, name: str, params: Any, sample: sampler.Sampler,
@@ -94,6 +94,14 @@ class Context:
     config_validation.validate_config(stage)
     return stage
 
+  def iterate_config(self, seed: int) -> ml_collections.ConfigDict:
+    """The seed's validated AI-feedback rounds config (`settings.iterate_config`)."""
+    tokenizer = tokenizer_lib.SentencePieceTokenizer(self.tokenizer_path)
+    rounds = settings.iterate_config(self.config, self.root, seed, self.tokenizer_path,
+                                     tokenizer)
+    iterate.validate(rounds)
+    return rounds
+
   def train_and_eval(self, seed: int, paths: SeedPaths, run: Run, label: str,
                      metrics_out: dict, on_validation: bool = False, sampled: bool = False
                      ) -> tuple[Any, sampler.Sampler]:
@@ -110,7 +118,7 @@ class Context:
       metrics_out[name] = evaluate(self.config, paths, name, params, sample, self.eval_scenes,
                                    self.eval_images, self.config.demo.eval.probe_temperature,
                                    seed)
-      self._log(label, name, metrics_out)
+      self.log_metrics(label, name, metrics_out)
     return params, sample
 
   def evaluate(self, paths: SeedPaths, run: Run, params: Any, sample: sampler.Sampler,
@@ -121,10 +129,10 @@ class Context:
     else:
       scenes, images, name = self.eval_scenes, self.eval_images, run.name
     metrics_out[name] = evaluate(self.config, paths, name, params, sample, scenes, images)
-    self._log(label, name, metrics_out)
+    self.log_metrics(label, name, metrics_out)
 
   @staticmethod
-  def _log(label: str, name: str, metrics_out: dict) -> None:
+  def log_metrics(label: str, name: str, metrics_out: dict) -> None:
     logging.info("demo: %s, %s: %s", label, name, json.dumps(
         {k: round(v, 3) for k, v in metrics_out[name].items()}))
 

@@ -70,6 +70,9 @@ _COMPANION_COLOR = {"red": "blue", "blue": "yellow", "yellow": "green", "green":
                     "white": "red"}
 MISMATCH_KINDS: tuple[str, ...] = ("extra_object", "wrong_color")
 VQA_TYPES: tuple[str, ...] = ("count", "color", "shape", "position", "size", "presence")
+# Yes/no questions beside the VQA stage's own types: "Are there three objects in the
+# image?" (the iterate study's labeler checks the descriptions' count sentences with it).
+QUESTION_TYPES: tuple[str, ...] = VQA_TYPES + ("count_check",)
 
 
 def companion_kind(obj: world.SceneObject) -> tuple[str, str]:
@@ -243,7 +246,18 @@ def _vqa_question(scene: world.Scene, qtype: str,
       color, shape = _absent_kind(scene, rng, {o.kind for o in scene.objects})
       answer = "No"
     return f"Is there a {color} {shape} in the image?", answer
-  raise ValueError(f"unknown VQA question type {qtype!r}; expected one of {VQA_TYPES}")
+  if qtype == "count_check":
+    # Half the time the true count, else another of 1 .. 6 (the counts descriptions
+    # state); "one" is asked as a description's "There is one object" is read: is
+    # there an object?
+    true = len(scene.objects)
+    asked = true if rng.random() < 0.5 else int(rng.choice(
+        [n for n in range(1, 7) if n != true]))
+    if asked == 1:
+      return "Is there an object in the image?", "Yes"
+    return (f"Are there {world.NUMBER_WORDS[asked]} objects in the image?",
+            "Yes" if asked == true else "No")
+  raise ValueError(f"unknown VQA question type {qtype!r}; expected one of {QUESTION_TYPES}")
 
 
 def vqa_pairs(scenes: Sequence[world.Scene], seed: int, per_scene: int = 3,
@@ -254,14 +268,15 @@ def vqa_pairs(scenes: Sequence[world.Scene], seed: int, per_scene: int = 3,
     scenes: the scenes.
     seed: seed of question sampling.
     per_scene: questions per scene (types drawn uniformly from `types`).
-    types: question types to draw from, each in `VQA_TYPES`.
+    types: question types to draw from, each in `QUESTION_TYPES` (the VQA stage's
+      are `VQA_TYPES`).
 
   Returns:
     `per_scene * len(scenes)` examples, prompts ending with `VQA_SUFFIX`.
   """
-  unknown = set(types) - set(VQA_TYPES)
+  unknown = set(types) - set(QUESTION_TYPES)
   if unknown or not types:
-    raise ValueError(f"VQA types must be a non-empty subset of {VQA_TYPES}, got {types}")
+    raise ValueError(f"VQA types must be a non-empty subset of {QUESTION_TYPES}, got {types}")
   rng = np.random.default_rng(seed)
   examples = []
   for scene in scenes:

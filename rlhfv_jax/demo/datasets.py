@@ -86,6 +86,17 @@ def write_vqa_data(config: Any, paths: SeedPaths, train_scenes: Sequence[world.S
   return {"vqa_pairs": len(vqa), "vqa_stage_replayed_captions": int(len(order))}
 
 
+def write_labeler_data(config: Any, paths: SeedPaths, train_scenes: Sequence[world.Scene],
+                       images: dict[str, bytes], seed: int) -> dict[str, int]:
+  """The iterate study's labeler data: VQA pairs about the training scenes, every
+  question type (``demo.labeler.vqa_per_scene`` per scene), no captions."""
+  lab = config.demo.labeler
+  vqa = corpora.vqa_pairs(train_scenes, seed, per_scene=lab.vqa_per_scene,
+                          types=tuple(lab.question_types))
+  writers.write_jsonl(paths.data(runs.LABELER_DATA), _sft_records(vqa, "vqa", images))
+  return {"labeler_vqa_pairs": len(vqa)}
+
+
 def write_budget_subsets(paths: SeedPaths, budgets: Sequence[int], seed: int) -> dict[int, int]:
   """For each budget b (percent), the first round(b% of N) of the feedback pairs in a
   seeded order, as ``feedback_export/preference%b`` (nested: a smaller budget's pairs

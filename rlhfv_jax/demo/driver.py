@@ -34,6 +34,14 @@ the preference schedules scored on validation scenes from every seed with one of
 chosen across seeds (`sweep.select`), and per seed DPO and DDPO trained on 25 / 50 /
 100% of the feedback pairs.
 
+The iterate study (`iteration`, configs/demo.py:iterate) asks whether AI feedback works:
+per seed, beside sft_vqa and the oracle's one round (ddpo_mean), on-policy rounds of
+`rlhfv_jax.stages.iterate` labelled by a model of the seed tuned on VQA pairs alone
+(never the world's truth), and
+DDPO on round 1's ranking pairs alone; the labeler's verdicts are checked against the
+truth for the report only. Its runs shared with the ablation are the same runs: in an
+ablation's workdir it trains only what is new.
+
 Every trained model is evaluated on the same held-out scenes (disjoint from all
 training scenes): greedy descriptions -> CHAIR-style metrics (`scoring`). The reports
 compare models by paired differences with two-level 95% bootstrap intervals, over the
@@ -64,13 +72,19 @@ Workdir layout::
                            directory is its `runs.Run.name`: "dpo", "sft_vqa#1", "dpo#2",
                            "dpo%25")
   seed_<s>/eval/<model>.jsonl  every evaluation description with its scores
+  seed_<s>/ai_feedback/     the iterate study: questions.jsonl + images/ (the prompt set),
+                           rounds/ (the iterate stage's workdir: round_<k>/, its report),
+                           ranking/ (export/, reference/, ddpo/ of the ranking-pairs run)
+  claims_vocabulary.txt    the world's objects, the label stage's claim vocabulary
   results.json             all metrics, feedback statistics and stage timings
   ablation.md / ablation.csv / ablation_per_seed.csv / ablation_differences.csv /
-  ablation.png             (the sweep: sweep.md / sweep.csv / sweep.png)
+  ablation.png             (the sweep: sweep.md / sweep.csv / sweep.png; the iterate
+                           study: iterate_results.json, iterate.md / .csv / .png)
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import pathlib
 from typing import Any
@@ -80,17 +94,18 @@ from absl import logging
 
 from rlhfv_jax import model as model_lib
 from rlhfv_jax.data import factory
-from rlhfv_jax.demo import ablation, datasets, perception, sweep, world
+from rlhfv_jax.demo import ablation, datasets, iteration, perception, sweep, world
 from rlhfv_jax.demo.context import Context, make_context
 from rlhfv_jax.demo.runs import SFT_WEB, Run, SeedPaths, shared_paths
-from rlhfv_jax.demo.settings import validate
+from rlhfv_jax.demo.settings import STUDY_FIELDS, validate
 from rlhfv_jax.stages import model_init
 from rlhfv_jax.train import checkpointing
 
 
 def run(config: Any, workdir: str) -> dict[str, Any]:
   """Runs the whole demo (see the module docstring) and writes the ablation report, or
-  with ``demo.study == "sweep"`` the studies (`sweep.run`).
+  with ``demo.study == "sweep"`` the studies (`sweep.run`), or with "iterate" the AI
+  feedback study (`iteration.run`).
 
   Args:
     config: the demo config (`configs/demo.py`).
@@ -103,16 +118,26 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   root = pathlib.Path(workdir)
   _check_workdir(config, root)
   _enable_compilation_cache(root)
-  study = sweep if config.demo.study == "sweep" else ablation
+  study = {"ablation": ablation, "sweep": sweep, "iterate": iteration}[config.demo.study]
   ctx = make_context(config, root, num_shared_stages(config) + study.num_stages(config))
   shared = run_shared(ctx)
   return study.run(ctx, shared)
 
 
 def _check_workdir(config: Any, workdir: pathlib.Path) -> None:
-  """A workdir belongs to one config: a re-run resumes it, another config is refused."""
+  """A workdir belongs to one config: a re-run resumes it, another config is refused.
+
+  The studies' own fields (`settings.STUDY_FIELDS`) are not part of it: every run a
+  study shares with another (the bases, sft_vqa, the feedback, the arms) depends only
+  on the rest, so e.g. the iterate study in a finished ablation's workdir trains only
+  what is new (its runs find the ablation's finished and resume them).
+  """
   stamp = workdir / "demo_config.json"
-  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  shared = copy.deepcopy(config)
+  with shared.unlocked():
+    for field in STUDY_FIELDS:
+      del shared.demo[field]
+  text = shared.to_json_best_effort(indent=2, sort_keys=True)
   if stamp.exists() and stamp.read_text() != text:
     raise ValueError(f"{workdir} holds a demo run with a different config ({stamp}); use a "
                      "fresh --workdir (re-running with the same config resumes)")

@@ -21,11 +21,13 @@ SFT_WEB = "sft_web"
 CONTROL = "sft_web_clean"
 SFT_VQA = "sft_vqa"
 REFERENCE = "reference"  # sft_vqa's log-probs of the feedback (runner "precompute_ref")
+# The iterate study's AI labeler: the web base fine-tuned on VQA pairs alone.
+LABELER = "labeler"
 SFT_STAGES = (SFT_WEB, SFT_VQA)
 ARMS = ("dpo", "ddpo_mean", "ddpo_sum", "ddpo_crop")
 BASE_MODELS = (SFT_WEB, CONTROL)  # trained per seed from the shared tower and data
 MODELS = SFT_STAGES + ARMS
-STAGES = (SFT_WEB, CONTROL, SFT_VQA, REFERENCE) + ARMS
+STAGES = (SFT_WEB, CONTROL, SFT_VQA, REFERENCE, LABELER) + ARMS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +75,7 @@ class Run:
   @property
   def runner_stage(self) -> str:
     """The `rlhfv_jax.stages` stage that trains (or precomputes) it."""
-    if self.stage in (SFT_WEB, CONTROL, SFT_VQA):
+    if self.stage in (SFT_WEB, CONTROL, SFT_VQA, LABELER):
       return "sft"
     return "precompute_ref" if self.stage == REFERENCE else "ddpo"
 
@@ -127,8 +129,19 @@ ARM_SPECS: dict[str, ArmSpec] = {
                          lambda d: dict(gamma=d.gamma, normalize=d.normalize),
                          augmentation="random_crop_ablation"),
 }
+# The oracle's one round of corrections in the iterate study: the ablation's paper arm.
+ORACLE_ARM = "ddpo_mean"
+# The iterate study's models beside sft_vqa and the oracle arm (their evaluation names).
+AI_RANKING = "ai_ranking"
+
+
+def ai_round(k: int) -> str:
+  """The evaluation name of the policy after AI-feedback round k ("ai_round_2")."""
+  return f"ai_round_{k}"
+
+
 SFT_LABELS = {SFT_WEB: "SFT on web captions", CONTROL: "SFT on clean captions (control)",
-              SFT_VQA: "+ VQA SFT"}
+              SFT_VQA: "+ VQA SFT", LABELER: "the AI labeler (web base + VQA pairs)"}
 
 
 def models(config: Any) -> tuple[str, ...]:
@@ -211,6 +224,46 @@ def seed_paths(root: pathlib.Path, seed: int) -> SeedPaths:
   """One seed's directories (base models, VQA data, feedback, sft_vqa, reference,
   arms)."""
   return SeedPaths(root / f"seed_{seed}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AIPaths:
+  """Where one seed's AI-feedback rounds live (the iterate study)."""
+
+  root: pathlib.Path
+
+  @property
+  def questions(self) -> pathlib.Path:
+    """The prompt set every round samples from (the `sample` stage's questions file)."""
+    return self.root / "questions.jsonl"
+
+  @property
+  def images(self) -> pathlib.Path:
+    """Its images."""
+    return self.root / "images"
+
+  @property
+  def rounds(self) -> pathlib.Path:
+    """The `iterate` stage's workdir: round_<k>/{sample,label,export,reference,ddpo}."""
+    return self.root / "rounds"
+
+  @property
+  def ranking(self) -> pathlib.Path:
+    """The ranking-pairs run: round 1's ranking pairs alone (export/, reference/, ddpo/)."""
+    return self.root / "ranking"
+
+
+def ai_paths(root: pathlib.Path, seed: int) -> AIPaths:
+  """One seed's AI-feedback directories."""
+  return AIPaths(seed_paths(root, seed).root / "ai_feedback")
+
+
+def claims_vocabulary_path(root: pathlib.Path) -> pathlib.Path:
+  """The world's objects as a synonyms file: the label stage's claim vocabulary."""
+  return root / "claims_vocabulary.txt"
+
+
+LABELER_DATA = "vqa_labeler"  # the labeler's VQA pairs (no captions)
 
 
 def vqa_data_name(candidate: int | None) -> str:

@@ -14,9 +14,16 @@ import ml_collections
 from rlhfv_jax import model as model_lib
 from rlhfv_jax.data import factory
 from rlhfv_jax.data import tokenizer as tokenizer_lib
-from rlhfv_jax.demo import runs, vocabulary
+from rlhfv_jax.demo import corpora, runs, vocabulary
 from rlhfv_jax.demo.runs import CONTROL, SFT_VQA, SFT_WEB, Run
 from rlhfv_jax.stages import config_validation, defaults
+
+
+# The demo's studies (`driver`): the ablation table, the sweep, the AI-feedback rounds.
+STUDIES = ("ablation", "sweep", "iterate")
+# Study-specific sections: a workdir's other runs do not depend on them, so one workdir
+# serves every study of the same settings (`driver`).
+STUDY_FIELDS = ("study", "iterate", "labeler")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -82,6 +89,23 @@ def default_config() -> ml_collections.ConfigDict:
       eval=dict(max_new_tokens=80, batch_size=100, probe_temperature=1.0),
       # The `sweep` variant's studies (configs/demo.py docstring).
       sweep=_sweep_settings(),
+      # The `iterate` study (`iteration`): on-policy rounds of AI feedback from each
+      # seed's sft_vqa, labelled by that sft_vqa (a model trained on the VQA data, kept
+      # fixed), beside the oracle's one round (the ablation's ddpo_mean). Each round
+      # samples `num_samples` descriptions of the first `num_scenes` feedback scenes, so
+      # a round labels as many descriptions as the oracle's round corrects from.
+      iterate=dict(rounds=3, num_scenes=256, num_samples=2, label_batch_size=64),
+      # The iterate study's labeler: the seed's web base fine-tuned on VQA pairs about
+      # the training scenes alone (`vqa_per_scene` per scene, no captions replayed): the
+      # yes/no questions the claims are asked as, presence ("Is there a red circle in
+      # the image?", half the negatives its companions) and counts ("Are there three
+      # objects in the image?"), drawn uniformly from `question_types`: presence 3 in 4
+      # (counts are learnt from few; presence errors are what delete true sentences).
+      # With every VQA type mixed in (1 in 6 a presence question) 300 steps left it at
+      # chance (P(Yes) ~ 0.51 whatever the image; docs/results.md).
+      labeler=dict(steps=800, batch_size=32, learning_rate=1e-3, vqa_per_scene=4,
+                   question_types=("presence", "presence", "presence", "count_check"),
+                   frozen=("vision_tower",)),
   ))
   return config
 
@@ -185,7 +209,7 @@ def _initial_checkpoint(root: pathlib.Path, paths: runs.SeedPaths, run: Run) -> 
   from the seed's web base, the reference and every arm from the seed's VQA stage."""
   if run.is_base:
     return runs.shared_paths(root).perception
-  if run.stage == SFT_VQA:
+  if run.stage in (SFT_VQA, runs.LABELER):
     return paths.run(Run(SFT_WEB))
   return paths.run(Run(SFT_VQA))
 
@@ -196,13 +220,54 @@ def _training_settings(config: Any, run: Run) -> ml_collections.ConfigDict:
     return config.demo.sft_web
   if run.stage == SFT_VQA:
     return vqa_settings(config, run.candidate)
+  if run.stage == runs.LABELER:
+    return config.demo.labeler
   return preference_settings(config, run.candidate)
+
+
+def iterate_config(config: Any, root: pathlib.Path, seed: int, tokenizer_path: pathlib.Path,
+                   tokenizer: tokenizer_lib.Tokenizer | TokenIds) -> ml_collections.ConfigDict:
+  """The runner config of a seed's AI-feedback rounds (`rlhfv_jax.stages.iterate`).
+
+  Round 1 starts from the seed's sft_vqa; each round samples ``demo.iterate.num_samples``
+  descriptions per scene of ``runs.ai_paths``' prompt set (the sampling settings of the
+  oracle's feedback), the seed's labeler (``demo.labeler``) labels every round's claims
+  (over the world's
+  colour-shape objects, asked as its VQA data asks: the short-answer instruction on a
+  line of its own, answered "Yes"/"No"), and
+  DDPO trains with the oracle arm's settings (ddpo_mean, `preference_settings`).
+  """
+  demo, it = config.demo, config.demo.iterate
+  paths, ai = runs.seed_paths(root, seed), runs.ai_paths(root, seed)
+  out = _runner_config(config, "iterate", seed, tokenizer_path, tokenizer)
+  out.init.update(params="checkpoint", checkpoint_dir=str(paths.run(Run(SFT_VQA))))
+  settings = preference_settings(config, None)
+  out.data.buckets = (settings.bucket,)
+  out.train.update(global_batch_size=settings.batch_size, num_steps=0,
+                   num_epochs=settings.num_epochs)
+  out.optim.update(learning_rate=settings.learning_rate, frozen=tuple(settings.frozen))
+  _set_arm(out, config.ddpo, runs.ARM_SPECS[runs.ORACLE_ARM])
+  s = demo.sampling
+  out.sample.update(images=str(ai.images), questions=str(ai.questions),
+                    num_samples=it.num_samples, temperature=s.temperature, top_p=s.top_p,
+                    seed=seed, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
+                    prompt_multiple=16)
+  out.label.update(vocabulary=str(runs.claims_vocabulary_path(root)),
+                   question_suffix="\n" + corpora.VQA_SUFFIX,
+                   yes_words=("Yes",), no_words=("No",), batch_size=it.label_batch_size,
+                   prompt_multiple=16,
+                   # A description naming no object has no claim: a counted skip.
+                   error_policy="skip")
+  out.iterate.update(rounds=it.rounds, labeler_params="checkpoint",
+                     labeler_checkpoint_dir=str(paths.run(Run(runs.LABELER))),
+                     ranking_pairs=False, evaluate=False)
+  return out
 
 
 def _set_sft_data(out: ml_collections.ConfigDict, paths: runs.SeedPaths, run: Run,
                   settings: ml_collections.ConfigDict) -> None:
-  source = {SFT_WEB: "web", CONTROL: "web_clean"}.get(run.stage,
-                                                     runs.vqa_data_name(run.candidate))
+  source = {SFT_WEB: "web", CONTROL: "web_clean", runs.LABELER: runs.LABELER_DATA}.get(
+      run.stage, runs.vqa_data_name(run.candidate))
   # One TFDS data dir per source: the SFT sources are all `jsonl_sft` datasets, and a
   # shared dir would serve the first one built to every stage.
   out.data.update(dataset="jsonl_sft", source_dir=str(paths.data(source)),
@@ -308,8 +373,10 @@ def validate(config: Any) -> None:
   if demo.preference.batch_size > w.num_feedback_scenes:
     problems.append(f"demo.preference.batch_size={demo.preference.batch_size} exceeds "
                     f"demo.world.num_feedback_scenes={w.num_feedback_scenes}")
-  if demo.study not in ("ablation", "sweep"):
-    problems.append(f"demo.study={demo.study!r}; expected 'ablation' or 'sweep'")
+  if demo.study not in STUDIES:
+    problems.append(f"demo.study={demo.study!r}; expected one of {STUDIES}")
+  if demo.study == "iterate":
+    problems += _iterate_problems(demo)
   if not set(demo.sweep.arms) <= set(runs.ARMS):
     problems.append(f"demo.sweep.arms={tuple(demo.sweep.arms)} must be arms of {runs.ARMS}")
   if any(not 0 < b <= 100 for b in demo.sweep.budgets):
@@ -325,6 +392,15 @@ def validate(config: Any) -> None:
                     "compares each seed's web base with its control")
   if problems:
     raise ValueError("invalid demo config:\n  - " + "\n  - ".join(problems))
+  if demo.study == "iterate":
+    from rlhfv_jax.stages import iterate  # the stage validates each step of a round
+    try:
+      rounds = iterate_config(config, pathlib.Path("/nonexistent"), demo.seeds[0],
+                              pathlib.Path("tokenizer.model"), TokenIds.of_model(config.model))
+      rounds.label.vocabulary = ""  # the study writes it before the first round
+      iterate.validate(rounds)
+    except ValueError as e:
+      raise ValueError(f"demo study 'iterate': {e}") from e
   checked = tuple(Run(stage) for stage in runs.STAGES)
   if demo.study == "sweep":
     checked += (runs.vqa_candidate_runs(config) + runs.schedule_runs(config)
@@ -337,6 +413,21 @@ def validate(config: Any) -> None:
       config_validation.validate_config(stage)
     except ValueError as e:
       raise ValueError(f"demo stage {run.name!r}: {e}") from e
+
+
+def _iterate_problems(demo: Any) -> list[str]:
+  """The iterate study's own fields (they matter only to it)."""
+  it, w, out = demo.iterate, demo.world, []
+  if it.rounds < 1:
+    out.append(f"demo.iterate.rounds={it.rounds} must be >= 1")
+  if not 1 <= it.num_scenes <= w.num_feedback_scenes:
+    out.append(f"demo.iterate.num_scenes={it.num_scenes} must lie in [1, "
+               f"demo.world.num_feedback_scenes={w.num_feedback_scenes}]: the AI rounds ask "
+               "about the seed's feedback scenes")
+  if it.num_samples < 2:
+    out.append(f"demo.iterate.num_samples={it.num_samples} must be >= 2: ranking pairs "
+               "compare answers to one prompt")
+  return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -96,6 +96,12 @@ def _noun_phrase(s: str) -> bool:
           and not any(w in _VERBS for w in words))
 
 
+def _fragment(s: str) -> bool:
+  """Whether `s` is neither a clause (no finite verb) nor a noun phrase: a fronted
+  adverbial ("At the top right", "In the background") that cannot stand alone."""
+  return not _noun_phrase(s) and not any(w in _VERBS for w in _words(s))
+
+
 def _split(text: str, start: int, end: int, sep: re.Pattern) -> tuple[list[Span], list[Span]]:
   """Pieces of text[start:end] between the matches of `sep`, and the matches."""
   pieces, seps = [], []
@@ -231,6 +237,10 @@ def _render_part(text: str, part: _Part, gone: set[int],
     # "The image shows a table, a cup, and a fork lies ..." without its first clause
     # would open on a bare noun phrase that had no verb of its own.
     return None, [part.span]
+  if not part.noun_list and any(_fragment(text[slice(*part.items[k])]) for k in keep):
+    # "At the top right, there is a green square." without its clause would leave the
+    # fronted adverbial alone: "At the top right."
+    return None, [part.span]
   tail = text[part.tail()[0]:part.tail()[1]] if part.noun_list else ""
   if part.noun_list and tail and len(keep) == 1 and len(part.items) > 1:
     m = re.match(r"(\s+)(\w+)", tail)
@@ -331,7 +341,8 @@ def delete_failed(text: str, failed_spans: Sequence[Span]) -> Correction:
   A failure in what a list's items share (the lead "There are", a shared predicate
   "are standing near a car") takes the whole part; so does a deletion that would leave
   a bare noun phrase opening the part ("The image shows a table, a cup, and a fork lies
-  there." without its first clause). Where in doubt, more is deleted, never left broken.
+  there." without its first clause) or a fragment with neither a verb nor a noun phrase
+  ("At the top right, there is a dog." without its clause would be "At the top right."). Where in doubt, more is deleted, never left broken.
 
   Deleting the opening of a sentence capitalises what follows; the final punctuation
   stays. Text outside the deleted units is kept as it was.

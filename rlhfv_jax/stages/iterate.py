@@ -38,15 +38,17 @@ import json
 import pathlib
 import shutil
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 
 from rlhfv_jax.annotate import export as annotate_export
 from rlhfv_jax.annotate import store as store_lib
 from rlhfv_jax.stages import config_validation, runner
+from rlhfv_jax.stages import label as label_stage
 
 REPORT = "iterate_report"
+STEPS = ("sample", "label", "export", "reference", "ddpo", "eval")  # a round's, in order
 REVIEW_MARK = "REVIEW_STOP"  # written when a run stops for review; the next one goes on
 
 
@@ -100,11 +102,14 @@ def validate(config: Any) -> None:
       raise ValueError(f"iterate step {stage!r}: {e}") from e
 
 
-def export_once(directory: pathlib.Path, store_path: pathlib.Path, ranking_pairs: bool
-                ) -> dict[str, Any]:
-  """The round's export, written once: a resumed round keeps it (its dataset was built
-  from these files; rewriting them would make it stale). Written to a scratch folder
-  and renamed, so a kill mid-export leaves no half export behind. Returns its report."""
+def export_once(directory: pathlib.Path, store_path: pathlib.Path,
+                ranking_pairs: Optional[pathlib.Path],
+                sources: Sequence[str] = annotate_export.SOURCES) -> dict[str, Any]:
+  """The export of `store_path` (with `ranking_pairs`, a label run's ranking_pairs.jsonl,
+  and only `sources`' pairs) into ``directory/export``, written once: a resumed round
+  keeps it (its dataset was built from these files; rewriting them would make it stale).
+  Written to a scratch folder and renamed, so a kill mid-export leaves no half export
+  behind. Returns its report."""
   out = directory / "export"
   report = out / annotate_export.REPORT
   if report.is_file():
@@ -113,14 +118,32 @@ def export_once(directory: pathlib.Path, store_path: pathlib.Path, ranking_pairs
   shutil.rmtree(scratch, ignore_errors=True)
   store = store_lib.AnnotationStore(store_path)
   try:
-    pairs = directory / "label" / "ranking_pairs.jsonl"
-    result = annotate_export.export(
-        store, store.image_root, scratch,
-        ranking_pairs=pairs if ranking_pairs and pairs.is_file() else None)
+    result = annotate_export.export(store, store.image_root, scratch,
+                                    ranking_pairs=ranking_pairs, sources=sources)
   finally:
     store.close()
   scratch.rename(out)
   return result
+
+
+def _untimed(step: str, fn: Callable[[], Any]) -> Any:
+  del step
+  return fn()
+
+
+def train_on_export(config: Any, policy: dict[str, Any], directory: pathlib.Path,
+                    timed: Callable[[str, Callable[[], Any]], Any] = _untimed
+                    ) -> tuple[Any, Any]:
+  """The policy's log-probs of ``directory/export``'s pairs (``directory/reference``: the
+  policy is the reference), then DDPO from the policy on them (``directory/ddpo``), each
+  step run as ``timed(step, fn)``; returns the trained params and the ddpo config."""
+  reference = step_config(config, "precompute_ref", policy)
+  preference_data(reference, directory)
+  timed("reference", lambda: runner.run(reference, str(directory / "reference")))
+  ddpo = step_config(config, "ddpo", policy)
+  preference_data(ddpo, directory)
+  ddpo.data.use_ref_cache = True
+  return timed("ddpo", lambda: runner.run(ddpo, str(directory / "ddpo"))), ddpo
 
 
 def run_round(config: Any, root: pathlib.Path, k: int,
@@ -174,20 +197,14 @@ def run_round(config: Any, root: pathlib.Path, k: int,
                  "--store %s); re-run to continue", k, store_path, store_path)
     return None
 
-  row["export"] = timed("export", lambda: export_once(directory, store_path,
-                                                      it.ranking_pairs))
+  pairs = directory / "label" / label_stage.PAIRS_FILE if it.ranking_pairs else None
+  row["export"] = timed("export", lambda: export_once(directory, store_path, pairs))
   if not row["export"]["pairs"]:
     raise ValueError(f"round {k}: the export of {store_path} holds no preference pair (no "
                      "answer was corrected and no ranking pair formed: "
                      f"{json.dumps(row['label'], sort_keys=True)}); nothing to train on")
 
-  reference = step_config(config, "precompute_ref", policy)
-  preference_data(reference, directory)
-  timed("reference", lambda: runner.run(reference, str(directory / "reference")))
-  ddpo = step_config(config, "ddpo", policy)
-  preference_data(ddpo, directory)
-  ddpo.data.use_ref_cache = True
-  params = timed("ddpo", lambda: runner.run(ddpo, str(directory / "ddpo")))
+  params, ddpo = train_on_export(config, policy, directory, timed)
   if evaluate is not None:
     row["eval"] = timed("eval", lambda: evaluate(k, params, ddpo))
   elif it.evaluate:
@@ -246,10 +263,11 @@ def headline(metrics: dict[str, Any], limit: int = 8) -> str:
 def time_shares(rows: list[dict[str, Any]]) -> str:
   """One line: each step's share of the rounds' wall time (as far as this run measured:
   a step resumed finished costs ~0)."""
-  totals: dict[str, float] = {}
+  totals = dict.fromkeys(STEPS, 0.0)
   for row in rows:
     for step, seconds in row.get("seconds", {}).items():
       totals[step] = totals.get(step, 0.0) + seconds
+  totals = {step: seconds for step, seconds in totals.items() if seconds}
   whole = sum(totals.values())
   if not whole:
     return "Time per step: not measured."

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -54,3 +55,20 @@ def test_image_names_follow_content():
   assert writers.image_file_name(jpeg).endswith(".jpg")
   assert writers.image_file_name(png) == writers.image_file_name(bytes(png))
   assert writers.image_file_name(png) != writers.image_file_name(_png(1))
+
+
+def test_rewriting_the_same_records_leaves_the_files_untouched(tmp_path):
+  """A dataset built from the files fingerprints their modification times: a re-run that
+  writes the same records must not make it stale; other records do replace the file."""
+  sft = [records.SFTRecord("s0", _png(0), "What?", "A dog.")]
+  path = writers.write_jsonl(tmp_path, sft)
+  image = next((tmp_path / "images").iterdir())
+  before = (path.stat().st_mtime_ns, image.stat().st_mtime_ns)
+  os.utime(path, ns=(before[0] - 10**9, before[0] - 10**9))  # older, whatever the clock
+  os.utime(image, ns=(before[1] - 10**9, before[1] - 10**9))
+  old = (path.stat().st_mtime_ns, image.stat().st_mtime_ns)
+  writers.write_jsonl(tmp_path, sft)
+  assert (path.stat().st_mtime_ns, image.stat().st_mtime_ns) == old
+  assert not list(tmp_path.glob("*.tmp"))
+  writers.write_jsonl(tmp_path, [records.SFTRecord("s0", _png(0), "What?", "A cat.")])
+  assert path.stat().st_mtime_ns != old[0] and "A cat." in path.read_text()

@@ -17,7 +17,10 @@ def test_run_names_are_the_directory_names():
   assert Run("sft_vqa", candidate=1).validation_name == "sft_vqa#1@val"
   assert Run("sft_web").validation_name == "sft_web@val"
   assert [Run(s).runner_stage for s in runs.STAGES] == (
-      ["sft"] * 3 + ["precompute_ref"] + ["ddpo"] * len(runs.ARMS))
+      ["sft"] * 3 + ["precompute_ref", "sft"] + ["ddpo"] * len(runs.ARMS))  # (labeler)
+  assert runs.ai_paths(pathlib.Path("/w"), 3).rounds == pathlib.Path(
+      "/w/seed_3/ai_feedback/rounds")
+  assert runs.ai_round(2) == "ai_round_2"
   assert [s for s in runs.STAGES if Run(s).is_base] == list(runs.BASE_MODELS)
   paths = runs.seed_paths(pathlib.Path("/w"), 3)
   assert paths.run(Run("ddpo_mean", budget=50)) == pathlib.Path("/w/seed_3/ddpo_mean%50")

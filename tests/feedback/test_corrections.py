@@ -263,3 +263,16 @@ def test_a_bare_noun_phrase_never_opens_what_is_left():
   assert c.text == "A dog."
   c = delete_failed(text, _spans(text, ["cup"]))
   assert c.text == "The image shows a table, a plate, and a fork lies beside them. A dog."
+
+
+@pytest.mark.parametrize("text, failed, corrected", [
+    # A fronted adverbial is no sentence alone: the whole part goes with its clause.
+    ("At the top right, there is a small green square. On the left, I can see a cat.",
+     ["green square"], "On the left, I can see a cat."),
+    ("In the background, there is a dog, and a cat sleeps.", ["dog"], ""),
+    # A clause with its own verb stays.
+    ("On the left, a cat sits. A dog runs, and a bird sings.", ["bird"],
+     "On the left, a cat sits. A dog runs."),
+])
+def test_a_fronted_adverbial_never_stands_alone(text, failed, corrected):
+  assert delete_failed(text, _spans(text, failed)).text == corrected
