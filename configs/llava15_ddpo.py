@@ -29,7 +29,28 @@ The argument after ":" is "[size][,variant]":
            "precompute_ref"  the reference pass that fills the cache DDPO reads;
            "eval"            DDPO reward metrics of a trained run
                              (--config.init.checkpoint_dir=/runs/llava15_7b_ddpo).
-e.g. `configs/llava15_ddpo.py:13b,rlhfv_release`. Starting from the VQAv2 SFT run instead
+  peft     "lora"            LoRA on one accelerator (below).
+e.g. `configs/llava15_ddpo.py:13b,rlhfv_release`.
+
+LoRA (`:lora`, with any size and weighting): only low-rank adapters on every projection
+of the language model train (`rlhfv_jax/model/lora.py`); the frozen reference is the base
+itself (the same bfloat16 arrays, the adapters switched off), so no reference copy and no
+precompute_ref pass are needed, and the checkpoints hold only the adapters. Rank 128,
+alpha 256 as LLaVA-1.5's own LoRA recipe (scripts/v1_5/finetune_lora.sh); learning rate
+2e-5, forty times the full-model 5e-7 (LoRA's updates are low-rank and start from B = 0;
+LoRA-DPO recipes for LLaVA run at 1e-5 to 5e-5). 7B fits one 80 GB accelerator (the
+README's memory table):
+
+  python -m rlhfv_jax.main --config configs/llava15_ddpo.py:lora \
+      --workdir /runs/llava15_7b_ddpo_lora \
+      --config.init.hf_checkpoint=/models/llava-1.5-7b-hf \
+      --config.data.tokenizer=/models/llava-1.5-7b-hf/tokenizer.model \
+      --config.data.source_dir=/data/RLHF-V-Dataset --config.data.data_dir=/data/tfds
+
+Every later stage reads the run as any run (hallucination_eval, sample, label, a next
+DDPO: plain weights, base + adapters); export_hf writes the merged llava-hf directory and
+the adapters alone in the PEFT format (`<out_dir>/peft_adapter`); a PEFT adapter trained
+elsewhere is read with `--config.init.peft_adapter=DIR`. Starting from the VQAv2 SFT run instead
 of the HF checkpoint: `--config.init.params=checkpoint --config.init.checkpoint_dir=...`.
 On a TPU pod or SLURM cluster use launch/tpu_pod.py or launch/slurm_gpu.py, which add
 --distributed.
@@ -44,10 +65,12 @@ from rlhfv_jax.model.config import SIZES
 from rlhfv_jax.stages import defaults
 
 VARIANTS = ("rlhfv_release", "precompute_ref", "eval")
+PEFT = ("lora",)
 
 
 def get_config(arg: str = ""):
-  arg = defaults.parse_arg(arg, "configs/llava15_ddpo.py", size=SIZES, variant=VARIANTS)
+  arg = defaults.parse_arg(arg, "configs/llava15_ddpo.py", size=SIZES, variant=VARIANTS,
+                           peft=PEFT)
   size, variant = arg.size, arg.variant
   config = defaults.llava15_base("ddpo", size)
   config.data.dataset = "rlhfv_parquet"
@@ -65,4 +88,8 @@ def get_config(arg: str = ""):
     config.stage = "eval"
     config.init.params = "checkpoint"  # init.checkpoint_dir: the DDPO run's workdir
     config.eval.objective = "ddpo"
+  if arg.peft == "lora":
+    defaults.use_lora(config, learning_rate=2e-5)
+    # The reference is the base, inside the step: no cache to precompute.
+    config.data.use_ref_cache = False
   return config

@@ -12,6 +12,19 @@ tower frozen; FSDP over all devices.
 The argument after ":" pins a size ("7b" or "13b"); without one the architecture follows
 the checkpoint. The DDPO stage then starts from this run:
 `--config.init.params=checkpoint --config.init.checkpoint_dir=/runs/llava15_7b_vqav2_sft`.
+
+`:lora` (with or without a size): LoRA on one accelerator, LLaVA-1.5's own LoRA recipe
+(scripts/v1_5/finetune_lora.sh: rank 128, alpha 256 on every linear layer of the
+language model, learning rate 2e-4), the base in bfloat16; its projector learning rate
+(2e-5) is not separate here, so the projector stays as the checkpoint has it
+(`--config.model.lora.trained=multi_modal_projector` trains it in full at 2e-4). A DDPO
+run from it loads base + adapters as plain weights.
+
+  python -m rlhfv_jax.main --config configs/llava15_vqav2_sft.py:lora \
+      --workdir /runs/llava15_7b_vqav2_sft_lora \
+      --config.init.hf_checkpoint=/models/llava-1.5-7b-hf \
+      --config.data.tokenizer=/models/llava-1.5-7b-hf/tokenizer.model \
+      --config.data.source_dir=/data/vqav2 --config.data.data_dir=/data/tfds
 """
 
 from rlhfv_jax.model.config import SIZES
@@ -19,11 +32,13 @@ from rlhfv_jax.stages import defaults
 
 
 def get_config(arg: str = ""):
-  size = defaults.parse_arg(arg, "configs/llava15_vqav2_sft.py", size=SIZES).size
-  config = defaults.llava15_base("sft", size)
+  arg = defaults.parse_arg(arg, "configs/llava15_vqav2_sft.py", size=SIZES, peft=("lora",))
+  config = defaults.llava15_base("sft", arg.size)
   config.data.dataset = "vqav2"
   config.train.update(global_batch_size=128, num_epochs=1.0)
   config.optim.update(learning_rate=2e-5, warmup_fraction=0.03)
   config.eval.objective = "sft"
   config.checkpoint.every_steps = 500
+  if arg.peft == "lora":
+    defaults.use_lora(config, learning_rate=2e-4)
   return config

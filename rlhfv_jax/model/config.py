@@ -15,6 +15,8 @@ the HF `LlavaConfig` / `CLIPVisionConfig` / `LlamaConfig` meaning):
   dtype        # compute dtype: "float32" (CPU tests) or "bfloat16" (accelerators)
   param_dtype  # storage dtype of the parameters
   remat        # rematerialize each transformer layer in the backward pass
+  lora.{rank, alpha, targets, dropout, trained}  # LoRA adapters (rank 0: off;
+               # `rlhfv_jax.model.lora`); not part of the HF config
 
 `vision.feature_layer` indexes the CLIP hidden-state list the way HF does: entry 0 is
 the (pre-layernormed) embedding output and entry i the output of layer i, so -1 is the
@@ -28,6 +30,8 @@ import os
 from typing import Any, Union
 
 import ml_collections
+
+from rlhfv_jax.model import lora as lora_lib
 
 # Token ids of llava-hf/llava-1.5-*-hf: Llama-2 tokenizer (32000 pieces) + `<image>`
 # (32000) + `<pad>` (32001), embedding table padded to 32064 rows.
@@ -119,6 +123,7 @@ def llava_config(size: str, *, vocab_size: int | None = None,
       dtype="float32",
       param_dtype="float32",
       remat=False,
+      lora=lora_lib.default_config(),
   ))
   validate_config(cfg)
   return cfg
@@ -170,6 +175,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   for name in ("dtype", "param_dtype"):
     if cfg[name] not in ("float32", "bfloat16", "float16"):
       problems.append(f"{name}={cfg[name]!r} must be float32, bfloat16 or float16")
+  problems += lora_lib.problems(cfg)
   if problems:
     raise ValueError("Invalid model config: " + "; ".join(problems))
 
@@ -244,6 +250,7 @@ def config_from_hf(path_or_config) -> ml_collections.ConfigDict:
       dtype="float32",
       param_dtype="float32",
       remat=False,
+      lora=lora_lib.default_config(),
   ))
   validate_config(cfg)
   return cfg

@@ -68,6 +68,14 @@ _PREFIX = {
 _LEAF_NAME = {"kernel": "weight", "scale": "weight", "embedding": "weight",
               "bias": "bias", "class_embedding": "class_embedding"}
 
+# Hub-layout module path -> the module's path in transformers 5's model (`named_modules()`).
+_MODULE_RULES = (
+    (re.compile(r"^language_model\.model\."), "model.language_model."),
+    (re.compile(r"^language_model\.lm_head$"), "lm_head"),
+    (re.compile(r"^vision_tower\.vision_model\."), "model.vision_tower."),
+    (re.compile(r"^multi_modal_projector\."), "model.multi_modal_projector."),
+)
+
 
 def normalize_name(name: str) -> str:
   """Maps any transformers 4.x/5.x llava tensor name to the llava-hf hub layout."""
@@ -90,6 +98,24 @@ def _hf_names(path: tuple[str, ...], num_layers: int | None) -> list[str]:
     return [base]
   head, tail = base.split(".layers.", 1)
   return [f"{head}.layers.{i}.{tail}" for i in range(num_layers)]
+
+
+def module_names(cfg: ml_collections.ConfigDict, path: tuple[str, ...]) -> list[str]:
+  """Paths in transformers 5's `LlavaForConditionalGeneration` of the Flax module `path`.
+
+  E.g. ``("language_model", "layers", "self_attn", "q_proj")`` ->
+  ``["model.language_model.layers.0.self_attn.q_proj", ...]``, one per layer under a
+  scanned ``layers``. These are the names `named_modules()` gives (transformers >= 4.52
+  for the language model), which PEFT's adapter keys and ``target_modules`` use;
+  ``normalize_name(name + ".weight")`` is the hub name of the module's weight.
+  """
+  out = []
+  for name in _hf_names((*path, "kernel"), _layer_count(cfg, path)):
+    name = name.removesuffix(".weight")
+    for pattern, replacement in _MODULE_RULES:
+      name = pattern.sub(replacement, name)
+    out.append(name)
+  return out
 
 
 def _to_flax(leaf: str, array: np.ndarray) -> np.ndarray:

@@ -24,13 +24,14 @@ import jax.numpy as jnp
 import ml_collections
 
 from rlhfv_jax.model import layers
+from rlhfv_jax.model import lora
 
 KVCache = dict[str, jax.Array]
 
 
-def _dense(cfg: ml_collections.FrozenConfigDict, features: int, name: str) -> nn.Dense:
-  return nn.Dense(features, use_bias=False, dtype=jnp.dtype(cfg.dtype),
-                  param_dtype=jnp.dtype(cfg.param_dtype), name=name)
+def _dense(cfg: ml_collections.FrozenConfigDict, features: int, name: str) -> nn.Module:
+  # A LoRADense where model.lora targets the projection (`rlhfv_jax.model.lora`).
+  return lora.dense(cfg, features, name)
 
 
 def _rms_norm(cfg: ml_collections.FrozenConfigDict, name: str) -> layers.RMSNorm:

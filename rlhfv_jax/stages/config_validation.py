@@ -113,6 +113,10 @@ def _problems_init(cfg: Any, stage: str) -> list[str]:
   if source == "checkpoint" and not cfg.init.checkpoint_dir:
     out.append("init.params='checkpoint' needs init.checkpoint_dir: the workdir of an "
                "earlier stage (e.g. the SFT run)")
+  adapter = cfg.init.get("peft_adapter")
+  if adapter and not pathlib.Path(adapter, "adapter_config.json").is_file():
+    out.append(f"init.peft_adapter={adapter!r} holds no adapter_config.json (a PEFT LoRA "
+               "adapter directory: adapter_config.json + adapter_model.safetensors)")
   return out
 
 
@@ -297,6 +301,9 @@ def validate_config(config: Any, *, num_devices: Optional[int] = None,
     problems += _problems_batch(config, num_devices, num_processes)
   if "optim" in config and stage in registry.TRAINING_STAGES:
     problems += _problems_optim(config.optim)
+    if "model" in config:  # a module LoRA adapts or trains must not be frozen
+      from rlhfv_jax.model import lora
+      problems += lora.frozen_problems(config.model, tuple(config.optim.frozen))
   if "init" in config:
     problems += _problems_init(config, stage)
   if "checkpoint" in config:

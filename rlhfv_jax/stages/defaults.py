@@ -53,7 +53,10 @@ def base_config(stage: str = "ddpo", model_size: str = "7b") -> ml_collections.C
       params="random", hf_checkpoint="", checkpoint_dir="", checkpoint_step=-1,
       # With params="hf": take the architecture from the checkpoint's config.json
       # (`model_init.resolve_model_config`) instead of config.model.
-      model_from_checkpoint=False))
+      model_from_checkpoint=False,
+      # A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors)
+      # folded into the params above: evaluate it, or train on from it.
+      peft_adapter=""))
   config.model = model.llava_config(model_size)
   config.data = factory.get_data_config()
   config.ddpo = ml_collections.ConfigDict(ddpo.DDPOConfig().to_dict())
@@ -116,6 +119,20 @@ def llava15_base(stage: str, size: str = "") -> ml_collections.ConfigDict:
   config.train.parallelism = "fsdp"
   config.train.mesh.update(data=1, fsdp=-1)
   return config
+
+
+# LoRA for one accelerator (issue 27; `rlhfv_jax.model.lora`): LLaVA-1.5's own LoRA recipe
+# (scripts/v1_5/finetune_lora.sh, Liu et al. 2023): rank 128, alpha 256 on every linear
+# layer of the language model; the base held in bfloat16 (adapters float32), remat.
+LORA_RECIPE = dict(rank=128, alpha=256.0)
+
+
+def use_lora(config: ml_collections.ConfigDict, learning_rate: float) -> None:
+  """Turns a LLaVA-1.5 recipe into its LoRA variant (`LORA_RECIPE`, at `learning_rate`):
+  only the adapters train and hold optimizer state, the base is stored in bfloat16."""
+  config.model.lora.update(LORA_RECIPE)
+  config.model.param_dtype = "bfloat16"
+  config.optim.learning_rate = learning_rate
 
 
 def parse_arg(arg: str, config_file: str, **choices: Sequence[str]) -> ml_collections.ConfigDict:

@@ -18,6 +18,12 @@ elsewhere with ``LlavaForConditionalGeneration.from_pretrained`` and
 * the chat template: the data layer's single-turn prompt (``data.system_message`` and
   ``data.prompt_template``), so ``apply_chat_template`` renders what training saw.
 
+A LoRA run (`rlhfv_jax.model.lora`) exports as plain weights (base + (alpha / r) B A
+folded in) and, in ``<out_dir>/peft_adapter``, its adapters alone in the PEFT format
+(`peft_io`) that ``peft.PeftModel.from_pretrained`` puts on the base model (if the run
+also trained modules in full, ``model.lora.trained``, only the merged directory has
+them).
+
 Tested: transformers loads the directory, its processor gives the project's token ids
 and pixels, its model the project's logits.
 """
@@ -35,6 +41,7 @@ import jax
 from rlhfv_jax.data import factory
 from rlhfv_jax.data.records import IMAGE_PLACEHOLDER
 from rlhfv_jax.model import hf_io
+from rlhfv_jax.model import lora
 from rlhfv_jax.stages import model_init
 
 
@@ -90,11 +97,26 @@ def processor(config: Any):
       chat_template=chat_template(config.data.system_message, config.data.prompt_template))
 
 
+PEFT_DIR = "peft_adapter"
+
+
 def run(config: Any, workdir: str) -> str:
   """The stage (module docstring). Returns the directory written."""
   out = pathlib.Path(config.export_hf.out_dir or pathlib.Path(workdir) / "hf")
   params = model_init.load_initial_params(config)
-  hf_io.save_hf_llava(config.model, params, out)
+  model_cfg = lora.base_config(config.model)
+  hf_io.save_hf_llava(model_cfg, params, out)
   if jax.process_index() == 0:
     processor(config).save_pretrained(str(out))
+  pointer = (model_init.lora_pointer(config.init.checkpoint_dir)
+             if config.init.params == "checkpoint" else None)
+  if pointer is not None:  # a LoRA run: its adapters alone too, for peft
+    from rlhfv_jax.model import peft_io  # local: safetensors
+    _, trained, settings = model_init.load_lora_run(config, pointer)
+    adapters = lora.split(trained)[1]
+    with_lora = model_cfg.copy_and_resolve_references()
+    with_lora.lora = settings
+    base_init = pointer["init"]
+    peft_io.save_peft_adapter(with_lora, adapters, out / PEFT_DIR,
+                              base_model_name_or_path=base_init.get("hf_checkpoint", ""))
   return str(out)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from typing import Any
@@ -22,6 +23,7 @@ import ml_collections
 from absl import logging
 
 from rlhfv_jax import model as model_lib
+from rlhfv_jax.model import lora
 from rlhfv_jax.train import checkpointing
 from rlhfv_jax.train import mesh as mesh_lib
 from rlhfv_jax.train import optimizer as optimizer_lib
@@ -29,8 +31,9 @@ from rlhfv_jax.train import optimizer as optimizer_lib
 CHECKPOINT_DIR = "checkpoints"
 # The resolved config every run writes into its workdir (`runner.run`).
 RUN_CONFIG_FILE = "config.json"
-# Model-config fields that say how the run executes, not what the checkpoint holds.
-RUN_SETTINGS = ("dtype", "param_dtype", "remat")
+# Model-config fields that say how the run executes, not what the checkpoint holds (its
+# LoRA adapters too: a run adapts its own starting point).
+RUN_SETTINGS = ("dtype", "param_dtype", "remat", "lora")
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> str:
@@ -102,6 +105,50 @@ def _check_param_shapes(params: Any, expected: Any, source: str) -> None:
                      f"{_WAY_OUT}.")
 
 
+def lora_pointer(run_dir: str) -> dict | None:
+  """A LoRA run's base pointer (`lora.write_base_pointer`: its ``init`` and
+  ``model.lora``), or None for a run that trained every parameter."""
+  path = os.path.join(checkpoint_dir(run_dir), lora.BASE_POINTER)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _lora_run_shapes(config: Any, pointer: dict) -> tuple[Any, Any]:
+  """(the base's shapes, the LoRA run's trained shapes) for the consumer's architecture."""
+  base = model_lib.param_shapes(lora.base_config(config.model))
+  s = ml_collections.ConfigDict(pointer["lora"])
+  trained = jax.eval_shape(lambda b: lora.initial_trainable(b, s, jax.random.PRNGKey(0)),
+                           base)
+  return base, trained
+
+
+def load_lora_run(config: Any, pointer: dict, target_shardings: Any = None
+                  ) -> tuple[Any, Any, ml_collections.ConfigDict]:
+  """A LoRA run (``init.checkpoint_dir``, its `lora_pointer`) in parts: (its base, loaded
+  as its own ``init`` says, which may be another run; what it trained; its
+  ``model.lora``)."""
+  base_config = copy.deepcopy(config)
+  with base_config.unlocked():
+    base_config.init = ml_collections.ConfigDict(pointer["init"])
+    base_config.seed = pointer["seed"]
+    # Adapters it imported were trained on in the run: they are in its checkpoint.
+    base_config.init.peft_adapter = ""
+    base_config.model.lora = lora.default_config()
+  base = load_initial_params(base_config, target_shardings)
+  _, trained_shapes = _lora_run_shapes(config, pointer)
+  ckpt, step = _checked_checkpoint(config, trained_shapes)
+  try:
+    logging.info("initial params: LoRA run %s step %d on its base (%s)", ckpt.directory, step,
+                 describe_init(base_config))
+    trained = ckpt.restore_params(step, checkpointing.abstract_with_shardings(
+        trained_shapes, jax.tree.map(lambda _: mesh_lib.replicated(), trained_shapes)))
+  finally:
+    ckpt.close()
+  return base, trained, ml_collections.ConfigDict(pointer["lora"])
+
+
 def _checked_checkpoint(config: Any, expected: Any) -> tuple[checkpointing.Checkpointer, int]:
   """The Checkpointer of `init.checkpoint_dir` and the step `init.checkpoint_step` names,
   once its stored parameter shapes (orbax metadata, no weights) are `expected`'s."""
@@ -134,23 +181,48 @@ def check_checkpoint_shapes(config: Any) -> None:
   init = config.get("init")
   if not init or init.get("params") not in ("hf", "checkpoint"):
     return
-  expected = model_lib.param_shapes(config.model)
+  expected = model_lib.param_shapes(lora.base_config(config.model))
   if init.params == "hf" and init.get("hf_checkpoint"):
     stored = model_lib.param_shapes(model_lib.config_from_hf(init.hf_checkpoint))
     _check_param_shapes(stored, expected, f"init.hf_checkpoint={init.hf_checkpoint}")
   elif init.params == "checkpoint" and init.get("checkpoint_dir"):
+    pointer = lora_pointer(init.checkpoint_dir)
+    if pointer is not None:  # a LoRA run: its checkpoints hold what it trained
+      expected = _lora_run_shapes(config, pointer)[1]
     _checked_checkpoint(config, expected)[0].close()
 
 
 def load_initial_params(config: Any, target_shardings: Any = None) -> Any:
-  """The starting params named by `config.init` (random, a llava-hf dir, or a checkpoint).
+  """The starting params named by `config.init` (random, a llava-hf dir, or a checkpoint:
+  of a LoRA run, its base with its adapters folded in; then an ``init.peft_adapter``
+  folded in), as plain weights (no adapters) of `config.model`'s architecture.
 
   Args:
     config: the run config.
     target_shardings: shardings for a checkpoint restore (default: replicated).
   """
-  init, cfg = config.init, config.model
+  params = _load_start(config, target_shardings)
+  if config.init.get("peft_adapter"):
+    # A PEFT LoRA adapter on that start (e.g. trained with TRL or LLaMA-Factory): folded
+    # in, it is the starting point like an earlier stage's result.
+    from rlhfv_jax.model import peft_io  # local: safetensors
+    adapters, settings = peft_io.load_peft_adapter_for(
+        config.init.peft_adapter, lora.base_config(config.model), params)
+    logging.info("initial params: + PEFT adapter %s (rank %d, alpha %g) folded in",
+                 config.init.peft_adapter, settings.rank, settings.alpha)
+    params = lora.fold(lora.merge(params, adapters), settings)
+  return params
+
+
+def _load_start(config: Any, target_shardings: Any) -> Any:
+  """`load_initial_params` before an ``init.peft_adapter``."""
+  init, cfg = config.init, lora.base_config(config.model)
   expected = model_lib.param_shapes(cfg)
+  if init.params == "checkpoint" and init.checkpoint_dir:
+    pointer = lora_pointer(init.checkpoint_dir)
+    if pointer is not None:
+      base, trained, settings = load_lora_run(config, pointer, target_shardings)
+      return lora.fold(lora.merge(base, trained), settings)
   if init.params == "random":
     return model_lib.init_params(cfg, jax.random.PRNGKey(config.seed))
   if init.params == "hf":

@@ -18,6 +18,7 @@ from absl import logging
 from rlhfv_jax import logps
 from rlhfv_jax import model as model_lib
 from rlhfv_jax.batch import PreferenceBatch, SFTBatch
+from rlhfv_jax.model import lora
 from rlhfv_jax.stages import model_init
 from rlhfv_jax.train import checkpointing
 from rlhfv_jax.train import loop
@@ -100,8 +101,26 @@ def run(config: Any, workdir: str) -> Any:
 
   apply_fn = model_lib.make_apply_fn(config.model)
   objective = stage_objective(config, apply_fn, stage)
-  abstract_params = model_lib.param_shapes(config.model)
-  optimizer, schedule, labels = optimizer_lib.make_optimizer(config.optim, abstract_params,
+  adapters = lora.settings(config.model)
+  # The starting params (with LoRA: the frozen base the adapters are trained on).
+  abstract_initial = model_lib.param_shapes(lora.base_config(config.model))
+  optim_config = config.optim
+  if adapters is None:
+    abstract_params = abstract_initial
+  else:
+    # Only the adapters (and model.lora.trained) are the state: they alone have optimizer
+    # state and are checkpointed; the base is the step's frozen input.
+    objective = objectives.with_lora(objective)
+    abstract_params = jax.eval_shape(
+        lambda base: lora.initial_trainable(base, adapters, jax.random.PRNGKey(config.seed)),
+        abstract_initial)
+    optim_config = config.optim.copy_and_resolve_references()
+    optim_config.frozen = ()
+    logging.info("LoRA rank %d (alpha %g) on %s%s: %d trained parameters of %d",
+                 adapters.rank, adapters.alpha, ", ".join(adapters.targets),
+                 f" + {', '.join(adapters.trained)} in full" if adapters.trained else "",
+                 lora.num_params(abstract_params), lora.num_params(abstract_initial))
+  optimizer, schedule, labels = optimizer_lib.make_optimizer(optim_config, abstract_params,
                                                              num_steps)
   make_step = functools.partial(
       step_lib.make_train_step, objective.loss_fn, optimizer, schedule,
@@ -109,9 +128,15 @@ def run(config: Any, workdir: str) -> Any:
   parallel = parallel_lib.make_parallel(config.train, make_step)
   make_state = lambda params: TrainState.create(params, optimizer,
                                                 jax.random.PRNGKey(config.seed))
-  initial_params = functools.cache(
-      lambda: model_init.load_initial_params(config,
-                                             parallel.checkpoint_shardings(abstract_params)))
+  initial = functools.cache(
+      lambda: model_init.load_initial_params(
+          config, parallel.checkpoint_shardings(abstract_initial)))
+  if adapters is None:
+    initial_params = initial
+  else:
+    initial_params = functools.cache(lambda: lora.initial_trainable(
+        initial(), adapters, jax.random.PRNGKey(config.seed)))
+    lora.write_base_pointer(model_init.checkpoint_dir(workdir), config)
 
   ckpt = checkpointing.Checkpointer(model_init.checkpoint_dir(workdir),
                                     save_every_steps=config.checkpoint.every_steps,
@@ -121,9 +146,13 @@ def run(config: Any, workdir: str) -> Any:
   fresh_state = lambda: parallel.init_state(make_state, initial_params())
   state, start = loop.init_or_restore(parallel, fresh_state,
                                       jax.eval_shape(make_state, abstract_params), ckpt, batches)
-  # The DDPO reference is the starting policy, frozen (unless its log-probs are cached).
-  frozen_inputs = (parallel.put_frozen_inputs(initial_params())
-                   if objective.needs_frozen_inputs else None)
+  # The DDPO reference is the starting policy, frozen (unless its log-probs are cached);
+  # with LoRA the frozen input is the base, which is also the reference.
+  frozen_inputs = None
+  if adapters is not None:
+    frozen_inputs = parallel.put_frozen_inputs(initial())
+  elif objective.needs_frozen_inputs:
+    frozen_inputs = parallel.put_frozen_inputs(initial_params())
   writer = metrics_lib.MetricsWriter(workdir)
   try:
     state = loop.train(parallel, state, frozen_inputs, batches, start_step=start, checkpointer=ckpt,
@@ -134,4 +163,8 @@ def run(config: Any, workdir: str) -> Any:
     writer.close()
     ckpt.close()
     loader.close()
-  return parallel.host_params(state)
+  if adapters is None:
+    return parallel.host_params(state)
+  # The trained model as plain weights (W + (alpha / r) A B), as a later stage loads it.
+  base = jax.tree.map(parallel_lib.host_value, initial())
+  return lora.fold(lora.merge(base, parallel.host_params(state)), adapters)

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 
 from rlhfv_jax import ddpo
 from rlhfv_jax import logps
+from rlhfv_jax.model import lora
 from rlhfv_jax.train.step import LossFn
 
 
@@ -60,3 +61,19 @@ def sft_objective(apply_fn: logps.ApplyFn) -> Objective:
   return Objective(loss_fn=loss_fn,
                    per_example_fn=lambda params, frozen_inputs, batch: per_example(params, batch),
                    loss_weight_key="num_tokens")
+
+
+def with_lora(objective: Objective) -> Objective:
+  """`objective` for a LoRA run: the train step's params are what trains (adapters and
+  fully trained modules, `lora.initial_trainable`) and `frozen_inputs` the base params.
+  The policy is ``lora.merge(base, trainable)``; the DDPO reference is the base itself
+  (the same arrays: no second copy of the model), or its cached log-probs."""
+
+  def loss_fn(trainable, base, batch, rng):
+    return objective.loss_fn(lora.merge(base, trainable), base, batch, rng)
+
+  def per_example(trainable, base, batch):
+    return objective.per_example_fn(lora.merge(base, trainable), base, batch)
+
+  return Objective(loss_fn=loss_fn, per_example_fn=per_example,
+                   loss_weight_key=objective.loss_weight_key, needs_frozen_inputs=True)

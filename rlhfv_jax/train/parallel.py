@@ -44,7 +44,7 @@ def _to_host(x: jax.Array) -> np.ndarray:
   return np.asarray(x.addressable_data(0))
 
 
-def _full_host_value(x: Any) -> np.ndarray:
+def host_value(x: Any) -> np.ndarray:
   """The whole value of a (possibly sharded, possibly multi-process) array on the host."""
   if not isinstance(x, jax.Array):
     return np.asarray(x)
@@ -132,7 +132,7 @@ class PmapParallel(Parallel):
     n = len(self.devices)
 
     def put(x):
-      x = _full_host_value(x)
+      x = host_value(x)
       return jax.device_put(np.broadcast_to(x[None], (n,) + x.shape), self._local)
     return jax.tree.map(put, tree)
 

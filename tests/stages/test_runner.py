@@ -29,7 +29,7 @@ def test_the_resolved_config_is_in_the_workdir_before_the_stage_starts(tmp_path,
     config.stage = "probe"
   assert runner.run(config, str(tmp_path / "run")) == "result"
   assert seen["file"]["stage"] == "probe"
-  assert seen["file"]["model"] == config.model.to_dict()
+  assert seen["file"]["model"] == json.loads(json.dumps(config.model.to_dict()))
 
 
 def test_an_invalid_config_writes_nothing(tmp_path):
@@ -59,6 +59,9 @@ def test_parse_arg_takes_parts_in_any_order_and_by_name():
     ("llava15_feedback.py", "7b", "sample", "7b"),
     ("llava15_vqav2_sft.py", "", "sft", ""),
     ("llava15_hallucination_eval.py", "13b", "hallucination_eval", "13b"),
+    ("llava15_ddpo.py", "lora", "ddpo", ""),
+    ("llava15_ddpo.py", "13b,rlhfv_release,lora", "ddpo", "13b"),
+    ("llava15_vqav2_sft.py", "lora,7b", "sft", "7b"),
 ])
 def test_config_files_read_their_argument(name, arg, stage, size):
   config = config_files.load(name, arg)
@@ -68,3 +71,8 @@ def test_config_files_read_their_argument(name, arg, stage, size):
     assert config.model.text.hidden_size == defaults.base_config(stage, size).model.text.hidden_size
   with pytest.raises(ValueError, match=f"configs/{name}:bogus"):
     config_files.load(name, "bogus")
+  lora = "lora" in arg.split(",")
+  assert config.model.lora.rank == (defaults.LORA_RECIPE["rank"] if lora else 0)
+  assert config.model.param_dtype == ("bfloat16" if lora else "float32")
+  if lora and stage == "ddpo":  # the reference is the base, inside the step
+    assert not config.data.use_ref_cache
