@@ -12,7 +12,9 @@ The stage is `config.stage`:
   ddpo            dense DPO on fine-grained corrections (the method)
   eval            the objective's metrics on a held-out split
 
-A run resumes from the newest checkpoint in `--workdir` by itself. Multi-host: pass
+A run resumes from the newest checkpoint in `--workdir` by itself. On SIGTERM (a TPU VM's
+or SLURM's preemption notice) every process saves the same step's checkpoint and the run
+exits with status 75 (`rlhfv_jax/train/preemption.py`); re-running resumes. Multi-host: pass
 `--distributed` on TPU pods / SLURM (cluster auto-detection; the `launch/` scripts do),
 or `--coordinator_address`, `--num_processes` and `--process_id` explicitly.
 """
@@ -89,7 +91,12 @@ def main(argv: list[str]) -> int:
     return 0
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
-  start(_WORKDIR.value)
+  from rlhfv_jax.train import preemption
+  try:
+    start(_WORKDIR.value)
+  except preemption.Preempted as e:
+    absl_logging.warning("%s", e)
+    return preemption.EXIT_PREEMPTED
   return 0
 
 

@@ -106,6 +106,11 @@ class Checkpointer:
         STATE_ITEM: ocp.args.StandardSave(state),
         DATA_ITEM: ocp.args.JsonSave(data)}), force=True)
 
+  def reached_preemption(self, step: int) -> bool:
+    """JAX's preemption sync point through orbax (`preemption`): True at the step every
+    process agreed to save at after a SIGTERM reached one of them."""
+    return self._manager.reached_preemption(step)
+
   def maybe_save(self, step: int, state_fn, iterator_state: Any = None) -> bool:
     """Saves when `step` is a multiple of `save_every_steps`; `state_fn()` gives the state."""
     if step % self.save_every_steps:

@@ -17,6 +17,7 @@ from absl import logging
 
 from rlhfv_jax.train import checkpointing
 from rlhfv_jax.train import metrics as metrics_lib
+from rlhfv_jax.train import preemption
 from rlhfv_jax.train.parallel import Parallel
 
 
@@ -191,11 +192,28 @@ def train(parallel: Parallel, state: Any, frozen_inputs: Any, data_iterator: Ite
   Raises:
     NonFiniteLossError: `settings.max_consecutive_nonfinite` skipped updates in a row.
     DataExhaustedError: the iterator ran out before `settings.num_steps`.
+    preemption.Preempted: a SIGTERM (preemption notice) reached a process; every process
+      saved the same step's checkpoint and stopped (`rlhfv_jax.train.preemption`).
   """
   report = _StepReporter(parallel, settings, start_step, checkpointer, writer)
   watch = _CompileWatch()
   last_saved = start_step if checkpointer is not None and start_step > 0 else None
+  preempted = (preemption.PreemptionWatch(checkpointer.reached_preemption)
+               if checkpointer is not None else None)
+  try:
+    return _train_steps(parallel, state, frozen_inputs, data_iterator, start_step, settings,
+                        checkpointer, report, watch, last_saved, preempted)
+  finally:
+    if preempted is not None:
+      preempted.close()
 
+
+def _train_steps(parallel: Parallel, state: Any, frozen_inputs: Any,
+                 data_iterator: Iterator[Any], start_step: int, settings: LoopSettings,
+                 checkpointer: Optional[checkpointing.Checkpointer], report: _StepReporter,
+                 watch: _CompileWatch, last_saved: Optional[int],
+                 preempted: Optional[preemption.PreemptionWatch]) -> Any:
+  """The steps of `train`."""
   pending = None
   for step in range(start_step, settings.num_steps):
     host_batch = _next_batch(data_iterator, step, start_step, settings.num_steps)
@@ -213,6 +231,13 @@ def train(parallel: Parallel, state: Any, frozen_inputs: Any, data_iterator: Ite
     if checkpointer is not None and checkpointer.maybe_save(
         step + 1, lambda: parallel.checkpointable(state), iterator_state):
       last_saved = step + 1
+    if preempted is not None and preempted.reached(step + 1) and step + 1 < settings.num_steps:
+      # Every process is at this step (the sync point): save it, together, and stop.
+      report(*pending)
+      if last_saved != step + 1:
+        checkpointer.save(step + 1, parallel.checkpointable(state), iterator_state)
+      checkpointer.wait()
+      raise preemption.Preempted(step + 1, checkpointer.directory)
   if pending is not None:
     report(*pending)
   watch.log_summary()

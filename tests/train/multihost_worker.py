@@ -16,6 +16,7 @@ import argparse
 import functools
 import os
 import pathlib
+import signal
 import sys
 
 GLOBAL_BATCH = 8
@@ -31,6 +32,10 @@ def main() -> None:
   parser.add_argument("--process_id", type=int)
   parser.add_argument("--interrupt_at", type=int, default=0,
                       help="stop at this step, then resume from its checkpoint")
+  parser.add_argument("--sigterm_at", type=int, default=0,
+                      help="process 1 sends itself SIGTERM when drawing this batch (a "
+                      "preemption notice); the worker exits with the run's status")
+  parser.add_argument("--parallelisms", default="pmap,fsdp")
   args = parser.parse_args()
   # Keep the suite's other XLA flags; only the device count is this process's own.
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
@@ -54,6 +59,7 @@ def main() -> None:
   from rlhfv_jax.train import optimizer as optimizer_lib
   from rlhfv_jax.train import mesh as mesh_lib
   from rlhfv_jax.train import parallel as parallel_lib
+  from rlhfv_jax.train import preemption
   from rlhfv_jax.train import step as step_lib
   from rlhfv_jax.train.train_state import TrainState
 
@@ -66,6 +72,9 @@ def main() -> None:
       self.rows = slice(jax.process_index() * share, (jax.process_index() + 1) * share)
 
     def __next__(self):
+      if (args.sigterm_at and self.position == args.sigterm_at
+          and jax.process_index() == 1):
+        os.kill(os.getpid(), signal.SIGTERM)
       batch = toy_model.preference_batch(self.position, batch=GLOBAL_BATCH)
       self.position += 1
       return jax.tree.map(lambda x: x[self.rows], batch)
@@ -104,11 +113,15 @@ def main() -> None:
     ckpt.close()
     return parallel.host_params(state)
 
-  for parallelism in ("pmap", "fsdp"):
+  for parallelism in args.parallelisms.split(","):
     workdir = os.path.join(args.workdir, parallelism)
     if args.interrupt_at:  # stop, then resume from the checkpoint in a fresh loop
       train(parallelism, workdir, args.interrupt_at)
-    final = train(parallelism, workdir, NUM_STEPS)
+    try:
+      final = train(parallelism, workdir, NUM_STEPS)
+    except preemption.Preempted as e:
+      print(f"PREEMPTED at step {e.step}", flush=True)
+      sys.exit(preemption.EXIT_PREEMPTED)
     if jax.process_index() == 0:
       flat = {optimizer_lib.path_str(path): np.asarray(x)
               for path, x in jax.tree_util.tree_leaves_with_path(final)}

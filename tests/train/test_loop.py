@@ -4,6 +4,8 @@ non-finite stop, data exhaustion, metrics records."""
 from __future__ import annotations
 
 import functools
+import os
+import signal
 
 import jax
 import ml_collections
@@ -17,6 +19,7 @@ from rlhfv_jax.train import loop
 from rlhfv_jax.train import metrics as metrics_lib
 from rlhfv_jax.train import optimizer as optimizer_lib
 from rlhfv_jax.train import parallel as parallel_lib
+from rlhfv_jax.train import preemption
 from rlhfv_jax.train import step as step_lib
 from rlhfv_jax.train.train_state import TrainState
 
@@ -87,6 +90,29 @@ def run(setup, workdir, num_steps, make_batch=toy_model.preference_batch, limit=
     writer.close()
     ckpt.close()
   return parallel.host_params(state), batches.position
+
+
+def test_sigterm_saves_the_step_and_stops_then_the_run_resumes_exactly(setup, tmp_path):
+  """One process: a SIGTERM (preemption notice) while batch 2 is drawn -> the checkpoint of
+  step 3 (the step under way finishes) and `Preempted`; the SIGTERM handler is restored;
+  re-running ends with the uninterrupted run's params."""
+  straight, _ = run(setup, tmp_path / "a", TOTAL_STEPS)
+  before = signal.getsignal(signal.SIGTERM)
+
+  def make_batch(i):
+    if i == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return toy_model.preference_batch(i)
+
+  with pytest.raises(preemption.Preempted, match="checkpoint saved at step 3") as stop:
+    run(setup, tmp_path / "b", TOTAL_STEPS, make_batch=make_batch)
+  assert stop.value.step == 3
+  assert signal.getsignal(signal.SIGTERM) is before
+  saved = checkpointing.Checkpointer(tmp_path / "b" / "checkpoints", save_every_steps=2)
+  assert saved.all_steps() == [2, 3]
+  resumed, position = run(setup, tmp_path / "b", TOTAL_STEPS)
+  assert position == TOTAL_STEPS
+  jax.tree.map(np.testing.assert_array_equal, resumed, straight)
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(setup, tmp_path):

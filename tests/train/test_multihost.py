@@ -70,6 +70,38 @@ def test_two_processes_match_one(runs, parallelism):
                                                         {"position": 4, "process": 1}]
 
 
+def test_sigterm_to_one_process_saves_one_step_everywhere_and_resumes_exactly(runs, tmp_path):
+  """A preemption notice (SIGTERM) to process 1 only: both processes save the same step's
+  checkpoint and exit with EXIT_PREEMPTED; re-running them ends with the uninterrupted
+  run's params."""
+  from rlhfv_jax.train import preemption
+  single = runs[0] / "pmap"
+  address = f"127.0.0.1:{free_port()}"
+  procs = [launch(tmp_path, 2, f"--coordinator_address={address}", "--num_processes=2",
+                  f"--process_id={i}", "--sigterm_at=1", "--parallelisms=pmap")
+           for i in range(2)]
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == preemption.EXIT_PREEMPTED, out[-4000:]
+  stops = {line for out in outputs for line in out.splitlines() if "PREEMPTED at step" in line}
+  assert len(stops) == 1, stops  # the same step on both processes
+  (stop,) = stops
+  step = int(stop.rsplit(" ", 1)[1])
+  assert 1 <= step < 4
+  saved = sorted(int(p.name) for p in (tmp_path / "pmap" / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert saved[-1] == step
+  address = f"127.0.0.1:{free_port()}"
+  procs = [launch(tmp_path, 2, f"--coordinator_address={address}", "--num_processes=2",
+                  f"--process_id={i}", "--parallelisms=pmap") for i in range(2)]
+  for p in procs:
+    out = p.communicate(timeout=300)[0]
+    assert p.returncode == 0, out[-4000:]
+  want, got = np.load(single / "final_params.npz"), np.load(tmp_path / "pmap" / "final_params.npz")
+  for name in want:
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
 def test_resolve_explicit_flags_and_environment():
   spec = multihost.resolve("10.0.0.1:1234", 4, 3, environ={})
   assert spec == multihost.DistributedSpec("10.0.0.1:1234", 4, 3)
