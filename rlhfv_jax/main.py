@@ -63,6 +63,13 @@ def overview() -> str:
   return "\n".join(lines)
 
 
+def jax_process_index() -> int:
+  """This process's index (0 without jax.distributed): only process 0 prints the
+  overview after an error, not every process of a cluster job."""
+  import jax
+  return jax.process_index()
+
+
 def _quiet_library_info(record: logging.LogRecord) -> bool:
   """Drops INFO chatter of orbax (several lines per checkpoint); keeps its warnings."""
   return record.levelno > logging.INFO or "/orbax/" not in record.pathname
@@ -84,7 +91,10 @@ def main(argv: list[str]) -> int:
   try:
     start = runner.prepare(config)
   except ValueError as e:
-    print(f"{e}\n\n{overview()}", file=sys.stderr)
+    job = multihost.slurm_job()
+    if job is not None:  # the device counts came from the allocation: say which
+      e = ValueError(f"{e}\n  (devices from the allocation: {job})")
+    print(f"{e}\n\n{overview()}" if jax_process_index() == 0 else str(e), file=sys.stderr)
     return 1
   if _PRINT_CONFIG.value:
     print(config.to_json_best_effort(indent=2, sort_keys=True))
@@ -93,7 +103,8 @@ def main(argv: list[str]) -> int:
     raise app.UsageError("--workdir is required")
   from rlhfv_jax.train import preemption
   try:
-    start(_WORKDIR.value)
+    # Absolute: orbax refuses a relative checkpoint path, and stages hand it on.
+    start(os.path.abspath(_WORKDIR.value))
   except preemption.Preempted as e:
     absl_logging.warning("%s", e)
     return preemption.EXIT_PREEMPTED

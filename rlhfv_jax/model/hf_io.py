@@ -19,11 +19,25 @@ The mapping is derived from the Flax parameter tree itself (its module names mir
 HF's): a Flax path `a/b/kernel` is HF `a.b.weight` (transposed), `scale` and
 `embedding` are `weight`, and a leaf under a scanned `layers` module is the stack of
 the HF tensors `...layers.<i>...`.
+
+Two loaders share the checks (done on the files' headers, before any tensor is read: a
+shard the index names that is missing, a truncated file, missing / unexpected /
+duplicated / wrongly shaped tensors):
+
+* `load_hf_llava`: the whole model as host NumPy arrays in `param_dtype` (every process
+  holds all of it, plus the file's tensors while it converts: ~1.6x the f32 param bytes
+  for a bf16 file; `benchmarks/checkpoint_loading.py`).
+* `load_hf_llava_sharded`: each parameter straight into a target sharding; a process
+  reads only the slices its own devices hold (safetensors' `get_slice`), one device's
+  slice of one parameter at a time, converting the dtype per slice, so its host memory
+  peaks at about its devices' share of the params plus one such slice (on CPU devices;
+  on accelerators, the slice alone).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -35,6 +49,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
 from rlhfv_jax.model import config as config_lib
 from rlhfv_jax.model import llava
@@ -118,13 +133,19 @@ def module_names(cfg: ml_collections.ConfigDict, path: tuple[str, ...]) -> list[
   return out
 
 
+def _flax_axes(leaf: str, ndim: int) -> tuple[int, ...]:
+  """`axes` with Flax layout = torch layout `.transpose(axes)`: Flax axis k is torch's
+  axis `axes[k]`."""
+  if leaf == "kernel" and ndim == 2:
+    return (1, 0)  # torch Linear is [out, in].
+  if leaf == "kernel" and ndim == 4:
+    return (2, 3, 1, 0)  # torch Conv2d [out, in, kh, kw] -> [kh, kw, in, out].
+  return tuple(range(ndim))
+
+
 def _to_flax(leaf: str, array: np.ndarray) -> np.ndarray:
   """One HF (torch-layout) tensor in Flax layout."""
-  if leaf == "kernel" and array.ndim == 2:
-    return array.T  # torch Linear is [out, in].
-  if leaf == "kernel" and array.ndim == 4:
-    return array.transpose(2, 3, 1, 0)  # torch Conv2d [out, in, kh, kw] -> [kh, kw, in, out].
-  return array
+  return array.transpose(_flax_axes(leaf, array.ndim))
 
 
 def _to_hf(leaf: str, array: np.ndarray) -> np.ndarray:
@@ -165,9 +186,118 @@ def _tensor_files(path: str) -> list[str]:
   raise FileNotFoundError(f"No {SAFETENSORS_FILE} or {SAFETENSORS_INDEX_FILE} in {path}")
 
 
+def _read_header(file_name: str) -> dict[str, dict[str, Any]]:
+  """A safetensors file's header (tensor name -> dtype, shape, data_offsets), read without
+  its data and checked against the file's size.
+
+  Raises:
+    ValueError: the file is truncated (e.g. an interrupted download or copy; safetensors
+      itself would fail on it later without naming the file) or has no valid header.
+  """
+  size = os.path.getsize(file_name)
+  with open(file_name, "rb") as f:
+    prefix = f.read(8)
+    length = int.from_bytes(prefix, "little")
+    if len(prefix) < 8 or 8 + length > size:
+      raise ValueError(f"{file_name}: truncated or not a safetensors file: {size} bytes, "
+                       "fewer than its header needs")
+    try:
+      header = json.loads(f.read(length))
+      header.pop("__metadata__", None)
+      header = {name: dict(t, shape=tuple(int(n) for n in t["shape"]))
+                for name, t in header.items()}
+      end = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+      raise ValueError(f"{file_name}: not a safetensors file (bad header: {e!r})") from e
+  if 8 + length + end > size:
+    raise ValueError(f"{file_name}: truncated: its header describes {8 + length + end} bytes, "
+                     f"the file has {size} (an interrupted download or copy?)")
+  return header
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tensor:
+  """Where one HF tensor is: its file, its name there and its (torch-layout) shape."""
+  file: str
+  name: str
+  shape: tuple[int, ...]
+
+
+def _plan(path: str, cfg: ml_collections.ConfigDict
+          ) -> tuple[Params, dict[tuple[str, ...], list[_Tensor]]]:
+  """(the expected param shapes of `cfg`, Flax leaf path -> its HF tensors, one per layer
+  for a scanned leaf), from the files' headers alone: every check happens before a
+  tensor is read.
+
+  Raises:
+    FileNotFoundError: no weights, or shard files the index names are missing (named).
+    ValueError: a truncated file; missing, unexpected, duplicated or wrongly shaped
+      tensors (named).
+  """
+  expected = llava.param_shapes(cfg)
+  source: dict[str, _Tensor] = {}  # hub name -> where it is
+  for file_name in _tensor_files(path):
+    for name, info in _read_header(file_name).items():
+      if _IGNORED_TENSOR.search(name):
+        continue
+      hub_name = normalize_name(name)
+      if hub_name in source:
+        raise ValueError(f"{path}: tensor {name!r} ({file_name}) duplicates "
+                         f"{source[hub_name].name!r} (both are {hub_name!r})")
+      source[hub_name] = _Tensor(file_name, name, info["shape"])
+  unused = set(source)
+  if cfg.text.tie_word_embeddings:
+    unused.discard("language_model.lm_head.weight")  # Tied copy, not a parameter.
+
+  plan, missing = {}, []
+  for leaf_path, shape in _leaves(expected):
+    names = _hf_names(leaf_path, _layer_count(cfg, leaf_path))
+    absent = [n for n in names if n not in source]
+    if absent:
+      missing += absent
+      continue
+    want = shape.shape[1:] if "layers" in leaf_path else shape.shape  # per HF tensor
+    for name in names:
+      tensor = source[name]
+      axes = _flax_axes(leaf_path[-1], len(tensor.shape))
+      got = tuple(tensor.shape[a] for a in axes)
+      if got != want:
+        raise ValueError(f"{path}: tensor {tensor.name} ({os.path.basename(tensor.file)}) has "
+                         f"shape {tensor.shape} (Flax layout {got}) for Flax parameter "
+                         f"{'/'.join(leaf_path)}, expected {want} per tensor")
+    plan[leaf_path] = [source[n] for n in names]
+    unused.difference_update(names)
+  if missing:
+    raise ValueError(f"{path}: {len(missing)} tensors missing from the checkpoint, "
+                     f"e.g. {missing[:5]}")
+  if unused:
+    raise ValueError(f"{path}: {len(unused)} tensors the model does not use, "
+                     f"e.g. {sorted(unused)[:5]}")
+  return expected, plan
+
+
+def _unflatten(flat: dict[tuple[str, ...], Any]) -> Params:
+  params: Params = {}
+  for leaf_path, value in flat.items():
+    node = params
+    for key in leaf_path[:-1]:
+      node = node.setdefault(key, {})
+    node[leaf_path[-1]] = value
+  return params
+
+
+def _config(path: str, param_dtype: str) -> ml_collections.ConfigDict:
+  cfg = config_lib.config_from_hf(path)
+  cfg.param_dtype = param_dtype
+  return cfg
+
+
 def load_hf_llava(path: str | os.PathLike, *, param_dtype: str = "float32"
                   ) -> tuple[ml_collections.ConfigDict, Params]:
   """Loads a HF `LlavaForConditionalGeneration` checkpoint directory into Flax.
+
+  The whole model lands in this process's host memory (with the files' tensors while
+  it converts); `load_hf_llava_sharded` puts it straight onto devices instead.
 
   Args:
     path: directory with config.json and model.safetensors (or a sharded index).
@@ -179,58 +309,128 @@ def load_hf_llava(path: str | os.PathLike, *, param_dtype: str = "float32"
     than one accelerator never lands on a single device first).
 
   Raises:
-    FileNotFoundError: missing config or weights.
-    ValueError: missing, unexpected, duplicated or wrongly shaped tensors (named).
+    FileNotFoundError: missing config or weights (a shard the index names, named).
+    ValueError: a truncated file; missing, unexpected, duplicated or wrongly shaped
+      tensors (named). Raised before any tensor is read.
   """
   path = os.fspath(path)
-  cfg = config_lib.config_from_hf(path)
-  cfg.param_dtype = param_dtype
-  expected = llava.param_shapes(cfg)
-
+  cfg = _config(path, param_dtype)
+  expected, plan = _plan(path, cfg)
   with contextlib.ExitStack() as stack:
-    source: dict[str, tuple[Any, str]] = {}  # hub name -> (open file, name in file)
-    unused: set[str] = set()
-    for file_name in _tensor_files(path):
-      handle = stack.enter_context(safetensors.safe_open(file_name, framework="np"))
-      for name in handle.keys():
-        if _IGNORED_TENSOR.search(name):
-          continue
-        hub_name = normalize_name(name)
-        if hub_name in source:
-          raise ValueError(f"{path}: tensor {name!r} ({file_name}) duplicates "
-                           f"{source[hub_name][1]!r} (both are {hub_name!r})")
-        source[hub_name] = (handle, name)
-        unused.add(hub_name)
-    if cfg.text.tie_word_embeddings:
-      unused.discard("language_model.lm_head.weight")  # Tied copy, not a parameter.
+    handles: dict[str, Any] = {}
 
-    flat, missing = {}, []
+    def read(tensor: _Tensor) -> np.ndarray:
+      if tensor.file not in handles:
+        handles[tensor.file] = stack.enter_context(
+            safetensors.safe_open(tensor.file, framework="np"))
+      return handles[tensor.file].get_tensor(tensor.name)
+
+    flat = {}
     for leaf_path, shape in _leaves(expected):
-      names = _hf_names(leaf_path, _layer_count(cfg, leaf_path))
-      absent = [n for n in names if n not in source]
-      if absent:
-        missing += absent
-        continue
-      arrays = [_to_flax(leaf_path[-1], source[n][0].get_tensor(source[n][1])) for n in names]
+      arrays = [_to_flax(leaf_path[-1], read(t)) for t in plan[leaf_path]]
       array = np.stack(arrays) if "layers" in leaf_path else arrays[0]
-      if array.shape != shape.shape:
-        raise ValueError(f"{path}: tensor(s) {names[0]}... give shape {array.shape} for "
-                         f"Flax parameter {'/'.join(leaf_path)}, expected {shape.shape}")
       flat[leaf_path] = np.ascontiguousarray(array.astype(shape.dtype))
-      unused.difference_update(names)
-  if missing:
-    raise ValueError(f"{path}: {len(missing)} tensors missing from the checkpoint, "
-                     f"e.g. {missing[:5]}")
-  if unused:
-    raise ValueError(f"{path}: {len(unused)} tensors the model does not use, "
-                     f"e.g. {sorted(unused)[:5]}")
-  params: Params = {}
-  for leaf_path, value in flat.items():
-    node = params
-    for key in leaf_path[:-1]:
-      node = node.setdefault(key, {})
-    node[leaf_path[-1]] = value
-  return cfg, params
+  return cfg, _unflatten(flat)
+
+
+def _read_tensor_slice(tensor: _Tensor, leaf: str, index: tuple[slice, ...]) -> np.ndarray:
+  """`index` (Flax layout) of one HF tensor, in its file's dtype, reading only that slice.
+
+  The file is opened (memory-mapped) for this slice alone: the pages a slice touches (all
+  of the tensor's, for a slice across torch's rows) leave this process's RSS when it
+  closes, instead of adding up to the whole file.
+  """
+  axes = _flax_axes(leaf, len(tensor.shape))
+  torch_index = [slice(None)] * len(axes)
+  for flax_axis, part in enumerate(index):
+    torch_index[axes[flax_axis]] = part
+  with safetensors.safe_open(tensor.file, framework="np") as f:
+    data = f.get_slice(tensor.name)[tuple(torch_index)]
+  return data.transpose(axes)
+
+
+def _read_slice(tensors: list[_Tensor], leaf_path: tuple[str, ...], shape: Any,
+                index: tuple[slice, ...]) -> np.ndarray:
+  """`index` of the Flax parameter at `leaf_path` (of `shape`: its ShapeDtypeStruct),
+  assembled from its HF tensors' slices and converted to its dtype slice by slice."""
+  leaf = leaf_path[-1]
+  if "layers" not in leaf_path:
+    return np.ascontiguousarray(_read_tensor_slice(tensors[0], leaf, index), shape.dtype)
+  # A scanned stack [L, ...]: the layers in the index's range, each its own HF tensor.
+  layers = range(shape.shape[0])[index[0]]
+  out = np.empty([len(layers)] + [len(range(n)[s]) for n, s in zip(shape.shape[1:], index[1:])],
+                 shape.dtype)
+  for i, layer in enumerate(layers):
+    out[i] = _read_tensor_slice(tensors[layer], leaf, index[1:])  # converts the dtype
+  return out
+
+
+def _sharded_param(tensors: list[_Tensor], leaf_path: tuple[str, ...], shape: Any,
+                   sharding: Sharding) -> jax.Array:
+  """One parameter as a `jax.Array` of `sharding`, built one addressable device at a time.
+
+  Not `jax.make_array_from_callback`: that reads every local device's slice before it
+  copies any of them to a device, so a process would hold its whole share of the largest
+  parameter (a scanned layer stack) in host memory twice over.
+  """
+  placed: dict[tuple, jax.Array] = {}  # slice -> its first device's copy
+  arrays = []
+  ndim = len(shape.shape)
+  for device, index in sharding.addressable_devices_indices_map(shape.shape).items():
+    index = tuple(index) + (slice(None),) * (ndim - len(index))
+    key = tuple(s.indices(n) for s, n in zip(index, shape.shape))
+    if key in placed:  # a replica: copied from the device that has it, not read again
+      arrays.append(jax.device_put(placed[key], device))
+      continue
+    placed[key] = jax.device_put(_read_slice(tensors, leaf_path, shape, index), device)
+    placed[key].block_until_ready()  # its host slice is freed before the next one is read
+    arrays.append(placed[key])
+  return jax.make_array_from_single_device_arrays(shape.shape, sharding, arrays)
+
+
+def load_hf_llava_sharded(path: str | os.PathLike, shardings: Any = None, *,
+                          param_dtype: str = "float32"
+                          ) -> tuple[ml_collections.ConfigDict, Params]:
+  """Loads a HF llava checkpoint directory straight into sharded `jax.Array`s.
+
+  Each process reads, per parameter and per addressable device, only the slice that
+  device holds (a scanned layer stack: the layers of its range, each from its own HF
+  tensor; a Linear kernel's slice is the transposed slice of the torch weight), converts
+  it to `param_dtype` and copies it to the device before reading the next. Nothing else
+  of the model is held on the host. Same checks, same values as `load_hf_llava`. In a
+  multi-process run every process calls it with the same arguments (no collectives).
+
+  Args:
+    path: directory with config.json and model.safetensors (or a sharded index).
+    shardings: the params' shardings: a pytree of `jax.sharding.Sharding` with the param
+      tree's structure (e.g. `mesh.fsdp_shardings`), one Sharding for every param, or
+      None: replicated on every (global) device.
+    param_dtype: dtype of the returned parameters (the file's dtype is converted).
+
+  Returns:
+    (model config with `param_dtype` set, parameter pytree of `jax.Array`s).
+
+  Raises:
+    FileNotFoundError: missing config or weights (a shard the index names, named).
+    ValueError: a truncated file; missing, unexpected, duplicated or wrongly shaped
+      tensors (named); `shardings` not of the param tree's structure. All raised before
+      any tensor is read.
+  """
+  path = os.fspath(path)
+  cfg = _config(path, param_dtype)
+  expected, plan = _plan(path, cfg)
+  if shardings is None:
+    shardings = NamedSharding(Mesh(np.array(jax.devices()), ("devices",)), PartitionSpec())
+  if isinstance(shardings, Sharding):
+    shardings = jax.tree.map(lambda _: shardings, expected)
+  try:
+    flat_shardings = jax.tree.structure(expected).flatten_up_to(shardings)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"shardings do not match the parameter tree of {path}: {e}") from e
+  flat = {}
+  for (leaf_path, shape), sharding in zip(_leaves(expected), flat_shardings):
+    flat[leaf_path] = _sharded_param(plan[leaf_path], leaf_path, shape, sharding)
+  return cfg, _unflatten(flat)
 
 
 def _host_value(value: Any) -> np.ndarray:

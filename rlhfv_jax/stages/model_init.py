@@ -199,7 +199,8 @@ def load_initial_params(config: Any, target_shardings: Any = None) -> Any:
 
   Args:
     config: the run config.
-    target_shardings: shardings for a checkpoint restore (default: replicated).
+    target_shardings: shardings the params are built in (a checkpoint restore, an HF
+      import read slice by slice); default: replicated (a checkpoint) or host arrays (HF).
   """
   params = _load_start(config, target_shardings)
   if config.init.get("peft_adapter"):
@@ -227,9 +228,19 @@ def _load_start(config: Any, target_shardings: Any) -> Any:
     return model_lib.init_params(cfg, jax.random.PRNGKey(config.seed))
   if init.params == "hf":
     from rlhfv_jax.model import hf_io  # local: safetensors + transformers config
-    _, params = hf_io.load_hf_llava(init.hf_checkpoint, param_dtype=cfg.param_dtype)
-    _check_param_shapes(params, expected, f"init.hf_checkpoint={init.hf_checkpoint}")
-    return params
+    source = f"init.hf_checkpoint={init.hf_checkpoint}"
+    if target_shardings is None:
+      _, params = hf_io.load_hf_llava(init.hf_checkpoint, param_dtype=cfg.param_dtype)
+      _check_param_shapes(params, expected, source)
+      return params
+    # Straight into the target shardings, each process reading only its devices' slices
+    # (no process holds the whole model). The checkpoint's config.json shapes are checked
+    # first; the loader checks its tensors against them, all before reading any.
+    _check_param_shapes(model_lib.param_shapes(model_lib.config_from_hf(init.hf_checkpoint)),
+                        expected, source)
+    logging.info("initial params: %s, loaded into the target shardings", source)
+    return hf_io.load_hf_llava_sharded(init.hf_checkpoint, target_shardings,
+                                       param_dtype=cfg.param_dtype)[1]
   ckpt, step = _checked_checkpoint(config, expected)
   if target_shardings is None:
     target_shardings = jax.tree.map(lambda _: mesh_lib.replicated(), expected)

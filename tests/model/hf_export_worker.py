@@ -11,28 +11,17 @@ whole parameter, and every process calls `save_hf_llava(..., OUT_DIR)`.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
-import sys
 
 
 def main() -> None:
+  import cpu_process  # run as a script: its directory is on the path
   parser = argparse.ArgumentParser()
   parser.add_argument("out_dir")
-  parser.add_argument("--coordinator_address", required=True)
-  parser.add_argument("--num_processes", type=int, required=True)
-  parser.add_argument("--process_id", type=int, required=True)
+  cpu_process.add_arguments(parser)
   args = parser.parse_args()
-  # Keep the suite's other XLA flags; only the device count is this process's own.
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  os.environ["XLA_FLAGS"] = " ".join(flags + ["--xla_force_host_platform_device_count=2"])
-  os.environ["JAX_PLATFORMS"] = "cpu"
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repo
-
+  cpu_process.initialize(args)
   import jax
-  jax.distributed.initialize(coordinator_address=args.coordinator_address,
-                             num_processes=args.num_processes, process_id=args.process_id)
   import numpy as np
   from jax.sharding import Mesh, NamedSharding
 

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import pathlib
 import re
-import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -18,6 +14,7 @@ from jax.sharding import Mesh, NamedSharding
 from rlhfv_jax import model as model_lib
 from rlhfv_jax.model import hf_io
 
+from . import cpu_process
 from . import hf_reference as ref
 from .hf_export_worker import fsdp_spec, tiny_export_params
 
@@ -194,18 +191,9 @@ def test_export_of_params_sharded_over_devices_equals_the_host_export(tmp_path):
 @pytest.mark.slow
 def test_export_of_params_sharded_across_processes(tmp_path):
   """2 processes x 2 CPU devices: no process can address a whole parameter."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    address = f"127.0.0.1:{s.getsockname()[1]}"
-  worker = pathlib.Path(__file__).with_name("hf_export_worker.py")
-  procs = [subprocess.Popen([sys.executable, str(worker), str(tmp_path / "multi"),
-                             f"--coordinator_address={address}", "--num_processes=2",
-                             f"--process_id={i}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
-  outputs = [p.communicate(timeout=300)[0] for p in procs]
-  for i, (p, out) in enumerate(zip(procs, outputs)):
-    assert p.returncode == 0 and f"process {i} done" in out, out[-4000:]
+  for i, (status, out) in enumerate(cpu_process.run_two("hf_export_worker.py",
+                                                       str(tmp_path / "multi"))):
+    assert status == 0 and f"process {i} done" in out, out[-4000:]
   cfg, params = tiny_export_params(model_lib)
   hf_io.save_hf_llava(cfg, params, tmp_path / "host")
   _assert_same_export(tmp_path / "multi", tmp_path / "host")
