@@ -18,25 +18,57 @@ For each: the median wall time, the analytic model FLOPs per pair (the matmuls o
 vision tower, projector, decoder with attention, and LM head; backward = 2x forward for
 the trained part, frozen vision tower without backward) and the ratio to naive.
 
+With `--lora_rank r` (> 0) the script then compares LoRA against full training, both
+with the default shared-prefix batch (the same one), the reference forward in the step,
+in the same run:
+
+  full                        every parameter but the vision tower trains; the
+                              reference is a separate copy of the params
+  LoRA r                      `model.lora.rank = r`, alpha = 2r, on every attention and
+                              MLP projection of the decoder, nothing else trained
+                              (`objectives.with_lora`): the policy is
+                              `lora.merge(base, adapters)`, the reference the base itself
+
+Each is timed twice: loss + grad (here with the frozen vision tower under
+`stop_gradient`, as the train step has it; the table above differentiates every
+parameter) and the whole update of `rlhfv_jax.train.step.make_train_step` (grads,
+clipping, AdamW, non-finite guard; state donated), in `--repeats` rounds that alternate
+the four calls (a load on the machine slows both alike). Printed: the median times, the
+trained-parameter counts, the analytic FLOPs per pair (LoRA: no weight gradients of the
+base, so its backward is the activation gradients alone, plus the adapters') and the
+LoRA / full ratios. The base and the full run's params are the same float32 arrays,
+computed in `--dtype`. The adapters' B is perturbed from its zero init so that the
+policy differs from its reference, as the full run's reference is the params x 1.01.
+
   python -m benchmarks.ddpo_step                  # small CPU-sized model
   python -m benchmarks.ddpo_step --flops_only --size 7b   # LLaVA-1.5-7B shapes, no run
   python -m benchmarks.ddpo_step --size 7b --batch 8 --dtype bfloat16   # on an accelerator
   python -m benchmarks.ddpo_step --size 7b --layers 4 --dtype bfloat16   # a 7B slice
+  python -m benchmarks.ddpo_step --lora_rank 8 --repeats 20   # + LoRA r8 vs full, CPU model
+  python -m benchmarks.ddpo_step --flops_only --size 7b --lora_rank 64   # + LoRA's FLOPs
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from benchmarks.common import cpu_model
 from rlhfv_jax import ddpo, logps, model
 from rlhfv_jax.batch import PreferenceBatch
 from rlhfv_jax.data import packing
+from rlhfv_jax.model import lora
+from rlhfv_jax.train import objectives, step as step_lib
+from rlhfv_jax.train import optimizer as optimizer_lib
+from rlhfv_jax.train.train_state import TrainState
 
 EOS, PAD = 2, 0
 
@@ -128,6 +160,89 @@ def step_flops_per_pair(cfg, length: int, *, images_per_pair: int, logits_from: 
   return fwd + 2 * (fwd - vision) + (fwd if reference else 0)
 
 
+def lora_step_flops_per_pair(cfg, length: int, rank: int, *, logits_from: int,
+                             reference: bool = True) -> float:
+  """A LoRA step on shared-prefix rows (one per pair): the policy forward with the
+  adapters on every projection, the backward of the activations through the decoder and
+  LM head only (1x their forward: no weight gradients of the frozen base, nothing
+  through the projector or vision tower), the adapters' backward (2x theirs) and the
+  reference forward (the base) unless cached."""
+  fwd = forward_flops(cfg, images=1, rows=1, length=length,
+                      logit_positions=length - logits_from)
+  image = forward_flops(cfg, images=1, rows=0, length=length, logit_positions=0)
+  t = cfg.text
+  d, q, kv = t.hidden_size, t.num_heads * t.head_dim, t.num_kv_heads * t.head_dim
+  widths = (d + q) + 2 * (d + kv) + (q + d) + 3 * (d + t.intermediate_size)
+  adapters = t.num_layers * length * 2 * rank * widths
+  return (fwd + adapters) + (fwd - image) + 2 * adapters + (fwd if reference else 0)
+
+
+def trained_count(params: Any, labels: Any) -> int:
+  """Parameters the optimizer's `labels` mark trainable."""
+  return int(sum(x.size for x, label in zip(jax.tree.leaves(params), jax.tree.leaves(labels))
+                 if label == optimizer_lib.TRAINABLE))
+
+
+def compare_lora(cfg, params, ref_params, batch: PreferenceBatch, rank: int,
+                 repeats: int) -> dict[str, dict[str, float]]:
+  """Full vs. LoRA (rank `rank`) DDPO on the shared-prefix `batch`: loss+grad and train
+  step seconds (medians over `repeats` alternating rounds, after one untimed call each)
+  and trained parameters (see the module docstring)."""
+  full_apply = model.make_apply_fn(cfg)
+  lora_cfg = copy.deepcopy(cfg)
+  lora_cfg.lora.update(rank=rank, alpha=2.0 * rank)
+  model.validate_config(lora_cfg)
+  adapters = lora.initial_trainable(params, lora_cfg.lora, jax.random.key(1))
+  noise = iter(jax.random.split(jax.random.key(2), len(jax.tree.leaves(adapters))))
+  adapters = jax.tree_util.tree_map_with_path(  # B away from 0: policy != reference
+      lambda path, x: (0.01 * jax.random.normal(next(noise), x.shape, x.dtype)
+                       if optimizer_lib.path_str(path).endswith("lora_b") else x), adapters)
+  full = objectives.ddpo_objective(full_apply, ddpo.PAPER_HPARAMS, cached_reference=False)
+  low = objectives.with_lora(objectives.ddpo_objective(
+      model.make_apply_fn(lora_cfg), ddpo.PAPER_HPARAMS, cached_reference=False))
+  setups = {"full": (full, params, ref_params, ("vision_tower",)),
+            f"LoRA r{rank}": (low, adapters, params, ())}
+  micro = step_lib.split_microbatches(jax.device_get(batch), 1)
+  calls, out = {}, {}
+  for name, (objective, trained, frozen_inputs, frozen) in setups.items():
+    optim = ml_collections.ConfigDict(dict(learning_rate=1e-5, max_grad_norm=1.0,
+                                           frozen=frozen))
+    optimizer, schedule, labels = optimizer_lib.make_optimizer(optim, trained, 100)
+    mask = optimizer_lib.trainable_mask(labels) if frozen else None
+
+    def loss(p, f, b, loss_fn=objective.loss_fn, mask=mask):
+      if mask is not None:  # frozen sub-trees as constants, as the train step has them
+        p = jax.tree.map(lambda x, t: x if t else jax.lax.stop_gradient(x), p, mask)
+      return loss_fn(p, f, b, jax.random.key(0))[0]
+
+    grad = jax.jit(jax.value_and_grad(loss))
+    step = jax.jit(step_lib.make_train_step(objective.loss_fn, optimizer, schedule,
+                                            trainable=mask), donate_argnums=(0,))
+    box = [TrainState.create(jax.tree.map(jnp.copy, trained), optimizer,
+                             jax.random.PRNGKey(0))]
+
+    def one_step(step=step, box=box, frozen_inputs=frozen_inputs):
+      box[0], metrics = step(box[0], micro, frozen_inputs)  # threads the donated state
+      return metrics
+
+    calls[name] = {"grad": functools.partial(grad, trained, frozen_inputs, batch),
+                   "step": one_step}
+    out[name] = dict(loss=float(grad(trained, frozen_inputs, batch)[0]),
+                     trained=trained_count(trained, labels))
+  # Alternating rounds, so that a load on the machine slows both setups alike.
+  times = {(name, kind): [] for name in calls for kind in ("grad", "step")}
+  for (name, kind) in times:
+    jax.block_until_ready(calls[name][kind]())  # compile
+  for _ in range(repeats):
+    for (name, kind), seconds in times.items():
+      start = time.perf_counter()
+      jax.block_until_ready(calls[name][kind]())
+      seconds.append(time.perf_counter() - start)
+  for (name, kind), seconds in times.items():
+    out[name][kind] = float(np.median(seconds))
+  return out
+
+
 VARIANTS = ("naive", "image once", "image once, scored logits", "shared prefix",
             "shared prefix, ref cache")
 
@@ -159,6 +274,8 @@ def main() -> None:
                       help="decoder layers (0: the size's own), e.g. a 7B slice for one device")
   parser.add_argument("--flops_only", action="store_true",
                       help="print the analytic FLOPs table without running anything")
+  parser.add_argument("--lora_rank", type=int, default=0,
+                      help="> 0: also compare LoRA of this rank against full training")
   args = parser.parse_args()
 
   if args.size == "bench":
@@ -180,10 +297,16 @@ def main() -> None:
   print(f"size={args.size} image tokens={model.num_image_tokens(cfg)} prompt text="
         f"{args.prompt_text} answer_len={args.answer_len} (rows of {length} tokens, "
         f"shared-prefix rows of {packed})")
+  n_image = model.num_image_tokens(cfg)
+  lora_flops = lora_step_flops_per_pair(cfg, packed, args.lora_rank, logits_from=n_image)
   if args.flops_only:
     for name in VARIANTS:
       print(f"  {name:28s} {flops[name] / 1e12:9.3f} TFLOP / pair  "
             f"{flops[name] / flops['naive']:.2f}x naive")
+    if args.lora_rank > 0:
+      print(f"  {f'shared prefix, LoRA r{args.lora_rank}':28s} {lora_flops / 1e12:9.3f} "
+            f"TFLOP / pair  {lora_flops / flops['naive']:.2f}x naive, "
+            f"{lora_flops / flops['shared prefix']:.2f}x full shared prefix")
     return
 
   params = model.init_params(cfg, jax.random.key(0))
@@ -215,6 +338,22 @@ def main() -> None:
     print(f"  {name:28s} {results[name] * 1e3:9.1f} ms / loss+grad "
           f"({results['naive'] / results[name]:.2f}x faster)  "
           f"{flops[name] / 1e9:9.2f} GFLOP / pair ({flops[name] / flops['naive']:.2f}x)")
+  if args.lora_rank <= 0:
+    return
+
+  runs = compare_lora(cfg, params, ref_params, batches[True], args.lora_rank, args.repeats)
+  (full_name, full), (lora_name, low) = runs.items()
+  print(f"LoRA against full DDPO, shared prefix, reference forward in the step, on "
+        f"{cpu_model() if jax.default_backend() == 'cpu' else jax.devices()[0].device_kind} "
+        f"(losses: full {full['loss']:.6f}, LoRA {low['loss']:.6f})")
+  print("| step | loss+grad, ms | train step, ms | trained params | GFLOP / pair |")
+  print("|---|---|---|---|---|")
+  for name, run, f in ((full_name, full, flops["shared prefix"]), (lora_name, low, lora_flops)):
+    print(f"| {name} | {run['grad'] * 1e3:.1f} | {run['step'] * 1e3:.1f} | "
+          f"{run['trained']:,} | {f / 1e9:.2f} |")
+  print(f"| LoRA / full | {low['grad'] / full['grad']:.2f}x | "
+        f"{low['step'] / full['step']:.2f}x | {low['trained'] / full['trained']:.4f}x | "
+        f"{lora_flops / flops['shared prefix']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,48 @@
-"""Device memory of the compiled DDPO train step, naive vs. optimized, ahead of time.
+"""Device memory of the compiled DDPO train step, naive vs. optimized, full vs. LoRA.
 
   python -m benchmarks.step_memory [--size 7b] [--devices 8] [--length 1024]
+                                   [--lora_rank 64] [--lora_alpha 128]
+  python -m benchmarks.step_memory --size 13b
 
 The step of `rlhfv_jax.train.step.make_train_step` (DDPO loss with the frozen reference
-forward inside, grads, AdamW) is lowered and compiled for an FSDP mesh of `--devices`
-CPU devices on abstract arrays (`jax.ShapeDtypeStruct`s: nothing is allocated, so the
-7B step compiles on a laptop), at 1, 2 and 4 pairs per device and rows of `--length`
-tokens, and XLA's `memory_analysis()` of the compiled program is printed per device:
-arguments (params, optimizer state, batch), outputs, and the temporaries (activations,
-logits, gradients) where the variants differ.
+forward inside, grads, AdamW) is lowered and compiled on abstract arrays
+(`jax.ShapeDtypeStruct`s: nothing is allocated, so the 7B and 13B steps compile on a
+laptop), at 1, 2 and 4 pairs per device and rows of `--length` tokens, and XLA's
+`memory_analysis()` of the compiled program is printed per device: arguments (params,
+optimizer state, batch, the reference / base params), outputs (the donated new state,
+aliased with its argument: counted once in the total), and the temporaries (activations,
+logits, gradients) where the variants differ; and the number of trained parameters.
 
-Variants: "naive" (one row per answer, the image encoded per answer, logits at every
-position), "scored logits" (one image encoding per pair, no LM head before the first
-scorable position) and "shared prefix" (the project's default: also one row per pair
-holding the prompt once, so the row is `2 * length - prompt` tokens: the same two
-answers). bf16 compute with f32 master params and remat, as the LLaVA-1.5 recipes run.
+Full DDPO rows, compiled for an FSDP mesh of `--devices` CPU devices: "naive" (one row
+per answer, the image encoded per answer, logits at every position), "scored logits"
+(one image encoding per pair, no LM head before the first scorable position) and
+"shared prefix" (the project's default: also one row per pair holding the prompt once,
+so the row is `2 * length - prompt` tokens: the same two answers). bf16 compute with f32
+master params, frozen vision tower, a separate f32 reference copy, and remat, as the
+LLaVA-1.5 recipes run.
+
+LoRA rows ("LoRA r64, shared prefix, 1 device"; `--lora_rank 0` leaves them out),
+compiled for ONE device (no mesh, no sharding): the same step through
+`objectives.with_lora`, with `model.lora.rank = --lora_rank` (64) and
+`alpha = --lora_alpha` (default 2 x rank: 128) on every attention and MLP projection of
+the decoder, nothing else trained (`model.lora.trained = ()`). The base is held in
+bfloat16 (`dtype = param_dtype = "bfloat16"`) and is the frozen input of the step; the
+policy is `lora.merge(base, adapters)` and the reference forward, inside the step (no
+reference cache), runs on the base itself (the same arrays: no reference copy). Only the
+float32 adapters have gradients and AdamW state. Shared-prefix batch, remat. The goal
+is <= 40 GB per device at 4 pairs.
+
+Each LoRA row comes twice. XLA:CPU has no bfloat16 kernels: it computes bf16 programs
+in f32 and, for the bf16 base, converts every stacked layer kernel to f32 ahead of the
+layer loops (the loops slice the converted stack), a temporary f32 copy of the decoder
+weights that an accelerator with bf16 support does not make (about 0.75 GiB per 7B
+layer, 24 GiB for the 7B decoder). The first row is what XLA:CPU compiles; the second
+("less XLA:CPU's f32 copy of the base") keeps its arguments and outputs and takes the
+temporaries of the same step compiled on an f32-held base, which needs no such copy:
+the estimate for an accelerator. It is on the high side: XLA:CPU's other f32 upcasts
+stand, e.g. an f32 copy of the stacked remat residuals (the layers' bf16 inputs, [layers,
+pairs, row, hidden]) and f32 attention scores ([pairs, heads, row, row] per layer). The
+full rows hold f32 params, which need no such copy.
 """
 
 from __future__ import annotations
@@ -22,6 +50,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any, Optional
 
 
 def main() -> None:
@@ -32,6 +61,10 @@ def main() -> None:
   parser.add_argument("--pairs", default="1,2,4", help="pairs per device")
   parser.add_argument("--prompt_text", type=int, default=64,
                       help="prompt text tokens besides BOS and the image (shared prefix)")
+  parser.add_argument("--lora_rank", type=int, default=64,
+                      help="rank of the LoRA rows (one device, bf16 base); 0: no LoRA rows")
+  parser.add_argument("--lora_alpha", type=float, default=None,
+                      help="alpha of the LoRA rows (default: 2 x rank)")
   args = parser.parse_args()
   if "jax" in sys.modules:
     raise SystemExit("run as a script: the device count must be set before jax starts")
@@ -42,11 +75,12 @@ def main() -> None:
   import jax
   import jax.numpy as jnp
   import ml_collections
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
   from benchmarks.ddpo_step import encode_per_answer
   from rlhfv_jax import ddpo, model as model_lib
   from rlhfv_jax.batch import PreferenceBatch, TokenSequences
+  from rlhfv_jax.model import lora
   from rlhfv_jax.train import mesh as mesh_lib
   from rlhfv_jax.train import objectives, step as step_lib
   from rlhfv_jax.train import optimizer as optimizer_lib
@@ -83,12 +117,60 @@ def main() -> None:
                            shared_prefix=shared_prefix)
 
   batch_sharding = NamedSharding(mesh, P(None, mesh_lib.BATCH_AXES))
-  print(f"{args.size}: {args.devices}-device FSDP mesh, rows of {args.length} tokens "
-        f"(shared prefix: {packed_length}, a {prompt}-token prompt once), bf16 compute + "
-        "remat; per device, GiB")
-  print("| pairs / device | variant | arguments | outputs | temporaries | total |")
-  print("|---|---|---|---|---|---|")
+  full_trained = sum(x.size for x, label in zip(jax.tree.leaves(abstract_params),
+                                                jax.tree.leaves(labels))
+                     if label == optimizer_lib.TRAINABLE)
+
+  if args.lora_rank > 0:
+    # The LoRA step: adapters train, the bf16 base is the frozen input and the reference.
+    lora_cfg = model_lib.llava_config(args.size)
+    lora_cfg.update(dtype="bfloat16", param_dtype="bfloat16", remat=True)
+    alpha = 2.0 * args.lora_rank if args.lora_alpha is None else args.lora_alpha
+    lora_cfg.lora.update(rank=args.lora_rank, alpha=alpha)
+    model_lib.validate_config(lora_cfg)
+    abstract_base = model_lib.param_shapes(lora.base_config(lora_cfg))
+    abstract_trainable = jax.eval_shape(
+        lambda b: lora.initial_trainable(b, lora_cfg.lora, jax.random.PRNGKey(0)),
+        abstract_base)
+    lora_optim = ml_collections.ConfigDict(dict(learning_rate=5e-5, max_grad_norm=1.0,
+                                                frozen=()))
+    lora_optimizer, lora_schedule, _ = optimizer_lib.make_optimizer(
+        lora_optim, abstract_trainable, 1000)
+    abstract_lora_state = jax.eval_shape(
+        lambda t: TrainState.create(t, lora_optimizer, jax.random.PRNGKey(0)),
+        abstract_trainable)
+    lora_objective = objectives.with_lora(objectives.ddpo_objective(
+        model_lib.make_apply_fn(lora_cfg), ddpo.PAPER_HPARAMS, cached_reference=False))
+    lora_step = step_lib.make_train_step(lora_objective.loss_fn, lora_optimizer,
+                                         lora_schedule)
+    one_device = SingleDeviceSharding(jax.devices()[0])
+    lora_name = f"LoRA r{args.lora_rank}, shared prefix, 1 device"
+
   gib = 2.0 ** 30
+
+  def memory_row(pairs: int, name: str, compiled, trained: int,
+                 temporaries_of: Optional[Any] = None) -> str:
+    """A table row of `compiled`'s memory (its temporaries those of `temporaries_of`
+    where given)."""
+    memory = compiled.memory_analysis()
+    arguments, outputs = memory.argument_size_in_bytes, memory.output_size_in_bytes
+    temporaries = (temporaries_of or compiled).memory_analysis().temp_size_in_bytes
+    total = arguments + outputs + temporaries - memory.alias_size_in_bytes
+    return (f"| {pairs} | {name} | {arguments / gib:.2f} | {outputs / gib:.2f} | "
+            f"{temporaries / gib:.2f} | {total / gib:.2f} | {total / 1e9:.1f} | "
+            f"{trained / 1e6:,.1f} M |")
+
+  print(f"{args.size}: full DDPO on a {args.devices}-device FSDP mesh (bf16 compute, f32 "
+        "master params, f32 reference copy, frozen vision tower); rows of "
+        f"{args.length} tokens (shared prefix: {packed_length}, a {prompt}-token prompt "
+        "once); remat; per device, GiB (and GB)")
+  if args.lora_rank > 0:
+    print(f"{args.size}: LoRA DDPO on 1 device: rank {args.lora_rank}, alpha {alpha:g} on "
+          f"{', '.join(lora_cfg.lora.targets)}; bf16 base = the reference (no copy), "
+          "f32 adapters + AdamW; shared prefix, reference forward in the step")
+  print("| pairs / device | variant | arguments | outputs | temporaries | total | total, GB "
+        "| trained params |")
+  print("|---|---|---|---|---|---|---|---|")
   for pairs in (int(p) for p in args.pairs.split(",")):
     for name, apply_fn in variants.items():
       objective = objectives.ddpo_objective(apply_fn, ddpo.PAPER_HPARAMS,
@@ -101,12 +183,22 @@ def main() -> None:
                               param_shardings),
           out_shardings=(state_shardings, NamedSharding(mesh, P())),
           donate_argnums=(0,)).lower(abstract_state, batch, abstract_params).compile()
-      memory = compiled.memory_analysis()
-      arguments, outputs = memory.argument_size_in_bytes, memory.output_size_in_bytes
-      temporaries = memory.temp_size_in_bytes
-      total = arguments + outputs + temporaries - memory.alias_size_in_bytes
-      print(f"| {pairs} | {name} | {arguments / gib:.2f} | {outputs / gib:.2f} | "
-            f"{temporaries / gib:.2f} | {total / gib:.2f} |", flush=True)
+      print(memory_row(pairs, name, compiled, full_trained), flush=True)
+    if args.lora_rank > 0:
+      batch = abstract_batch(pairs, shared_prefix=True)
+      jitted = jax.jit(lora_step, in_shardings=one_device, out_shardings=one_device,
+                       donate_argnums=(0,))
+      compiled = jitted.lower(abstract_lora_state, batch, abstract_base).compile()
+      trained = lora.num_params(abstract_trainable)
+      print(memory_row(pairs, lora_name, compiled, trained), flush=True)
+      # XLA:CPU has no bf16 kernels: it upcasts the bf16 base's stacked layer kernels to
+      # f32 ahead of the layer loops, a copy an accelerator does not make. The same step
+      # on an f32-held base makes none: its temporaries, with the bf16 base's arguments.
+      f32_base = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32),
+                              abstract_base)
+      without_copy = jitted.lower(abstract_lora_state, batch, f32_base).compile()
+      print(memory_row(pairs, f"{lora_name}, less XLA:CPU's f32 copy of the base",
+                       compiled, trained, temporaries_of=without_copy), flush=True)
 
 
 if __name__ == "__main__":
