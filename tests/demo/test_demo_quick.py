@@ -7,7 +7,7 @@ hallucination rate of its own starting point, the VQA-tuned SFT model, without s
 less, with margins that hold on any machine (see the bounds' comment); then runs the
 iterate study (`configs/demo.py:quick,iterate`) in the same workdir and checks that it
 trained only what is new, its rounds, and its labeler against the world's truth. The
-two runs take ~4.5 + ~2.2 min on 2 CPU cores.
+two runs take ~4.5 + ~1.6 min on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def test_quick_demo_end_to_end(tmp_path, user_env):
   assert proc.returncode == 0, proc.stderr[-4000:]
   check_quick_demo(workdir, proc.stderr)
   # Then the iterate study in the same workdir, as the config's docstring says: it
-  # resumes the ablation's runs and trains only what is new (~2.2 min).
+  # resumes the ablation's runs and trains only what is new (~1.6 min).
   checkpoints = {m: sorted(p.stat().st_mtime_ns for p in
                            (workdir / "seed_0" / m / "checkpoints").rglob("*"))
                  for m in ("sft_web", "sft_vqa", "ddpo_mean")}
@@ -265,8 +265,9 @@ def check_quick_iterate(workdir: pathlib.Path, log: str) -> None:
   # What must hold on any machine: the labeler, a model trained on VQA pairs alone, tells
   # hallucinated claims from true ones far better than chance (a labeler that rejects
   # claims at random has precision = the share of false claims, ~0.2 here) and finds
-  # most of them. Round 1 measured precision 0.74, recall 0.79 here, and 0.59-0.89 /
-  # 0.79-0.90 for the full demo's 3 seeds (docs/results.md). What the rounds do to the
+  # most of them. Round 1 measured precision 0.71, recall 0.74 here (400 steps; 0.74 /
+  # 0.79 with 800), and 0.59-0.89 / 0.79-0.90 for the full demo's 3 seeds (800 steps;
+  # docs/results.md). What the rounds do to the
   # policy is not bounded: the quick VQA start often stops mid-description, and the AI
   # rounds raise its CHAIR_s (one training run; docs/results.md).
   first_round = results["labeler"]["0"]["1"]
