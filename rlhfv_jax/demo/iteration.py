@@ -291,23 +291,19 @@ def write_report(config: Any, root: pathlib.Path, results: report.Results,
   tables = {m: ablation.count_tables(root, m, seeds) for m in shown}
   pairs = comparisons(config)
   differences = ablation.paired_differences(tables, pairs)
-  per_round = collections.defaultdict(lambda: collections.Counter())
-  seconds = collections.Counter(dict.fromkeys(iterate.STEPS, 0.0))
-  for rows in summary["rounds"].values():
-    for row in rows:
-      lab, export = row["label"], row["export"]
-      per_round[row["round"]].update(
-          answers=lab.get("items", 0) + lab.get("items_unlabelled", 0),
-          no_claim=lab.get("skipped", 0), corrected=lab.get("corrected", 0),
-          emptied=lab.get("emptied", 0), ranking=lab.get("ranking_pairs", 0),
-          pairs=export["pairs"])
-      seconds.update(row["seconds"])
+  per_round = collections.defaultdict(collections.Counter)
+  every_round = [row for rows in summary["rounds"].values() for row in rows]
+  for row in every_round:
+    lab = row["label"]
+    per_round[row["round"]].update(
+        answers=lab.get("items", 0) + lab.get("items_unlabelled", 0),
+        no_claim=lab.get("skipped", 0), corrected=lab.get("corrected", 0),
+        emptied=lab.get("emptied", 0), ranking=lab.get("ranking_pairs", 0))
   round_lines = ["| Round | Answers | No claim (skipped) | Corrected (pairs) | Emptied | "
                  "Ranking pairs |", "|---|---|---|---|---|---|"]
   for k, c in sorted(per_round.items()):
     round_lines.append(f"| {k} | {c['answers']} | {c['no_claim']} | {c['corrected']} | "
                        f"{c['emptied']} | {c['ranking']} |")
-  whole = sum(seconds.values())
   oracle = [summary["oracle_feedback"][str(s)]["corrected"] for s in seeds]
   text = "\n".join([
       f"# RLHF-V demo: AI feedback, iterated ({len(seeds)} seed(s) {list(seeds)})", "",
@@ -315,7 +311,8 @@ def write_report(config: Any, root: pathlib.Path, results: report.Results,
       "over seeds. The VQA start is each seed's sft_vqa; the oracle's round is the "
       "ablation's DDPO arm (corrections from the world's truth); each AI round samples "
       f"{it.num_samples} descriptions of {it.num_scenes} feedback scenes from the current "
-      "policy, which the seed's labeler (its web base tuned on VQA pairs alone) labels claim by claim (P(Yes) vs P(No)), and "
+      "policy, which the seed's labeler (its web base tuned on VQA pairs alone) labels "
+      "claim by claim (P(Yes) vs P(No)), and "
       "trains DDPO on the fine-grained corrections with the policy as reference "
       "(`rlhfv_jax/demo/iteration.py`).", "",
       report.markdown_table(results, shown, names), "",
@@ -331,8 +328,7 @@ def write_report(config: Any, root: pathlib.Path, results: report.Results,
       *labeler_rows(labeler, it.rounds), "",
       "## The rounds (summed over seeds)", "", *round_lines, "",
       f"The oracle's round: {oracle} corrected descriptions per seed.", "",
-      f"Share of the AI rounds' time per step ({whole:.0f} s in all): " + ", ".join(
-          f"{step} {s / whole:.0%}" for step, s in seconds.items() if s) + "." if whole else "",
+      "The AI rounds, all seeds: " + iterate.time_shares(every_round), "",
       f"Total time: {summary['total_seconds']:.0f}s.", ""])
   ablation.write_files(root / "iterate", text, results, shown, names, tables, differences,
                        f"RLHF-V demo, AI feedback: {len(seeds)} seed(s), "

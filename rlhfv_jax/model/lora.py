@@ -27,6 +27,8 @@ the params, as for every stage here.
 from __future__ import annotations
 
 import copy
+import json
+import os
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -280,8 +282,6 @@ def write_base_pointer(checkpoint_dir: str, config: Any) -> None:
   and ``model.lora`` (the checkpoints hold only what trains). Process 0 writes it."""
   if jax.process_index() != 0:
     return
-  import json
-  import os
   os.makedirs(checkpoint_dir, exist_ok=True)
   with open(os.path.join(checkpoint_dir, BASE_POINTER), "w") as f:
     json.dump({"init": config.init.to_dict(), "seed": int(config.seed),

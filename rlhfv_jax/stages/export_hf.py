@@ -112,7 +112,8 @@ def run(config: Any, workdir: str) -> str:
              if config.init.params == "checkpoint" else None)
   if pointer is not None:  # a LoRA run: its adapters alone too, for peft
     from rlhfv_jax.model import peft_io  # local: safetensors
-    _, trained, settings = model_init.load_lora_run(config, pointer)
+    # Only the adapters are read again: the merged weights above already hold the base.
+    trained, settings = model_init.restore_lora_trained(config, pointer)
     adapters = lora.split(trained)[1]
     with_lora = model_cfg.copy_and_resolve_references()
     with_lora.lora = settings

@@ -115,20 +115,30 @@ def lora_pointer(run_dir: str) -> dict | None:
     return json.load(f)
 
 
-def _lora_run_shapes(config: Any, pointer: dict) -> tuple[Any, Any]:
-  """(the base's shapes, the LoRA run's trained shapes) for the consumer's architecture."""
+def _lora_trained_shapes(config: Any, pointer: dict) -> Any:
+  """What the LoRA run of `pointer` trained, as shapes for the consumer's architecture."""
   base = model_lib.param_shapes(lora.base_config(config.model))
   s = ml_collections.ConfigDict(pointer["lora"])
-  trained = jax.eval_shape(lambda b: lora.initial_trainable(b, s, jax.random.PRNGKey(0)),
-                           base)
-  return base, trained
+  return jax.eval_shape(lambda b: lora.initial_trainable(b, s, jax.random.PRNGKey(0)), base)
 
 
-def load_lora_run(config: Any, pointer: dict, target_shardings: Any = None
-                  ) -> tuple[Any, Any, ml_collections.ConfigDict]:
-  """A LoRA run (``init.checkpoint_dir``, its `lora_pointer`) in parts: (its base, loaded
-  as its own ``init`` says, which may be another run; what it trained; its
-  ``model.lora``)."""
+def restore_lora_trained(config: Any, pointer: dict) -> tuple[Any, ml_collections.ConfigDict]:
+  """What the LoRA run ``init.checkpoint_dir`` (its `lora_pointer`) trained, replicated,
+  and its ``model.lora``; its base is not read."""
+  shapes = _lora_trained_shapes(config, pointer)
+  ckpt, step = _checked_checkpoint(config, shapes)
+  try:
+    logging.info("initial params: LoRA run %s step %d", ckpt.directory, step)
+    trained = ckpt.restore_params(step, checkpointing.abstract_with_shardings(
+        shapes, jax.tree.map(lambda _: mesh_lib.replicated(), shapes)))
+  finally:
+    ckpt.close()
+  return trained, ml_collections.ConfigDict(pointer["lora"])
+
+
+def _load_lora_run(config: Any, pointer: dict, target_shardings: Any) -> Any:
+  """The plain weights of a LoRA run: its base, loaded as its own ``init`` says (which
+  may be another run), with what it trained folded in."""
   base_config = copy.deepcopy(config)
   with base_config.unlocked():
     base_config.init = ml_collections.ConfigDict(pointer["init"])
@@ -136,17 +146,11 @@ def load_lora_run(config: Any, pointer: dict, target_shardings: Any = None
     # Adapters it imported were trained on in the run: they are in its checkpoint.
     base_config.init.peft_adapter = ""
     base_config.model.lora = lora.default_config()
+  logging.info("initial params: the base of LoRA run %s: %s", config.init.checkpoint_dir,
+               describe_init(base_config))
   base = load_initial_params(base_config, target_shardings)
-  _, trained_shapes = _lora_run_shapes(config, pointer)
-  ckpt, step = _checked_checkpoint(config, trained_shapes)
-  try:
-    logging.info("initial params: LoRA run %s step %d on its base (%s)", ckpt.directory, step,
-                 describe_init(base_config))
-    trained = ckpt.restore_params(step, checkpointing.abstract_with_shardings(
-        trained_shapes, jax.tree.map(lambda _: mesh_lib.replicated(), trained_shapes)))
-  finally:
-    ckpt.close()
-  return base, trained, ml_collections.ConfigDict(pointer["lora"])
+  trained, settings = restore_lora_trained(config, pointer)
+  return lora.fold(lora.merge(base, trained), settings)
 
 
 def _checked_checkpoint(config: Any, expected: Any) -> tuple[checkpointing.Checkpointer, int]:
@@ -188,7 +192,7 @@ def check_checkpoint_shapes(config: Any) -> None:
   elif init.params == "checkpoint" and init.get("checkpoint_dir"):
     pointer = lora_pointer(init.checkpoint_dir)
     if pointer is not None:  # a LoRA run: its checkpoints hold what it trained
-      expected = _lora_run_shapes(config, pointer)[1]
+      expected = _lora_trained_shapes(config, pointer)
     _checked_checkpoint(config, expected)[0].close()
 
 
@@ -222,8 +226,7 @@ def _load_start(config: Any, target_shardings: Any) -> Any:
   if init.params == "checkpoint" and init.checkpoint_dir:
     pointer = lora_pointer(init.checkpoint_dir)
     if pointer is not None:
-      base, trained, settings = load_lora_run(config, pointer, target_shardings)
-      return lora.fold(lora.merge(base, trained), settings)
+      return _load_lora_run(config, pointer, target_shardings)
   if init.params == "random":
     return model_lib.init_params(cfg, jax.random.PRNGKey(config.seed))
   if init.params == "hf":

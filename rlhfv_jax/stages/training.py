@@ -146,13 +146,10 @@ def run(config: Any, workdir: str) -> Any:
   fresh_state = lambda: parallel.init_state(make_state, initial_params())
   state, start = loop.init_or_restore(parallel, fresh_state,
                                       jax.eval_shape(make_state, abstract_params), ckpt, batches)
-  # The DDPO reference is the starting policy, frozen (unless its log-probs are cached);
-  # with LoRA the frozen input is the base, which is also the reference.
-  frozen_inputs = None
-  if adapters is not None:
-    frozen_inputs = parallel.put_frozen_inputs(initial())
-  elif objective.needs_frozen_inputs:
-    frozen_inputs = parallel.put_frozen_inputs(initial_params())
+  # The DDPO reference is the starting params, frozen (unless its log-probs are cached);
+  # with LoRA they are the base, the step's frozen input in any case.
+  frozen_inputs = (parallel.put_frozen_inputs(initial())
+                   if objective.needs_frozen_inputs else None)
   writer = metrics_lib.MetricsWriter(workdir)
   try:
     state = loop.train(parallel, state, frozen_inputs, batches, start_step=start, checkpointer=ckpt,
