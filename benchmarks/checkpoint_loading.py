@@ -78,7 +78,7 @@ def write_checkpoint(directory: pathlib.Path, cfg, shard_bytes: int) -> None:
 
   from rlhfv_jax import model as model_lib
   from rlhfv_jax.model import hf_io
-  from rlhfv_jax.model import config as config_lib
+  from rlhfv_jax.model.llava15 import config as config_lib
 
   # (hub name, Flax leaf, Flax shape of one tensor), grouped into files of <= shard_bytes.
   tensors = []

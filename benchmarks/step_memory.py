@@ -3,6 +3,7 @@
   python -m benchmarks.step_memory [--size 7b] [--devices 8] [--length 1024]
                                    [--lora_rank 64] [--lora_alpha 128]
   python -m benchmarks.step_memory --size 13b
+  python -m benchmarks.step_memory --family gemma3 --size 27b --lora_rank 0 --length 768
 
 The step of `rlhfv_jax.train.step.make_train_step` (DDPO loss with the frozen reference
 forward inside, grads, AdamW) is lowered and compiled on abstract arrays
@@ -19,7 +20,14 @@ per answer, the image encoded per answer, logits at every position), "scored log
 "shared prefix" (the project's default: also one row per pair holding the prompt once,
 so the row is `2 * length - prompt` tokens: the same two answers). bf16 compute with f32
 master params, frozen vision tower, a separate f32 reference copy, and remat, as the
-LLaVA-1.5 recipes run.
+recipes run.
+
+Vocabulary chunks ("shared prefix, logits in chunks of C"): the shared-prefix step with
+`model.logits_chunk = C` (`rlhfv_jax.logps.chunked_targets_logps`: the LM head runs on C
+tokens at a time, rematerialized), beside the same step with whole-row logits
+("shared prefix" with `logits_chunk = 0`). `--logits_chunk` (default: the family's
+config value; 0 leaves the row out). With Gemma 3's 262k vocabulary the whole-row
+float32 logits of a 1024-token row are 1 GiB per row, and their gradient as much again.
 
 LoRA rows ("LoRA r64, shared prefix, 1 device"; `--lora_rank 0` leaves them out),
 compiled for ONE device (no mesh, no sharding): the same step through
@@ -55,7 +63,11 @@ from typing import Any, Optional
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--family", default="llava15", help="a rlhfv_jax.model.families name")
   parser.add_argument("--size", default="7b")
+  parser.add_argument("--logits_chunk", type=int, default=-1,
+                      help="tokens per LM-head chunk of the chunked row (-1: the family "
+                           "config's value; 0: no chunked row)")
   parser.add_argument("--devices", type=int, default=8)
   parser.add_argument("--length", type=int, default=1024)
   parser.add_argument("--pairs", default="1,2,4", help="pairs per device")
@@ -86,8 +98,9 @@ def main() -> None:
   from rlhfv_jax.train import optimizer as optimizer_lib
   from rlhfv_jax.train.train_state import TrainState
 
-  cfg = model_lib.llava_config(args.size)
-  cfg.update(dtype="bfloat16", remat=True)
+  cfg = model_lib.model_config(args.family, args.size)
+  chunk = int(cfg.get("logits_chunk", 0)) if args.logits_chunk < 0 else args.logits_chunk
+  cfg.update(dtype="bfloat16", remat=True, logits_chunk=0)
   mesh = mesh_lib.make_mesh(data=1, fsdp=args.devices)
   abstract_params = model_lib.param_shapes(cfg)
   optim = ml_collections.ConfigDict(dict(learning_rate=5e-7, max_grad_norm=1.0,
@@ -101,6 +114,11 @@ def main() -> None:
   variants = {"naive": encode_per_answer(everywhere),
               "scored logits": model_lib.make_apply_fn(cfg),
               "shared prefix": model_lib.make_apply_fn(cfg)}
+  if chunk > 0:
+    chunked_cfg = cfg.copy_and_resolve_references()
+    chunked_cfg.logits_chunk = chunk
+    variants[f"shared prefix, logits in chunks of {chunk}"] = model_lib.make_apply_fn(
+        chunked_cfg)
   prompt = 1 + model_lib.num_image_tokens(cfg) + args.prompt_text
   packed_length = 2 * args.length - prompt
 
@@ -123,7 +141,7 @@ def main() -> None:
 
   if args.lora_rank > 0:
     # The LoRA step: adapters train, the bf16 base is the frozen input and the reference.
-    lora_cfg = model_lib.llava_config(args.size)
+    lora_cfg = model_lib.model_config(args.family, args.size)
     lora_cfg.update(dtype="bfloat16", param_dtype="bfloat16", remat=True)
     alpha = 2.0 * args.lora_rank if args.lora_alpha is None else args.lora_alpha
     lora_cfg.lora.update(rank=args.lora_rank, alpha=alpha)
@@ -160,12 +178,12 @@ def main() -> None:
             f"{temporaries / gib:.2f} | {total / gib:.2f} | {total / 1e9:.1f} | "
             f"{trained / 1e6:,.1f} M |")
 
-  print(f"{args.size}: full DDPO on a {args.devices}-device FSDP mesh (bf16 compute, f32 "
+  print(f"{args.family} {args.size}: full DDPO on a {args.devices}-device FSDP mesh (bf16 compute, f32 "
         "master params, f32 reference copy, frozen vision tower); rows of "
         f"{args.length} tokens (shared prefix: {packed_length}, a {prompt}-token prompt "
         "once); remat; per device, GiB (and GB)")
   if args.lora_rank > 0:
-    print(f"{args.size}: LoRA DDPO on 1 device: rank {args.lora_rank}, alpha {alpha:g} on "
+    print(f"{args.family} {args.size}: LoRA DDPO on 1 device: rank {args.lora_rank}, alpha {alpha:g} on "
           f"{', '.join(lora_cfg.lora.targets)}; bf16 base = the reference (no copy), "
           "f32 adapters + AdamW; shared prefix, reference forward in the step")
   print("| pairs / device | variant | arguments | outputs | temporaries | total | total, GB "
@@ -177,7 +195,7 @@ def main() -> None:
                                             cached_reference=False)
       step = step_lib.make_train_step(objective.loss_fn, optimizer, schedule,
                                       trainable=optimizer_lib.trainable_mask(labels))
-      batch = abstract_batch(pairs * args.devices, shared_prefix=name == "shared prefix")
+      batch = abstract_batch(pairs * args.devices, shared_prefix=name.startswith("shared"))
       compiled = jax.jit(
           step, in_shardings=(state_shardings, jax.tree.map(lambda _: batch_sharding, batch),
                               param_shardings),

@@ -1,10 +1,13 @@
-"""One DDPO training step: this project (JAX) against transformers' PyTorch LLaVA, the way
+"""One DDPO training step: this project (JAX) against transformers' PyTorch model, the way
 RLHF-V's released trainer and TRL compute the loss.
 
   python -m benchmarks.vs_pytorch [--pairs 4] [--repeats 3] [--rounds 5]
+  python -m benchmarks.vs_pytorch --family gemma3
 
-Both sides train the same weights (the JAX params exported by `hf_io` and loaded by
-`LlavaForConditionalGeneration`) on the same batch, on the same CPU, in the same run:
+Both sides train the same weights (the JAX params exported by `hf_io` and loaded by the
+family's transformers class: `LlavaForConditionalGeneration`, or
+`Gemma3ForConditionalGeneration` with ``--family gemma3``) on the same batch, on the same
+CPU, in the same run:
 
 * PyTorch: chosen and rejected concatenated along the batch (2B sequences), the image
   passed with every sequence (encoded twice per pair), full float32 logits over every
@@ -19,8 +22,17 @@ Both sides train the same weights (the JAX params exported by `hf_io` and loaded
 
 The two sides' per-example DDPO scores of both answers (the weighted-mean log-probs) are
 checked to agree at the initial weights before anything is timed. Two row
-shapes: "llava" (LLaVA-1.5's proportions: 144 image tokens, about two thirds of a row)
-and "text-heavy" (16 image tokens, long answers). Prints pairs/s of both and the ratio.
+shapes: "image-heavy" (LLaVA-1.5's proportions: 144 image tokens, about two thirds of a
+row) and "text-heavy" (16 image tokens, long answers). Prints pairs/s of both and the
+ratio.
+
+Gemma 3 (``--family gemma3``): the same small decoder and rows with Gemma 3's layers
+(sliding-window and global attention, QK-norm, sandwich norms, tied embeddings), a
+SigLIP tower whose patches are pooled 4:1, and a 65,536-entry vocabulary (a quarter of
+Gemma 3's 262k; the LM head is then most of the model, as in Gemma 3 4B): the JAX step
+computes its log-probs `model.logits_chunk` tokens at a time, PyTorch materialises the
+whole [2B, T, V] float32 log-softmax as TRL does. The PyTorch side passes
+``token_type_ids`` (image tokens attend to each other both ways, as Gemma 3 trains).
 """
 
 from __future__ import annotations
@@ -45,18 +57,28 @@ from rlhfv_jax.train.train_state import TrainState
 GAMMA, BETA, LR = 5.0, 0.5, 1e-5
 
 
-def shapes(name: str) -> tuple[ml_collections.ConfigDict, int, int]:
+# Per family: (vocabulary, image side in patches per row shape). Gemma 3 pools its
+# patches 4:1 (2 x 2), so it needs twice the patches per side for the same image tokens.
+FAMILY_SHAPES = {"llava15": (8192, 1), "gemma3": (65536, 2)}
+
+
+def shapes(name: str, family: str = "llava15") -> tuple[ml_collections.ConfigDict, int, int]:
   """(model config, prompt text tokens, answer tokens) of a row shape."""
-  cfg = model_lib.llava_config("tiny", vocab_size=8192)
+  vocab, pool = FAMILY_SHAPES[family]
+  cfg = model_lib.model_config(family, "tiny", vocab_size=vocab)
   cfg.text.update(hidden_size=256, intermediate_size=688, num_layers=4, num_heads=8,
                   num_kv_heads=8, head_dim=32)
-  if name == "llava":  # 144 image tokens of a ~218-token row, as LLaVA-1.5's 576 of ~850
-    cfg.vision.update(image_size=96, patch_size=8, hidden_size=192, intermediate_size=768,
-                      num_layers=6, num_heads=6)
-    return cfg, 12, 60
-  cfg.vision.update(image_size=32, patch_size=8, hidden_size=192, intermediate_size=768,
-                    num_layers=6, num_heads=6)  # 16 image tokens
-  return cfg, 24, 200
+  patches = 12 if name == "image-heavy" else 4  # image tokens per side
+  cfg.vision.update(image_size=8 * patches * pool, patch_size=8, hidden_size=192,
+                    intermediate_size=768, num_layers=6, num_heads=6)
+  if "mm_tokens_per_image" in cfg:  # a pooling projector: patches x patches tokens out
+    cfg.mm_tokens_per_image = patches * patches
+  if "logits_chunk" in cfg and pool > 1:
+    cfg.logits_chunk = 1024
+  model_lib.validate_config(cfg)
+  # 144 image tokens of a ~218-token row, as LLaVA-1.5's 576 of ~850; or 16 and long
+  # answers.
+  return (cfg, 12, 60) if name == "image-heavy" else (cfg, 24, 200)
 
 
 def make_batches(cfg, pairs: int, text: int, answer: int, seed: int = 0
@@ -133,11 +155,12 @@ def torch_step(cfg, params, batch):
   import transformers
   torch.manual_seed(0)
   with tempfile.TemporaryDirectory() as directory:
-    hf_io.save_hf_llava(cfg, params, directory)
-    policy = transformers.LlavaForConditionalGeneration.from_pretrained(
-        directory, attn_implementation="sdpa", dtype=torch.float32)
-    reference = transformers.LlavaForConditionalGeneration.from_pretrained(
-        directory, attn_implementation="sdpa", dtype=torch.float32).eval()
+    hf_io.save_hf(cfg, params, directory)
+    hf_class = getattr(transformers, model_lib.family_of(cfg).hf_class)
+    policy = hf_class.from_pretrained(directory, attn_implementation="sdpa",
+                                      dtype=torch.float32)
+    reference = hf_class.from_pretrained(directory, attn_implementation="sdpa",
+                                         dtype=torch.float32).eval()
   policy.train()
   optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=0.0)
   t = lambda x: torch.from_numpy(np.array(x))  # a writable copy
@@ -150,9 +173,14 @@ def torch_step(cfg, params, batch):
   pixels = torch.cat([pixels, pixels])  # every sequence carries its image
   attention = torch.ones_like(ids)
   weights = loss_mask + (GAMMA - 1.0) * corrected
+  # Which tokens are an image's: Gemma 3 lets them attend to each other both ways
+  # (LLaVA takes no such input).
+  image_tokens = {"token_type_ids": (ids == cfg.image_token_id).long()} if (
+      "mm_tokens_per_image" in cfg) else {}
 
   def scores(model):
-    logits = model(input_ids=ids, attention_mask=attention, pixel_values=pixels).logits
+    logits = model(input_ids=ids, attention_mask=attention, pixel_values=pixels,
+                   **image_tokens).logits
     lps = torch.gather(logits.float().log_softmax(-1), 2, targets[..., None])[..., 0]
     score = (lps * weights).sum(-1) / weights.sum(-1)
     return score.chunk(2)
@@ -183,9 +211,10 @@ def main() -> None:
                       help="alternating rounds of both sides; each side's median is shown")
   parser.add_argument("--unshared", action="store_true",
                       help="run the JAX step on one row per answer (no shared prefix)")
+  parser.add_argument("--family", default="llava15", choices=sorted(FAMILY_SHAPES))
   args = parser.parse_args()
-  for name in ("llava", "text-heavy"):
-    cfg, text, answer = shapes(name)
+  for name in ("image-heavy", "text-heavy"):
+    cfg, text, answer = shapes(name, args.family)
     params = model_lib.init_params(cfg, jax.random.key(0))
     unshared, shared = make_batches(cfg, args.pairs, text, answer)
     batch = unshared if args.unshared else shared
@@ -200,7 +229,7 @@ def main() -> None:
     rounds = [(ours(args.repeats), theirs(args.repeats)) for _ in range(args.rounds)]
     ours_seconds, theirs_seconds = np.median(rounds, axis=0)
     row = unshared.chosen.input_ids.shape[1]
-    print(f"{name}: {model_lib.num_image_tokens(cfg)} image tokens of {row}-token rows, "
+    print(f"{args.family} {name}: {model_lib.num_image_tokens(cfg)} image tokens of {row}-token rows, "
           f"{answer}-token answers, {args.pairs} pairs; DDPO scores agree (max diff "
           f"{np.abs(ours_scores - theirs_scores).max():.1e})")
     layout = ("one row per answer" if args.unshared else

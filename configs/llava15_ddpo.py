@@ -56,40 +56,8 @@ On a TPU pod or SLURM cluster use launch/tpu_pod.py or launch/slurm_gpu.py, whic
 --distributed.
 """
 
-import dataclasses
-
-import ml_collections
-
-from rlhfv_jax import ddpo
-from rlhfv_jax.model.config import SIZES
-from rlhfv_jax.stages import defaults
-
-VARIANTS = ("rlhfv_release", "precompute_ref", "eval")
-PEFT = ("lora",)
+from rlhfv_jax.stages import recipes
 
 
 def get_config(arg: str = ""):
-  arg = defaults.parse_arg(arg, "configs/llava15_ddpo.py", size=SIZES, variant=VARIANTS,
-                           peft=PEFT)
-  size, variant = arg.size, arg.variant
-  config = defaults.llava15_base("ddpo", size)
-  config.data.dataset = "rlhfv_parquet"
-  config.data.use_ref_cache = True  # reference log-probs from the precompute_ref stage
-  hparams = ddpo.RLHFV_RELEASE_HPARAMS if variant == "rlhfv_release" else ddpo.PAPER_HPARAMS
-  # The loader never emits an empty answer; dropping the in-graph host check keeps the
-  # step in JAX's persistent compilation cache (minutes of compile at 7B/13B).
-  config.ddpo = ml_collections.ConfigDict(
-      dataclasses.replace(hparams, check_empty_responses=False).to_dict())
-  config.checkpoint.every_steps = 100
-  if variant == "precompute_ref":
-    config.stage = "precompute_ref"
-    config.data.use_ref_cache = False
-  elif variant == "eval":
-    config.stage = "eval"
-    config.init.params = "checkpoint"  # init.checkpoint_dir: the DDPO run's workdir
-    config.eval.objective = "ddpo"
-  if arg.peft == "lora":
-    defaults.use_lora(config, learning_rate=2e-5)
-    # The reference is the base, inside the step: no cache to precompute.
-    config.data.use_ref_cache = False
-  return config
+  return recipes.ddpo_recipe("llava15", "configs/llava15_ddpo.py", arg)

@@ -39,17 +39,8 @@ prompt); params are replicated on each process's devices
 (`--config.train.parallelism=fsdp` shards them, for a model too large for one device).
 """
 
-from rlhfv_jax.model.config import SIZES
-from rlhfv_jax.stages import defaults
-
-VARIANTS = ("sample", "label", "export_hf")
+from rlhfv_jax.stages import recipes
 
 
 def get_config(arg: str = ""):
-  arg = defaults.parse_arg(arg, "configs/llava15_feedback.py", variant=VARIANTS, size=SIZES)
-  variant = arg.variant or "sample"
-  config = defaults.llava15_base(variant, arg.size)
-  config.train.parallelism = "pmap"  # replicated params (see the docstring)
-  if variant == "export_hf":
-    config.init.params = "checkpoint"  # init.checkpoint_dir: the run to export
-  return config
+  return recipes.feedback_recipe("llava15", "configs/llava15_feedback.py", arg)

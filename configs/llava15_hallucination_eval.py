@@ -23,12 +23,8 @@ generated token. A model that does not fit one device: `--config.train.paralleli
 shards the params over each process's devices (`train.mesh`, e.g. `fsdp=-1`).
 """
 
-from rlhfv_jax.model.config import SIZES
-from rlhfv_jax.stages import defaults
+from rlhfv_jax.stages import recipes
 
 
 def get_config(arg: str = ""):
-  size = defaults.parse_arg(arg, "configs/llava15_hallucination_eval.py", size=SIZES).size
-  config = defaults.llava15_base("hallucination_eval", size)
-  config.train.parallelism = "pmap"  # replicated params (see the docstring)
-  return config
+  return recipes.hallucination_eval_recipe("llava15", "configs/llava15_hallucination_eval.py", arg)

@@ -22,12 +22,8 @@ Variants: a size (",7b" / ",13b") pins the architecture; without one it follows 
 checkpoint.
 """
 
-from rlhfv_jax.model.config import SIZES
-from rlhfv_jax.stages import defaults
+from rlhfv_jax.stages import recipes
 
 
 def get_config(arg: str = ""):
-  arg = defaults.parse_arg(arg, "configs/llava15_iterate.py", size=SIZES)
-  config = defaults.llava15_base("iterate", arg.size)
-  config.sample.update(num_samples=10, temperature=0.7)
-  return config
+  return recipes.iterate_recipe("llava15", "configs/llava15_iterate.py", arg)

@@ -27,18 +27,8 @@ run from it loads base + adapters as plain weights.
       --config.data.source_dir=/data/vqav2 --config.data.data_dir=/data/tfds
 """
 
-from rlhfv_jax.model.config import SIZES
-from rlhfv_jax.stages import defaults
+from rlhfv_jax.stages import recipes
 
 
 def get_config(arg: str = ""):
-  arg = defaults.parse_arg(arg, "configs/llava15_vqav2_sft.py", size=SIZES, peft=("lora",))
-  config = defaults.llava15_base("sft", arg.size)
-  config.data.dataset = "vqav2"
-  config.train.update(global_batch_size=128, num_epochs=1.0)
-  config.optim.update(learning_rate=2e-5, warmup_fraction=0.03)
-  config.eval.objective = "sft"
-  config.checkpoint.every_steps = 500
-  if arg.peft == "lora":
-    defaults.use_lora(config, learning_rate=2e-4)
-  return config
+  return recipes.vqav2_sft_recipe("llava15", "configs/llava15_vqav2_sft.py", arg)

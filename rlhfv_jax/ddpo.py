@@ -306,14 +306,14 @@ def make_sft_loss(apply_fn: ApplyFn, *,
 
   def sft_loss(params: Any, batch: SFTBatch) -> tuple[jax.Array, Metrics]:
     tokens = batch.tokens
-    lps, logits = logps.sequence_token_logps(apply_fn, params, tokens, batch.pixel_values)
+    lps, predicted = logps.sequence_token_logps(apply_fn, params, tokens, batch.pixel_values)
     mask = tokens.loss_mask.astype(jnp.float32)
     axes = None if reduce else -1  # the whole batch, or each example
     num_tokens = jnp.sum(mask, axis=axes)
     denominator = jnp.maximum(num_tokens, 1.0)
     loss = -jnp.sum(jnp.where(tokens.loss_mask, lps, 0.0), axis=axes) / denominator
-    start = logps.scored_from(apply_fn)  # where the logits begin
-    correct = (jnp.argmax(logits, axis=-1) == tokens.targets[:, start:]).astype(jnp.float32)
+    start = logps.scored_from(apply_fn)  # where the predictions begin
+    correct = (predicted == tokens.targets[:, start:]).astype(jnp.float32)
     correct = jnp.pad(correct, ((0, 0), (start, 0)))
     metrics = {
         "loss": loss,

@@ -4,15 +4,21 @@ Data flows records → batches → **log-probs** → loss → step. The DDPO los
 frozen reference), the reference log-prob cache and the SFT loss all turn a batch into
 per-token log-probs here, so there is one place where how the model is run on a batch
 is decided: the image is encoded once per pair, and logits are computed only from the
-first position an answer can be scored at (`scored_from`: for LLaVA, after the image
-placeholders, so the LM head never runs over the image tokens). With a shared prefix
+first position an answer can be scored at (`scored_from`: after the image placeholders,
+so the LM head never runs over the image tokens). With a shared prefix
 (`PreferenceBatch.shared_prefix`, the default in training) the prompt, image tokens
 included, runs once per pair instead of once per answer.
+
+With a large vocabulary (Gemma 3: 262k entries) the [tokens x vocab] float32 logits
+would dominate a step's memory (and its gradient as much again). An apply_fn that
+declares `logits_chunk` > 0 returns hidden states instead, and the LM head runs here
+on that many tokens at a time under `jax.checkpoint`: forward and backward hold one
+chunk's logits, and the log-probs equal the unchunked ones (tested).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +33,11 @@ class ApplyFn(Protocol):
   that time index is ever scored, and it then takes a static `logits_from` keyword and
   returns logits [N, T - logits_from, V] (the LM head skips the rest). Without the
   attribute every position gets logits.
+
+  An int attribute `logits_chunk` > 0 says the apply_fn takes ``return_hidden=True``
+  (returning the final hidden states [N, T', D] instead of logits) and has a method
+  ``head(params, hidden) -> logits``; log-probs are then computed `logits_chunk`
+  tokens at a time (module docstring).
   """
 
   def __call__(self, params: Any, input_ids: jax.Array, attention_mask: jax.Array,
@@ -79,16 +90,82 @@ def scored_from(apply_fn: ApplyFn) -> int:
   return int(getattr(apply_fn, "scored_from", 0))
 
 
+def logits_chunk(apply_fn: ApplyFn) -> int:
+  """Tokens per LM-head chunk of `apply_fn` (0: whole batches; see `ApplyFn`)."""
+  return int(getattr(apply_fn, "logits_chunk", 0) or 0)
+
+
 def sequence_logits(apply_fn: ApplyFn, params: Any, tokens: TokenSequences,
                     pixel_values: jax.Array, sequences_per_image: int = 1,
-                    **packing: Any) -> jax.Array:
+                    return_hidden: bool = False, **packing: Any) -> jax.Array:
   """Logits [N, T - s, V] of `tokens` at time indices s.. (s = `scored_from(apply_fn)`),
   which predict `tokens.targets[:, s:]`; sequence j sees image j mod B. `packing`
-  (positions, segment_ids, shared_segment) goes to the apply_fn as is."""
+  (positions, segment_ids, shared_segment) goes to the apply_fn as is; with
+  `return_hidden` the final hidden states [N, T - s, D] come back instead."""
   start = scored_from(apply_fn)
   kwargs = {"logits_from": start} if start else {}
+  if return_hidden:
+    kwargs["return_hidden"] = True
   return apply_fn(params, tokens.input_ids, tokens.attention_mask, pixel_values,
                   sequences_per_image=sequences_per_image, **kwargs, **packing)
+
+
+def chunked_targets_logps(head: Callable[[jax.Array], jax.Array], hidden: jax.Array,
+                          *targets: jax.Array, chunk: int
+                          ) -> tuple[tuple[jax.Array, ...], jax.Array]:
+  """`targets_logps(head(hidden), *targets)` and the argmax predictions, `chunk` tokens
+  of the flattened [N, T] at a time.
+
+  Each chunk's logits [chunk, V] are made, reduced to log-probs and dropped; the body
+  is rematerialized, so the backward pass also holds one chunk's logits (and their
+  gradient) at a time instead of [N, T, V].
+
+  Args:
+    head: hidden states [..., D] -> logits [..., V].
+    hidden: [N, T, D] final hidden states.
+    targets: [N, T] int target ids each.
+    chunk: tokens per chunk (the last chunk is padded).
+
+  Returns:
+    (log-probs [N, T] per target array (at least float32), argmax ids [N, T] int32).
+  """
+  n, t, d = hidden.shape
+  total = n * t
+  pad = -total % chunk
+  flat = lambda x: jnp.pad(x.reshape((total,) + x.shape[2:]),
+                           ((0, pad),) + ((0, 0),) * (x.ndim - 2))
+  in_chunks = lambda x: flat(x).reshape((-1, chunk) + x.shape[2:])
+  stacked_targets = jnp.stack([t_.astype(jnp.int32) for t_ in targets])  # [K, N, T]
+
+  @jax.checkpoint
+  def one_chunk(xs):
+    h, ts = xs
+    logits = head(h)
+    lps = targets_logps(logits, *ts)
+    return jnp.stack(lps), jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+  lps, predicted = jax.lax.map(
+      one_chunk, (in_chunks(hidden), jnp.moveaxis(
+          jax.vmap(in_chunks)(stacked_targets), 0, 1)))
+  unflat = lambda x: x.reshape(x.shape[:1] + (-1,))[:, :total].reshape(x.shape[:1] + (n, t))
+  lps = unflat(jnp.moveaxis(lps, 1, 0))  # [K, N, T]
+  return tuple(lps), predicted.reshape(-1)[:total].reshape(n, t)
+
+
+def scored_logps(apply_fn: ApplyFn, params: Any, tokens: TokenSequences,
+                 pixel_values: jax.Array, targets: tuple[jax.Array, ...],
+                 sequences_per_image: int = 1, **packing: Any
+                 ) -> tuple[tuple[jax.Array, ...], jax.Array]:
+  """Log-probs of each of `targets` [N, T - s] from `tokens`' scored positions s.. and
+  the model's argmax there [N, T - s]: whole logits, or `logits_chunk` tokens at a time.
+  """
+  chunk = logits_chunk(apply_fn)
+  out = sequence_logits(apply_fn, params, tokens, pixel_values, sequences_per_image,
+                        return_hidden=bool(chunk), **packing)
+  if chunk:
+    return chunked_targets_logps(lambda h: apply_fn.head(params, h), out, *targets,
+                                 chunk=chunk)
+  return targets_logps(out, *targets), jnp.argmax(out, axis=-1)
 
 
 def _from_scored_start(lps: jax.Array, loss_mask: jax.Array, start: int) -> jax.Array:
@@ -107,16 +184,16 @@ def _from_scored_start(lps: jax.Array, loss_mask: jax.Array, start: int) -> jax.
 def sequence_token_logps(apply_fn: ApplyFn, params: Any, tokens: TokenSequences,
                          pixel_values: jax.Array, sequences_per_image: int = 1
                          ) -> tuple[jax.Array, jax.Array]:
-  """(per-token log-probs [N, T] of `tokens.targets`, logits [N, T - s, V]).
+  """(per-token log-probs [N, T] of `tokens.targets`, argmax predictions [N, T - s]).
 
   Log-probs before s = `scored_from(apply_fn)` are 0; a row that scores a target there
   (its `loss_mask` says so) gets NaN log-probs instead of silently wrong ones: the train
   step skips and counts non-finite updates, and concrete inputs raise right away.
   """
   start = scored_from(apply_fn)
-  logits = sequence_logits(apply_fn, params, tokens, pixel_values, sequences_per_image)
-  lps = token_logps(logits, tokens.targets[:, start:])
-  return _from_scored_start(lps, tokens.loss_mask, start), logits
+  (lps,), predicted = scored_logps(apply_fn, params, tokens, pixel_values,
+                                   (tokens.targets[:, start:],), sequences_per_image)
+  return _from_scored_start(lps, tokens.loss_mask, start), predicted
 
 
 # Segment ids of a shared-prefix row (`rlhfv_jax.batch`); padding is 0.
@@ -151,9 +228,10 @@ def _shared_prefix_logps(apply_fn: ApplyFn, params: Any,
   start = scored_from(apply_fn)
   positions, segment_ids = shared_prefix_layout(chosen.attention_mask, rejected.attention_mask)
   row = chosen.replace(attention_mask=chosen.attention_mask | rejected.attention_mask)
-  logits = sequence_logits(apply_fn, params, row, batch.pixel_values, positions=positions,
-                           segment_ids=segment_ids, shared_segment=PROMPT_SEGMENT)
-  lps = targets_logps(logits, chosen.targets[:, start:], rejected.targets[:, start:])
+  lps, _ = scored_logps(apply_fn, params, row, batch.pixel_values,
+                        (chosen.targets[:, start:], rejected.targets[:, start:]),
+                        positions=positions, segment_ids=segment_ids,
+                        shared_segment=PROMPT_SEGMENT)
   return tuple(_from_scored_start(lp, t.loss_mask, start)
                for lp, t in zip(lps, (chosen, rejected)))
 

@@ -47,6 +47,7 @@ LAYERS = {
     "rlhfv_jax.stages.model_init": 5,
     "rlhfv_jax.stages.config_validation": 5,
     "rlhfv_jax.stages.defaults": 5,
+    "rlhfv_jax.stages.recipes": 5,
     "rlhfv_jax.sampler": 5,
     "rlhfv_jax.stages.answering": 5,
     # stages

@@ -165,3 +165,66 @@ def test_shared_prefix_layout_positions_and_segments_by_hand():
   np.testing.assert_array_equal(np.asarray(mask[6]), [T, T, T, F, F, T, T, F, F])
   np.testing.assert_array_equal(np.asarray(mask[4]), [T, T, T, T, T, F, F, F, F])
   np.testing.assert_array_equal(np.asarray(mask[2]), [T, T, T, F, F, F, F, F, F])
+
+
+def test_chunked_log_probs_equal_a_numpy_log_softmax():
+  """`chunked_targets_logps` against log-softmax in NumPy (float64), chunks that do not
+  divide the token count (the last chunk is padded), two target arrays at once."""
+  rng = np.random.default_rng(3)
+  hidden = rng.normal(size=(3, 5, 4)).astype(np.float32)
+  kernel = rng.normal(size=(4, 11)).astype(np.float32)
+  targets = [rng.integers(0, 11, size=(3, 5)) for _ in range(2)]
+  logits = hidden.astype(np.float64) @ kernel
+  log_softmax = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
+      -1, keepdims=True)) - logits.max(-1, keepdims=True)
+  for chunk in (1, 4, 7, 15, 64):
+    lps, predicted = logps.chunked_targets_logps(
+        lambda h: h @ jnp.asarray(kernel), jnp.asarray(hidden),
+        *(jnp.asarray(t) for t in targets), chunk=chunk)
+    for got, t in zip(lps, targets):
+      np.testing.assert_allclose(got, np.take_along_axis(log_softmax, t[..., None], -1)[..., 0],
+                                 rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(predicted, logits.argmax(-1))
+
+
+def test_vocabulary_chunking_gives_the_unchunked_log_probs_metrics_and_gradients():
+  """`model.logits_chunk` changes memory, not results: DDPO (shared and unshared rows),
+  SFT loss/accuracy and their gradients equal the whole-batch LM head."""
+  cfg = model_lib.llava_config("tiny", vocab_size=100)
+  chunked_cfg = model_lib.llava_config("tiny", vocab_size=100)
+  chunked_cfg.logits_chunk = 13  # not a divisor of any row length here
+  params = model_lib.init_params(cfg, jax.random.key(2))
+  reference = jax.tree.map(lambda x: x * 1.02, params)
+  rng = np.random.default_rng(2)
+  examples = _examples(cfg, rng, [(4, 7, 5), (9, 3, 10), (2, 12, 2)])
+  pixels = jnp.asarray(rng.normal(size=(3, 32, 32, 3)), jnp.float32)
+  whole, chunked = model_lib.make_apply_fn(cfg), model_lib.make_apply_fn(chunked_cfg)
+  assert (logps.logits_chunk(whole), logps.logits_chunk(chunked)) == (0, 13)
+  for shared in (False, True):
+    batch = packing.assemble_batch(examples, pixels, 56, eos_id=2, pad_id=0,
+                                   shared_prefix=shared)
+    grads = {}
+    for name, fn in (("whole", whole), ("chunked", chunked)):
+      loss = ddpo.make_ddpo_loss(fn, ddpo.PAPER_HPARAMS)
+      grads[name] = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, reference, batch)
+      lps = jax.jit(functools.partial(logps.answer_token_logps, fn))(params, batch)
+      grads[name] += (lps,)
+    (loss_w, metrics_w), grads_w, lps_w = grads["whole"]
+    (loss_c, metrics_c), grads_c, lps_c = grads["chunked"]
+    np.testing.assert_allclose(float(loss_c), float(loss_w), rtol=1e-6)
+    for got, want in zip(lps_c, lps_w):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads_w))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale),
+                 grads_c, grads_w)
+  sft_batch = SFTBatch(pixel_values=pixels, tokens=packing.assemble_batch(
+      examples, pixels, 40, eos_id=2, pad_id=0).chosen)
+  (loss_w, m_w), g_w = jax.jit(jax.value_and_grad(ddpo.make_sft_loss(whole), has_aux=True))(
+      params, sft_batch)
+  (loss_c, m_c), g_c = jax.jit(jax.value_and_grad(ddpo.make_sft_loss(chunked), has_aux=True))(
+      params, sft_batch)
+  np.testing.assert_allclose(float(loss_c), float(loss_w), rtol=1e-6)
+  assert float(m_c["token_accuracy"]) == float(m_w["token_accuracy"])
+  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g_w))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale),
+               g_c, g_w)

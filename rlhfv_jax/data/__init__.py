@@ -4,8 +4,10 @@
   readers        RLHF-V parquet, JSONL + image folder, VQAv2 JSON + COCO images
   writers        write_jsonl: records -> JSONL + images (the inverse of readers.read_jsonl)
   tfds_builders  TFDS builders -> array_record; `prepare`, `open_split` (tfds.data_source)
-  tokenizer      LLaVA-1.5 tokenizer (SentencePiece / HF dir) and the Vicuna v1 ChatTemplate
-  images         ImagePreprocessor (transformers CLIP processor), AugmentationPolicy
+  tokenizer      chat templates by name (TEMPLATES: Vicuna v1 for LLaVA-1.5, Gemma 3),
+                 their tokenizers (SentencePiece / HF dir), ChatTemplate
+  images         ImagePreprocessor (PROCESSINGS by name: CLIP for LLaVA-1.5, SigLIP for
+                 Gemma 3; transformers' processors), AugmentationPolicy
   packing        tokenize_record, pack_sequence, pack_shared_prefix, choose_bucket,
                  assemble_batch: records -> batch rows at a bucket length
   loader         Loader (grain: shuffled, resumable, per-process), ordered_batches (every

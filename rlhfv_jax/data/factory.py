@@ -7,8 +7,14 @@ The training code calls::
   factory.precompute_reference(config, token_logps_fn, batch_size=..., run_dir=workdir)
 
 The model facts the pipeline needs (``num_image_tokens``, ``image_token_id``,
-``image_size``) come from ``config.model`` (through `rlhfv_jax.model.num_image_tokens`)
-unless passed as `ModelFacts`, so the data code does not depend on the model otherwise.
+``image_size``, the names of the family's chat template and image processing) come from
+``config.model`` (through `rlhfv_jax.model.family_of`) unless passed as `ModelFacts`, so
+the data code does not depend on the model otherwise. The template and the processing
+are built through their registries by name (`tokenizer.TEMPLATES`, `images.PROCESSINGS`);
+``data.system_message``, ``data.prompt_template`` and ``data.image_resize_mode`` default
+to None, meaning the template's / processing's own default (Vicuna v1's system message
+and prompt and "pad" for LLaVA-1.5; no system message, Gemma 3's turns and "resize" for
+Gemma 3).
 The segment rule is ``config.ddpo.segment_mode`` / ``segment_min_match`` (defaults in
 `rlhfv_jax.segments`).
 """
@@ -25,13 +31,13 @@ from jax.experimental import multihost_utils
 
 from rlhfv_jax import segments
 from rlhfv_jax.data import loader, tfds_builders
-from rlhfv_jax.data.images import AugmentationPolicy, ImagePreprocessor
+from rlhfv_jax.data.images import DEFAULT_PROCESSING, AugmentationPolicy, ImagePreprocessor
 from rlhfv_jax.data.loader import Loader
 from rlhfv_jax.data.records import ErrorLog
 from rlhfv_jax.data.ref_cache import (ReferenceCache, TokenLogpsFn, compute_reference_cache,
                                       default_cache_dir)
-from rlhfv_jax.data.tokenizer import (PROMPT_TEMPLATE, VICUNA_V1_SYSTEM, ChatTemplate,
-                                      Tokenizer, load_tokenizer)
+from rlhfv_jax.data.tokenizer import (DEFAULT_TEMPLATE, ChatTemplate, Tokenizer, load_tokenizer,
+                                      make_chat_template, template_spec)
 
 PathLike = Union[str, pathlib.Path]
 
@@ -44,10 +50,14 @@ def get_data_config() -> ml_collections.ConfigDict:
       data_dir="",               # TFDS data dir holding the array_record files
       split="train",
       tokenizer="",              # a SentencePiece .model file or a local HF tokenizer dir
-      system_message=VICUNA_V1_SYSTEM,
-      prompt_template=PROMPT_TEMPLATE,  # jinja2; exactly one <image>
+      # None: the chat template's own (`tokenizer.TEMPLATES`: Vicuna v1's for LLaVA-1.5,
+      # none / Gemma 3's turns for Gemma 3); the prompt is jinja2 with exactly one <image>.
+      system_message=ml_collections.config_dict.placeholder(str),
+      prompt_template=ml_collections.config_dict.placeholder(str),
       image_processor_dir="",    # optional local dir with preprocessor_config.json
-      image_resize_mode="pad",   # "pad" (LLaVA-1.5) or "center_crop" (CLIP default)
+      # None: the image processing's own (`images.PROCESSINGS`): "pad" for LLaVA-1.5 (or
+      # "center_crop", CLIP's), "resize" for Gemma 3 (or "pad").
+      image_resize_mode=ml_collections.config_dict.placeholder(str),
       # 576 image tokens + ~45 prompt tokens + answers of up to a few hundred tokens:
       # SFT rows fit 768; a shared-prefix preference row (the prompt once, both answers)
       # 1024-1536 for RLHF-V's 100-250-token answers. One compilation per bucket used.
@@ -79,15 +89,19 @@ class ModelFacts:
   image_size: int
   vocab_size: Optional[int] = None  # the embedding rows; None: not checked
   max_positions: Optional[int] = None  # text.max_position_embeddings; None: not checked
+  chat_template: str = DEFAULT_TEMPLATE  # a `tokenizer.TEMPLATES` name
+  image_processing: str = DEFAULT_PROCESSING  # an `images.PROCESSINGS` name
 
   @classmethod
   def from_config(cls, config: Any) -> "ModelFacts":
     from rlhfv_jax import model  # local: only this accessor needs the model package
-    return cls(num_image_tokens=model.num_image_tokens(config.model),
+    family = model.family_of(config.model)
+    return cls(num_image_tokens=family.num_image_tokens(config.model),
                image_token_id=int(config.model.image_token_id),
                image_size=int(config.model.vision.image_size),
                vocab_size=int(config.model.text.vocab_size),
-               max_positions=int(config.model.text.max_position_embeddings))
+               max_positions=int(config.model.text.max_position_embeddings),
+               chat_template=family.chat_template, image_processing=family.image_processing)
 
 
 def check_buckets(config: Any, facts: ModelFacts) -> None:
@@ -104,36 +118,57 @@ def check_buckets(config: Any, facts: ModelFacts) -> None:
         "loader), or use a model with a longer context.")
 
 
+def make_tokenizer(config: Any, facts: Optional[ModelFacts] = None) -> Tokenizer:
+  """``config.data.tokenizer`` loaded for the model family's chat template (`facts`,
+  default `ModelFacts.from_config(config)`); the backend follows the path type."""
+  facts = facts or ModelFacts.from_config(config)
+  if not config.data.tokenizer:
+    raise ValueError("config.data.tokenizer is empty: set it to a tokenizer.model file or a "
+                     "local HF tokenizer directory")
+  return load_tokenizer(config.data.tokenizer, template=facts.chat_template)
+
+
+def template_texts(config: Any, facts: Optional[ModelFacts] = None) -> tuple[str, str]:
+  """(system message, jinja2 prompt) of the run: ``config.data``'s, or where None the model
+  family's chat template's defaults (without loading a tokenizer)."""
+  facts = facts or ModelFacts.from_config(config)
+  spec = template_spec(facts.chat_template)
+  system, prompt = config.data.get("system_message"), config.data.get("prompt_template")
+  return (spec.system if system is None else system,
+          spec.prompt_template if prompt is None else prompt)
+
+
 def make_template(config: Any, facts: ModelFacts, tokenizer: Optional[Tokenizer] = None
                   ) -> ChatTemplate:
-  """The chat template; checks the tokenizer's ``<image>`` id and vocabulary against the model.
+  """The model family's chat template; checks the tokenizer's image token id and
+  vocabulary against the model.
 
   A token id past the model's embedding table would not fail loudly: JAX gathers fill
   it with NaN, which surfaces only as a non-finite loss.
   """
-  data = config.data
   if tokenizer is None:
-    if not data.tokenizer:
-      raise ValueError("config.data.tokenizer is empty: set it to a tokenizer.model file or a "
-                       "local HF tokenizer directory")
-    tokenizer = load_tokenizer(data.tokenizer)
+    tokenizer = make_tokenizer(config, facts)
+  image_token = template_spec(facts.chat_template).image_token
   if tokenizer.image_token_id != facts.image_token_id:
-    raise ValueError(f"the tokenizer's <image> id is {tokenizer.image_token_id} but the model's "
-                     f"image_token_id is {facts.image_token_id}")
+    raise ValueError(f"the tokenizer's {image_token} id is {tokenizer.image_token_id} but the "
+                     f"model's image_token_id is {facts.image_token_id}")
   tokenizer_vocab = getattr(tokenizer, "vocab_size", None)
   if facts.vocab_size is not None and tokenizer_vocab is not None and (
       tokenizer_vocab > facts.vocab_size):
     raise ValueError(f"the tokenizer has {tokenizer_vocab} ids but the model's embedding table "
                      f"has only text.vocab_size={facts.vocab_size} rows")
-  return ChatTemplate(tokenizer, facts.num_image_tokens, system=data.system_message,
-                      template=data.prompt_template)
+  system, prompt = template_texts(config, facts)
+  return make_chat_template(facts.chat_template, tokenizer, facts.num_image_tokens,
+                            system=system, template=prompt)
 
 
 def make_preprocessor(config: Any, facts: ModelFacts, augment: bool = True) -> ImagePreprocessor:
-  """The image processor with the validated augmentation policy (none if not `augment`)."""
+  """The model family's image processing with the validated augmentation policy (none if
+  not `augment`)."""
   policy = AugmentationPolicy.from_config(config.data) if augment else AugmentationPolicy()
-  return ImagePreprocessor(facts.image_size, resize_mode=config.data.image_resize_mode,
-                           policy=policy, processor_dir=config.data.image_processor_dir or None)
+  return ImagePreprocessor(facts.image_size, resize_mode=config.data.get("image_resize_mode"),
+                           policy=policy, processor_dir=config.data.image_processor_dir or None,
+                           processing=facts.image_processing)
 
 
 def open_source(config: Any, run_dir: Optional[PathLike] = None,

@@ -1,14 +1,35 @@
-"""Image decoding, the transformers image processor, and the augmentation policy.
+"""Image decoding, the transformers image processors, and the augmentation policy.
 
-Preprocessing (`ImagePreprocessor`): decode with PIL to RGB, optionally augment, then
-either pad to a square with the processor's mean colour (``resize_mode="pad"``, the
-default: LLaVA-1.5's ``image_aspect_ratio="pad"``, which keeps every object in view) or
-leave the image as is for the processor's centre crop (``"center_crop"``: CLIP's default,
-which cuts the sides of non-square images). Then the transformers CLIP image processor
-(PIL backend) resizes to ``image_size`` and normalizes; output is HWC float32.
+Preprocessing (`ImagePreprocessor`): decode with PIL to RGB, optionally augment, resize
+as the resize mode says, then the model family's transformers image processor (PIL
+backend) resizes to ``image_size`` and normalizes; output is HWC float32. The processing
+is chosen by name (`PROCESSINGS`, a model family's ``image_processing``,
+`rlhfv_jax.model.families`); nothing outside this module branches on it:
+
+* ``"clip"`` (LLaVA-1.5): ``CLIPImageProcessor``: bicubic resize of the shortest edge,
+  centre crop, CLIP mean/std. Resize modes: ``"pad"`` (the default: LLaVA-1.5's
+  ``image_aspect_ratio="pad"``, pad to a square with the processor's mean colour first,
+  which keeps every object in view) or ``"center_crop"`` (CLIP's own, which cuts the
+  sides of non-square images).
+* ``"siglip"`` (Gemma 3): ``Gemma3ImageProcessor``: bilinear resize straight to
+  ``image_size`` x ``image_size``, rescale 1/255, normalize with mean 0.5, std 0.5; no
+  pan-and-scan (its extra crops would be extra images; forced off, also when
+  ``processor_dir`` turns it on). Resize modes: ``"resize"`` (the default: exactly
+  transformers' processor, the pixels Gemma 3 was trained on; nothing is cut, a
+  non-square image is stretched) or ``"pad"`` (pad to a square with the mean colour
+  first, as for LLaVA: aspect ratios kept, but pixels transformers' ``Gemma3Processor``
+  does not produce, so a model trained so should be served with the same padding).
+
+Every resize mode keeps the whole image in view except CLIP's ``"center_crop"``. An alpha
+channel is dropped when decoding (`decode_image`, as LLaVA's loader does), where
+transformers' processors would composite on white: for such images only, the pixels
+differ from transformers'. Equal settings give equal pixels whatever the processing (a
+padded square resized by either processor is the same image, tested), so
+`ImagePreprocessor.settings`, which the reference cache compares, names no processing.
 
 Augmentation policy (``config.data.augmentation``), deterministic given
-(seed, epoch, example index) so a resumed run and every host agree:
+(seed, epoch, example index) so a resumed run and every host agree; the same for every
+processing (it acts on the decoded image, before the resize):
 
 * ``"none"`` (default): no augmentation.
 * ``"photometric"``: mild brightness and contrast jitter, factors uniform in
@@ -27,16 +48,63 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from PIL import Image, ImageEnhance
 
 AUGMENTATIONS = ("none", "photometric", "flip", "random_crop_ablation")
-RESIZE_MODES = ("pad", "center_crop")
+RESIZE_MODES = ("pad", "center_crop", "resize")  # all processings' (each allows some)
 MAX_PHOTOMETRIC_STRENGTH = 0.25
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class Processing:
+  """An image processing: a transformers image processor (PIL backend) and its modes.
+
+  Attributes:
+    name: its `PROCESSINGS` key (a model family's ``image_processing``).
+    processor_class: the transformers class.
+    image_mean, image_std: its normalization when no ``processor_dir`` is given.
+    resize_modes: the modes it allows (module docstring); the first is the default.
+    size_kwargs: ``image_size`` -> the processor's size arguments.
+    fixed_kwargs: processor arguments that override any ``preprocessor_config.json``.
+  """
+
+  name: str
+  processor_class: str
+  image_mean: tuple[float, ...]
+  image_std: tuple[float, ...]
+  resize_modes: tuple[str, ...]
+  size_kwargs: Callable[[int], dict[str, Any]]
+  fixed_kwargs: tuple[tuple[str, Any], ...] = ()
+
+
+PROCESSINGS = {
+    "clip": Processing(
+        name="clip", processor_class="CLIPImageProcessorPil", image_mean=CLIP_MEAN,
+        image_std=CLIP_STD, resize_modes=("pad", "center_crop"),
+        size_kwargs=lambda s: dict(size={"shortest_edge": s},
+                                   crop_size={"height": s, "width": s})),
+    "siglip": Processing(
+        name="siglip", processor_class="Gemma3ImageProcessorPil", image_mean=SIGLIP_MEAN,
+        image_std=SIGLIP_STD, resize_modes=("resize", "pad"),
+        size_kwargs=lambda s: dict(size={"height": s, "width": s}),
+        fixed_kwargs=(("do_pan_and_scan", False),)),
+}
+DEFAULT_PROCESSING = "clip"  # LLaVA-1.5's, for callers that name none
+
+
+def processing_spec(name: str) -> Processing:
+  """The `Processing` called `name` (ValueError naming the known ones otherwise)."""
+  if name not in PROCESSINGS:
+    raise ValueError(f"image processing {name!r} is not defined; defined: "
+                     f"{', '.join(PROCESSINGS)}")
+  return PROCESSINGS[name]
 
 
 def decode_image(data: bytes) -> Image.Image:
@@ -129,28 +197,35 @@ def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Im
 class ImagePreprocessor:
   """Encoded image bytes -> [H, W, 3] float32 through the transformers image processor."""
 
-  def __init__(self, image_size: int, resize_mode: str = "pad",
+  def __init__(self, image_size: int, resize_mode: Optional[str] = None,
                policy: AugmentationPolicy = AugmentationPolicy(),
-               processor_dir: Optional[str] = None):
+               processor_dir: Optional[str] = None, processing: str = DEFAULT_PROCESSING):
     """Args:
       image_size: output side length (``cfg.model.vision.image_size``).
-      resize_mode: "pad" or "center_crop", see the module docstring.
+      resize_mode: one of the processing's modes (module docstring); None: its default
+        ("pad" for "clip", "resize" for "siglip").
       policy: the augmentation policy.
       processor_dir: optional local HF directory with ``preprocessor_config.json``; its
         mean/std/resample are used, its size is overridden by `image_size`.
+      processing: a `PROCESSINGS` name.
     """
-    if resize_mode not in RESIZE_MODES:
-      raise ValueError(f"resize_mode={resize_mode!r}; expected one of {RESIZE_MODES}")
-    from transformers import CLIPImageProcessorPil  # local: heavy import
-    size = dict(size={"shortest_edge": image_size},
-                crop_size={"height": image_size, "width": image_size})
+    spec = processing_spec(processing)
+    resize_mode = spec.resize_modes[0] if resize_mode is None else resize_mode
+    if resize_mode not in spec.resize_modes:
+      raise ValueError(f"resize_mode={resize_mode!r}; expected one of {spec.resize_modes} "
+                       f"with the {processing!r} image processing")
+    import transformers  # local: heavy import
+    processor_class = getattr(transformers, spec.processor_class)
+    kwargs = dict(spec.size_kwargs(image_size), **dict(spec.fixed_kwargs))
     if processor_dir:
-      self._processor = CLIPImageProcessorPil.from_pretrained(processor_dir, local_files_only=True,
-                                                              **size)
+      self._processor = processor_class.from_pretrained(processor_dir, local_files_only=True,
+                                                        **kwargs)
     else:
-      self._processor = CLIPImageProcessorPil(image_mean=CLIP_MEAN, image_std=CLIP_STD, **size)
+      self._processor = processor_class(image_mean=spec.image_mean, image_std=spec.image_std,
+                                        **kwargs)
     self.image_size = image_size
     self.resize_mode = resize_mode
+    self.processing = processing
     self.policy = policy
     # LLaVA-1.5's expand2square fill, `tuple(int(x * 255) for x in image_mean)`: truncated,
     # (122, 116, 104) for CLIP's mean, the pixels its checkpoints were trained on.

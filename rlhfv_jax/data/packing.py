@@ -87,9 +87,8 @@ def tokenize_record(record: Record, template: ChatTemplate, *, segment_mode: str
   prompt_ids = np.asarray(template.encode_prompt(record.question), np.int32)
   if isinstance(record, PreferenceRecord):
     if record.has_spans:
-      tok = template.tokenizer
-      chosen_ids, chosen_offsets = tok.encode_with_offsets(record.chosen)
-      rejected_ids, rejected_offsets = tok.encode_with_offsets(record.rejected)
+      chosen_ids, chosen_offsets = template.encode_answer_with_offsets(record.chosen)
+      rejected_ids, rejected_offsets = template.encode_answer_with_offsets(record.rejected)
       chosen_corrected = spans_to_token_mask(chosen_offsets, record.chosen_spans)
       rejected_corrected = spans_to_token_mask(rejected_offsets, record.rejected_spans)
     else:

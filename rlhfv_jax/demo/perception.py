@@ -30,7 +30,7 @@ import optax
 
 from rlhfv_jax.data.images import ImagePreprocessor
 from rlhfv_jax.demo import world
-from rlhfv_jax.model import vision
+from rlhfv_jax.model.llava15 import vision
 
 # Per-cell targets; class 0 of each is "no object in this cell".
 ATTRIBUTES: dict[str, tuple[str, ...]] = {

@@ -27,15 +27,15 @@ Example:
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from rlhfv_jax.model import apply
+from rlhfv_jax.model import families
 from rlhfv_jax.model import layers
-from rlhfv_jax.model import llama
-from rlhfv_jax.model import llava
 
 GenerateFn = Callable[..., jax.Array]
 
@@ -78,13 +78,13 @@ def sample_tokens(logits: jax.Array, rng: jax.Array, temperature: jax.Array,
   return jax.lax.cond(temperature > 0, sample, greedy, None)
 
 
-def _prefill(model: llava.Llava, params, input_ids: jax.Array, attention_mask: jax.Array,
+def _prefill(model: Any, params, input_ids: jax.Array, attention_mask: jax.Array,
              pixel_values: Optional[jax.Array], sequences_per_image: int,
-             max_new_tokens: int) -> tuple[jax.Array, Optional[llama.KVCache], jax.Array]:
+             max_new_tokens: int) -> tuple[jax.Array, Any, jax.Array]:
   """Runs the prompts through the model: the forward of generation and of scoring.
 
   Args:
-    model: the `Llava` module.
+    model: the family's Flax module (`apply.module`).
     params: its parameters.
     input_ids: [N, P] int32 prompts, any padding side.
     attention_mask: [N, P] bool, True for real prompt tokens.
@@ -101,17 +101,18 @@ def _prefill(model: llava.Llava, params, input_ids: jax.Array, attention_mask: j
   num_rows, prompt_len = input_ids.shape
   features = None
   if pixel_values is not None:
-    features = model.apply(variables, pixel_values, method=llava.Llava.encode_images)
+    features = model.apply(variables, pixel_values, method="encode_images")
   # Generated slots are real tokens; causality hides each one until it is written.
   key_valid = jnp.concatenate(
       [attention_mask, jnp.ones((num_rows, max_new_tokens), bool)], axis=1)
-  cache = (llama.init_kv_cache(model.cfg, num_rows, prompt_len + max_new_tokens)
+  cache = (families.family_of(model.cfg).init_kv_cache(model.cfg, num_rows,
+                                                        prompt_len + max_new_tokens)
            if max_new_tokens else None)
   last_real = prompt_len - 1 - jnp.argmax(attention_mask[:, ::-1], axis=1)
   out = model.apply(
       variables, input_ids, key_valid, features, sequences_per_image,
       positions=layers.positions_from_mask(attention_mask), kv_cache=cache,
-      cache_index=0, logits_index=last_real, method=llava.Llava.decode)
+      cache_index=0, logits_index=last_real, method="decode")
   logits, cache = out if cache is not None else (out, None)
   return logits, cache, key_valid
 
@@ -119,7 +120,7 @@ def _prefill(model: llava.Llava, params, input_ids: jax.Array, attention_mask: j
 @functools.lru_cache(maxsize=16)
 def _cached_next_token_fn(cfg: ml_collections.FrozenConfigDict,
                           sequences_per_image: int) -> Callable[..., jax.Array]:
-  model = llava.Llava(cfg)
+  model = apply.module(cfg)
 
   def next_token_fn(params, input_ids, attention_mask, pixel_values):
     logits, _, _ = _prefill(model, params, input_ids, attention_mask.astype(bool),
@@ -137,7 +138,7 @@ def next_token_logits(params, cfg: ml_collections.ConfigDict, input_ids: jax.Arr
   Jitted once per config (and compiled once per input shape).
 
   Args:
-    params: `Llava(cfg)` parameters.
+    params: the model's parameters.
     cfg: model config.
     input_ids: [N, P] int32 prompts with expanded image placeholders, any padding side.
     attention_mask: [N, P] bool, True for real prompt tokens.
@@ -162,7 +163,7 @@ def make_generate_fn(cfg: ml_collections.ConfigDict, *, max_new_tokens: int,
   """
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-  model = llava.Llava(cfg)
+  model = apply.module(cfg)
 
   def generate_fn(params, input_ids, attention_mask, pixel_values, rng, temperature, top_p,
                   eos_token_ids, pad_token_id):
@@ -187,7 +188,7 @@ def make_generate_fn(cfg: ml_collections.ConfigDict, *, max_new_tokens: int,
       logits, cache = model.apply(
           variables, token[:, None], key_valid, None,
           positions=(lengths + step)[:, None], kv_cache=cache,
-          cache_index=prompt_len + step, method=llava.Llava.decode)
+          cache_index=prompt_len + step, method="decode")
       return step + 1, logits, cache, done, tokens, rng
 
     tokens = jnp.full((num_rows, max_new_tokens), pad_token_id, jnp.int32)
@@ -212,7 +213,7 @@ def generate(params, cfg: ml_collections.ConfigDict, input_ids: jax.Array,
   """Generates up to `max_new_tokens` tokens per prompt (see the module docstring).
 
   Args:
-    params: `Llava(cfg)` parameters.
+    params: the model's parameters.
     cfg: model config.
     input_ids: [N, P] int32 prompts with expanded image placeholders, any padding side.
     attention_mask: [N, P] bool, True for real prompt tokens.

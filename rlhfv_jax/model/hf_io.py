@@ -1,37 +1,50 @@
-"""HF llava-hf checkpoints <-> Flax parameters, without torch.
+"""HF multimodal checkpoints <-> Flax parameters, for every model family, without torch.
 
 Reads `config.json` plus `model.safetensors` or a sharded
 `model.safetensors.index.json`, through the safetensors NumPy API (bf16 tensors arrive
-as `ml_dtypes.bfloat16`). Every tensor-name variant that transformers 4.x / 5.x write
-for `LlavaForConditionalGeneration` is accepted; names are first normalized to the
-llava-hf hub layout:
+as `ml_dtypes.bfloat16`). The family comes from config.json's ``model_type`` (loading)
+or the model config's ``family`` (saving), through `rlhfv_jax.model.families`; each
+family declares its tensor naming as a `Naming` (``FAMILY.hf_naming``).
+
+LLaVA-1.5 (`LlavaForConditionalGeneration`) and Gemma 3
+(`Gemma3ForConditionalGeneration`) name their tensors alike. Every variant transformers
+4.x / 5.x writes is accepted; names are first normalized to the hub layout (what the
+llava-hf and google checkpoints hold, written by transformers 4.4x-4.51):
 
   language_model.model.{embed_tokens,layers.<i>.*,norm}.weight
-  language_model.lm_head.weight
-  multi_modal_projector.linear_{1,2}.{weight,bias}
-  vision_tower.vision_model.{embeddings,pre_layrnorm,encoder.layers.<i>,post_layernorm}.*
+  language_model.lm_head.weight                     (absent when tied: Gemma 3)
+  multi_modal_projector.*                           (linear_{1,2}.* / mm_input_projection_weight,
+                                                     mm_soft_emb_norm.weight)
+  vision_tower.vision_model.{embeddings,encoder.layers.<i>,...}.*
 
-Variants: `model.language_model.*` / `lm_head.*` / `model.vision_tower.*` /
-`model.multi_modal_projector.*` (transformers >= 4.52 module paths) and
-`vision_tower.*` without `vision_model.` (transformers 5).
+Variants: transformers 4.52-4.57 saved its module paths, `model.language_model.*` /
+`lm_head.*` / `model.vision_tower.vision_model.*` / `model.multi_modal_projector.*`;
+transformers 5 saves `language_model.model.*` again (it reverts its load-time renames)
+but `vision_tower.*` without `vision_model.` (its vision towers lost that level).
 
 The mapping is derived from the Flax parameter tree itself (its module names mirror
 HF's): a Flax path `a/b/kernel` is HF `a.b.weight` (transposed), `scale` and
-`embedding` are `weight`, and a leaf under a scanned `layers` module is the stack of
-the HF tensors `...layers.<i>...`.
+`embedding` are `weight`, other leaves keep their name untransposed (Gemma 3's raw
+``mm_input_projection_weight`` matrix, used as ``x @ W``), and a leaf under a scanned
+`layers` module is the stack of the HF tensors `...layers.<i>...`. A tied LM head's copy
+(`lm_head.weight` in an untied save of a tied model) is ignored, as transformers does.
 
 Two loaders share the checks (done on the files' headers, before any tensor is read: a
 shard the index names that is missing, a truncated file, missing / unexpected /
 duplicated / wrongly shaped tensors):
 
-* `load_hf_llava`: the whole model as host NumPy arrays in `param_dtype` (every process
+* `load_hf`: the whole model as host NumPy arrays in `param_dtype` (every process
   holds all of it, plus the file's tensors while it converts: ~1.6x the f32 param bytes
   for a bf16 file; `benchmarks/checkpoint_loading.py`).
-* `load_hf_llava_sharded`: each parameter straight into a target sharding; a process
+* `load_hf_sharded`: each parameter straight into a target sharding; a process
   reads only the slices its own devices hold (safetensors' `get_slice`), one device's
   slice of one parameter at a time, converting the dtype per slice, so its host memory
   peaks at about its devices' share of the params plus one such slice (on CPU devices;
   on accelerators, the slice alone).
+
+`save_hf` writes a checkpoint `from_pretrained` loads. `load_hf_llava`,
+`load_hf_llava_sharded` and `save_hf_llava` are the same functions under their older
+names.
 """
 
 from __future__ import annotations
@@ -41,7 +54,7 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Optional
 
 import jax
 import ml_collections
@@ -51,72 +64,153 @@ import safetensors.numpy
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
-from rlhfv_jax.model import config as config_lib
-from rlhfv_jax.model import llava
+from rlhfv_jax.model import apply
+from rlhfv_jax.model import families
 
 Params = dict[str, Any]
+Rules = tuple[tuple[re.Pattern, str], ...]
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
-LAYOUTS = ("llava-hf", "transformers5")
+HUB = "hub"  # `save_hf` layout name: a family's hub layout, whatever it is called
+LAYOUTS = ("llava-hf", "transformers5")  # LLaVA-1.5's; `layouts(cfg)` for any family
 
 # Non-parameter buffers some exporters include; they carry no weights.
 _IGNORED_TENSOR = re.compile(r"(\.position_ids|\.rotary_emb\.inv_freq)$")
 
 # (pattern, replacement) applied in order to bring any variant to the hub layout.
-_NAME_RULES = (
+NAME_RULES: Rules = (
+    # transformers 4.52-4.57: the model's module paths.
     (re.compile(r"^model\.language_model\."), "language_model.model."),
     (re.compile(r"^lm_head\."), "language_model.lm_head."),
     (re.compile(r"^model\.vision_tower\."), "vision_tower."),
     (re.compile(r"^model\.multi_modal_projector\."), "multi_modal_projector."),
+    # transformers 5: vision towers without `vision_model.` (CLIP, SigLIP).
     (re.compile(r"^vision_tower\.(?!vision_model\.)"), "vision_tower.vision_model."),
     (re.compile(r"^language_model\.(?!model\.|lm_head\.)"), "language_model.model."),
 )
 
 # Flax top-level module -> HF prefix in the hub layout.
-_PREFIX = {
+PREFIX = {
     "vision_tower": "vision_tower.vision_model.",
     "multi_modal_projector": "multi_modal_projector.",
     "language_model": "language_model.model.",
     "lm_head": "language_model.lm_head.",
 }
-_LEAF_NAME = {"kernel": "weight", "scale": "weight", "embedding": "weight",
-              "bias": "bias", "class_embedding": "class_embedding"}
+LEAF_NAMES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
 
 # Hub-layout module path -> the module's path in transformers 5's model (`named_modules()`).
-_MODULE_RULES = (
+MODULE_RULES: Rules = (
     (re.compile(r"^language_model\.model\."), "model.language_model."),
     (re.compile(r"^language_model\.lm_head$"), "lm_head"),
     (re.compile(r"^vision_tower\.vision_model\."), "model.vision_tower."),
     (re.compile(r"^multi_modal_projector\."), "model.multi_modal_projector."),
 )
 
+# Export layouts: hub names -> the layout's names.
+TRANSFORMERS5_LAYOUT: Rules = ((re.compile(r"^vision_tower\.vision_model\."), "vision_tower."),)
 
-def normalize_name(name: str) -> str:
-  """Maps any transformers 4.x/5.x llava tensor name to the llava-hf hub layout."""
-  for pattern, replacement in _NAME_RULES:
+# Flax top-level module -> the config field holding its scanned `layers` count.
+LAYER_COUNTS = {"vision_tower": "vision.num_layers", "language_model": "text.num_layers"}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: hashable (by identity)
+class Naming:
+  """How one family's Flax parameter paths map to HF tensor / module names.
+
+  The defaults describe the LLaVA-style layout both registered families share; a family
+  states what differs (its leaf names, its layouts).
+
+  Attributes:
+    leaf_names: Flax leaf name -> HF leaf name; leaves not named "kernel" are copied
+      untransposed.
+    layouts: export layout name -> rules rewriting hub names into it. The first is the
+      hub layout (no rules); `save_hf` also accepts ``"hub"`` for it.
+    prefix: Flax top-level module -> its prefix in the hub layout.
+    name_rules: rules normalizing any transformers version's tensor names to the hub
+      layout, applied in order.
+    module_rules: rules turning a hub module path into transformers 5's module path
+      (`named_modules()`, which PEFT's adapter keys use).
+    layer_counts: Flax top-level module -> the dotted config field with the number of
+      layers of its scanned ``layers`` subtree.
+  """
+
+  leaf_names: Mapping[str, str]
+  layouts: Mapping[str, Rules]
+  prefix: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(PREFIX))
+  name_rules: Rules = NAME_RULES
+  module_rules: Rules = MODULE_RULES
+  layer_counts: Mapping[str, str] = dataclasses.field(
+      default_factory=lambda: dict(LAYER_COUNTS))
+
+  def layout(self, name: Optional[str]) -> tuple[str, Rules]:
+    """(the layout's name, its rules) for `name` (None or "hub": the hub layout)."""
+    hub = next(iter(self.layouts))
+    name = hub if name in (None, HUB) else name
+    if name not in self.layouts:
+      known = tuple(dict.fromkeys((HUB, *self.layouts)))
+      raise ValueError(f"layout={name!r}; expected one of {known} ({HUB!r}: {hub!r})")
+    return name, self.layouts[name]
+
+  def tied_head(self) -> str:
+    """Hub name of the LM head's weight (a tied model has no such parameter)."""
+    return self.prefix["lm_head"] + "weight"
+
+
+def _rewrite(name: str, rules: Rules) -> str:
+  for pattern, replacement in rules:
     name = pattern.sub(replacement, name)
   return name
 
 
-def _to_layout(name: str, layout: str) -> str:
-  if layout == "transformers5":
-    return name.replace("vision_tower.vision_model.", "vision_tower.", 1)
-  return name
+def _default_naming() -> Naming:
+  return families.get(families.DEFAULT).hf_naming
 
 
-def _hf_names(path: tuple[str, ...], num_layers: int | None) -> list[str]:
+def naming_of(cfg: ml_collections.ConfigDict) -> Naming:
+  """The HF naming of `cfg`'s family."""
+  return families.family_of(cfg).hf_naming
+
+
+def layouts(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The export layouts `save_hf` writes for `cfg`'s family (the first: its hub layout)."""
+  return tuple(naming_of(cfg).layouts)
+
+
+def normalize_name(name: str, naming: Optional[Naming] = None) -> str:
+  """Maps any transformers 4.x/5.x tensor name to the hub layout (of `naming`; the
+  registered families share one)."""
+  return _rewrite(name, (naming or _default_naming()).name_rules)
+
+
+def _hf_names(path: tuple[str, ...], num_layers: int | None,
+              naming: Optional[Naming] = None) -> list[str]:
   """HF hub names of the Flax leaf at `path` (one per layer for scanned leaves)."""
+  naming = naming or _default_naming()
   *modules, leaf = path
-  base = _PREFIX[modules[0]] + ".".join(modules[1:] + [_LEAF_NAME[leaf]])
+  base = naming.prefix[modules[0]] + ".".join(modules[1:] + [naming.leaf_names[leaf]])
   if "layers" not in modules:
     return [base]
   head, tail = base.split(".layers.", 1)
   return [f"{head}.layers.{i}.{tail}" for i in range(num_layers)]
 
 
+def _layer_count(cfg: ml_collections.ConfigDict, path: tuple[str, ...]) -> int | None:
+  if "layers" not in path:
+    return None
+  value = cfg
+  for key in naming_of(cfg).layer_counts[path[0]].split("."):
+    value = value[key]
+  return int(value)
+
+
+def _names(cfg: ml_collections.ConfigDict, path: tuple[str, ...]) -> list[str]:
+  """`_hf_names` of a leaf of `cfg`'s parameter tree."""
+  return _hf_names(path, _layer_count(cfg, path), naming_of(cfg))
+
+
 def module_names(cfg: ml_collections.ConfigDict, path: tuple[str, ...]) -> list[str]:
-  """Paths in transformers 5's `LlavaForConditionalGeneration` of the Flax module `path`.
+  """Paths in transformers 5's model of the Flax module `path` of `cfg`'s family.
 
   E.g. ``("language_model", "layers", "self_attn", "q_proj")`` ->
   ``["model.language_model.layers.0.self_attn.q_proj", ...]``, one per layer under a
@@ -124,13 +218,9 @@ def module_names(cfg: ml_collections.ConfigDict, path: tuple[str, ...]) -> list[
   for the language model), which PEFT's adapter keys and ``target_modules`` use;
   ``normalize_name(name + ".weight")`` is the hub name of the module's weight.
   """
-  out = []
-  for name in _hf_names((*path, "kernel"), _layer_count(cfg, path)):
-    name = name.removesuffix(".weight")
-    for pattern, replacement in _MODULE_RULES:
-      name = pattern.sub(replacement, name)
-    out.append(name)
-  return out
+  naming = naming_of(cfg)
+  return [_rewrite(name.removesuffix(".weight"), naming.module_rules)
+          for name in _names(cfg, (*path, "kernel"))]
 
 
 def _flax_axes(leaf: str, ndim: int) -> tuple[int, ...]:
@@ -149,17 +239,8 @@ def _to_flax(leaf: str, array: np.ndarray) -> np.ndarray:
 
 
 def _to_hf(leaf: str, array: np.ndarray) -> np.ndarray:
-  if leaf == "kernel" and array.ndim == 2:
-    return array.T
-  if leaf == "kernel" and array.ndim == 4:
-    return array.transpose(3, 2, 0, 1)
-  return array
-
-
-def _layer_count(cfg: ml_collections.ConfigDict, path: tuple[str, ...]) -> int | None:
-  if "layers" not in path:
-    return None
-  return cfg.vision.num_layers if path[0] == "vision_tower" else cfg.text.num_layers
+  """One Flax leaf in HF (torch) layout: the inverse of `_to_flax`."""
+  return array.transpose(np.argsort(_flax_axes(leaf, array.ndim)))
 
 
 def _leaves(tree: Params) -> Iterator[tuple[tuple[str, ...], Any]]:
@@ -234,24 +315,32 @@ def _plan(path: str, cfg: ml_collections.ConfigDict
     ValueError: a truncated file; missing, unexpected, duplicated or wrongly shaped
       tensors (named).
   """
-  expected = llava.param_shapes(cfg)
+  expected = apply.param_shapes(cfg)
+  naming = naming_of(cfg)
   source: dict[str, _Tensor] = {}  # hub name -> where it is
   for file_name in _tensor_files(path):
     for name, info in _read_header(file_name).items():
       if _IGNORED_TENSOR.search(name):
         continue
-      hub_name = normalize_name(name)
+      hub_name = normalize_name(name, naming)
       if hub_name in source:
         raise ValueError(f"{path}: tensor {name!r} ({file_name}) duplicates "
                          f"{source[hub_name].name!r} (both are {hub_name!r})")
       source[hub_name] = _Tensor(file_name, name, info["shape"])
   unused = set(source)
-  if cfg.text.tie_word_embeddings:
-    unused.discard("language_model.lm_head.weight")  # Tied copy, not a parameter.
+  head = source.get(naming.tied_head())
+  if cfg.text.tie_word_embeddings and head is not None:
+    # A tied model's saved head is a copy of the embedding, not a parameter: transformers
+    # ignores it when tying; its shape must still be the embedding's.
+    want = (cfg.text.vocab_size, cfg.text.hidden_size)
+    if head.shape != want:
+      raise ValueError(f"{path}: tensor {head.name} ({os.path.basename(head.file)}) has shape "
+                       f"{head.shape}; the tied LM head must be the embedding's {want}")
+    unused.discard(naming.tied_head())
 
   plan, missing = {}, []
   for leaf_path, shape in _leaves(expected):
-    names = _hf_names(leaf_path, _layer_count(cfg, leaf_path))
+    names = _names(cfg, leaf_path)
     absent = [n for n in names if n not in source]
     if absent:
       missing += absent
@@ -287,17 +376,19 @@ def _unflatten(flat: dict[tuple[str, ...], Any]) -> Params:
 
 
 def _config(path: str, param_dtype: str) -> ml_collections.ConfigDict:
-  cfg = config_lib.config_from_hf(path)
+  """The model config of the checkpoint at `path`, of the family its model_type names."""
+  cfg = families.for_hf(path).config_from_hf(path)
   cfg.param_dtype = param_dtype
   return cfg
 
 
-def load_hf_llava(path: str | os.PathLike, *, param_dtype: str = "float32"
-                  ) -> tuple[ml_collections.ConfigDict, Params]:
-  """Loads a HF `LlavaForConditionalGeneration` checkpoint directory into Flax.
+def load_hf(path: str | os.PathLike, *, param_dtype: str = "float32"
+            ) -> tuple[ml_collections.ConfigDict, Params]:
+  """Loads a HF checkpoint directory of any registered family into Flax.
 
-  The whole model lands in this process's host memory (with the files' tensors while
-  it converts); `load_hf_llava_sharded` puts it straight onto devices instead.
+  The family comes from config.json's ``model_type`` (`families.for_hf`). The whole
+  model lands in this process's host memory (with the files' tensors while it
+  converts); `load_hf_sharded` puts it straight onto devices instead.
 
   Args:
     path: directory with config.json and model.safetensors (or a sharded index).
@@ -310,8 +401,10 @@ def load_hf_llava(path: str | os.PathLike, *, param_dtype: str = "float32"
 
   Raises:
     FileNotFoundError: missing config or weights (a shard the index names, named).
-    ValueError: a truncated file; missing, unexpected, duplicated or wrongly shaped
-      tensors (named). Raised before any tensor is read.
+    ValueError: a model_type of no registered family (the supported ones named); a
+      truncated file; missing, unexpected, duplicated or wrongly shaped tensors (named).
+      Raised before any tensor is read.
+    NotImplementedError: a variant of the family this model does not implement.
   """
   path = os.fspath(path)
   cfg = _config(path, param_dtype)
@@ -388,16 +481,17 @@ def _sharded_param(tensors: list[_Tensor], leaf_path: tuple[str, ...], shape: An
   return jax.make_array_from_single_device_arrays(shape.shape, sharding, arrays)
 
 
-def load_hf_llava_sharded(path: str | os.PathLike, shardings: Any = None, *,
-                          param_dtype: str = "float32"
-                          ) -> tuple[ml_collections.ConfigDict, Params]:
-  """Loads a HF llava checkpoint directory straight into sharded `jax.Array`s.
+def load_hf_sharded(path: str | os.PathLike, shardings: Any = None, *,
+                    param_dtype: str = "float32"
+                    ) -> tuple[ml_collections.ConfigDict, Params]:
+  """Loads a HF checkpoint directory (any registered family) straight into sharded
+  `jax.Array`s.
 
   Each process reads, per parameter and per addressable device, only the slice that
   device holds (a scanned layer stack: the layers of its range, each from its own HF
   tensor; a Linear kernel's slice is the transposed slice of the torch weight), converts
   it to `param_dtype` and copies it to the device before reading the next. Nothing else
-  of the model is held on the host. Same checks, same values as `load_hf_llava`. In a
+  of the model is held on the host. Same checks, same values as `load_hf`. In a
   multi-process run every process calls it with the same arguments (no collectives).
 
   Args:
@@ -444,9 +538,10 @@ def _host_value(value: Any) -> np.ndarray:
   return np.asarray(jax.device_get(value))
 
 
-def save_hf_llava(cfg: ml_collections.ConfigDict, params: Params,
-                  path: str | os.PathLike, *, layout: str = "llava-hf") -> None:
-  """Writes config.json + model.safetensors loadable by `LlavaForConditionalGeneration`.
+def save_hf(cfg: ml_collections.ConfigDict, params: Params, path: str | os.PathLike, *,
+            layout: Optional[str] = None) -> None:
+  """Writes config.json + model.safetensors that the family's transformers class
+  (`LlavaForConditionalGeneration`, `Gemma3ForConditionalGeneration`) loads.
 
   `params` may be host arrays or `jax.Array`s of any sharding, including arrays sharded
   over several processes. In a multi-process run every process must call this (each
@@ -455,20 +550,22 @@ def save_hf_llava(cfg: ml_collections.ConfigDict, params: Params,
 
   Args:
     cfg: the model config.
-    params: parameter pytree of `Llava(cfg)`; tensors keep their dtype.
+    params: parameter pytree of the family's module (`apply.module(cfg)`); tensors keep
+      their dtype.
     path: output directory (created if needed), on storage process 0 can write.
-    layout: "llava-hf" (hub names, `vision_tower.vision_model.*`; loads in
-      transformers 4.x and 5.x) or "transformers5" (what transformers 5's
-      `save_pretrained` writes: `vision_tower.*`).
+    layout: one of `layouts(cfg)`. The first, also called "hub" and the default, is
+      the hub layout (LLaVA's "llava-hf"; `vision_tower.vision_model.*`; loads in
+      transformers 4.x and 5.x); "transformers5" is what transformers 5's
+      `save_pretrained` writes (`vision_tower.*`).
   """
-  if layout not in LAYOUTS:
-    raise ValueError(f"layout={layout!r}; expected one of {LAYOUTS}")
+  naming = naming_of(cfg)
+  layout, layout_rules = naming.layout(layout)
   path = os.fspath(path)
   writer = jax.process_index() == 0
   tensors: dict[str, np.ndarray] = {}
   dtypes = set()
   for leaf_path, value in _leaves(params):
-    names = _hf_names(leaf_path, _layer_count(cfg, leaf_path))
+    names = _names(cfg, leaf_path)
     if "layers" in leaf_path and value.shape[0] != len(names):  # checked by every process
       raise ValueError(f"Parameter {'/'.join(leaf_path)} has {value.shape[0]} layers, "
                        f"config says {len(names)}")
@@ -478,13 +575,19 @@ def save_hf_llava(cfg: ml_collections.ConfigDict, params: Params,
     dtypes.add(value.dtype.name)
     per_layer = value if "layers" in leaf_path else [value]
     for name, array in zip(names, per_layer):
-      tensors[_to_layout(name, layout)] = np.ascontiguousarray(_to_hf(leaf_path[-1], array))
+      tensors[_rewrite(name, layout_rules)] = np.ascontiguousarray(_to_hf(leaf_path[-1], array))
   if writer:
     os.makedirs(path, exist_ok=True)
-    hf_config = config_lib.to_hf_config(cfg)
+    hf_config = families.family_of(cfg).to_hf_config(cfg)
     hf_config.dtype = dtypes.pop() if len(dtypes) == 1 else "float32"
     hf_config.save_pretrained(path)
     safetensors.numpy.save_file(tensors, os.path.join(path, SAFETENSORS_FILE),
                                 metadata={"format": "pt"})
   if jax.process_count() > 1:  # nobody reads the export before process 0 has written it
-    multihost_utils.sync_global_devices(f"save_hf_llava {path}")
+    multihost_utils.sync_global_devices(f"save_hf {path}")
+
+
+# The names of the LLaVA-only days; the same functions.
+load_hf_llava = load_hf
+load_hf_llava_sharded = load_hf_sharded
+save_hf_llava = save_hf

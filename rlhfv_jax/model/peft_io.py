@@ -314,7 +314,7 @@ def load_peft_adapter(directory: str | os.PathLike, model_cfg: ml_collections.Co
     model_cfg: the model config, LoRA on: the adapter must have its rank, alpha and
       targets.
     base_shapes: the base parameter tree (arrays or `jax.ShapeDtypeStruct`s, e.g.
-      ``llava.param_shapes(lora.base_config(model_cfg))``) the adapter must fit.
+      ``model.param_shapes(lora.base_config(model_cfg))``) the adapter must fit.
 
   Returns:
     The adapters, structured as ``lora.init_adapters(base_shapes, model_cfg.lora, rng)``

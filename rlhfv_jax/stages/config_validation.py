@@ -108,7 +108,7 @@ def _problems_init(cfg: Any, stage: str) -> list[str]:
   if source not in INIT_SOURCES:
     out.append(f"init.params={source!r}; expected one of {INIT_SOURCES}")
   if source == "hf" and not cfg.init.hf_checkpoint:
-    out.append("init.params='hf' needs init.hf_checkpoint: a local llava-hf directory "
+    out.append("init.params='hf' needs init.hf_checkpoint: a local HF checkpoint directory "
                "(config.json + model.safetensors); nothing is downloaded")
   if source == "checkpoint" and not cfg.init.checkpoint_dir:
     out.append("init.params='checkpoint' needs init.checkpoint_dir: the workdir of an "

@@ -5,10 +5,10 @@ Sections (see `rlhfv_jax.stages.config_validation` for what is checked):
   stage        "sft" | "precompute_ref" | "ddpo" | "eval"
   seed         run seed (parameter init, the step RNG)
   init         where the starting params come from: params = "random" | "hf" |
-               "checkpoint"; hf_checkpoint (local llava-hf dir); checkpoint_dir (workdir
+               "checkpoint"; hf_checkpoint (local HF checkpoint dir); checkpoint_dir (workdir
                of an earlier stage) and checkpoint_step (-1: its latest);
                model_from_checkpoint (architecture from the HF checkpoint)
-  model        the model config (`rlhfv_jax.model.llava_config`)
+  model        the model config (`rlhfv_jax.model.model_config`: a family's named size)
   data         the data config (`rlhfv_jax.data.factory.get_data_config`)
   ddpo         the fields of `rlhfv_jax.ddpo.DDPOConfig` (gamma, beta, normalize,
                loss_type, label_smoothing, segment_mode, segment_min_match, ...)
@@ -25,7 +25,7 @@ Sections (see `rlhfv_jax.stages.config_validation` for what is checked):
                (`rlhfv_jax/stages/label.py`)
   iterate      the iterate stage: rounds of sample -> label -> export -> DDPO
                (`rlhfv_jax/stages/iterate.py`)
-  export_hf    the export_hf stage: out_dir of the llava-hf directory
+  export_hf    the export_hf stage: out_dir of the HF directory
 
 Defaults are the paper's DDPO settings (Yu et al. 2024, Sec. 4.1 / App.): beta 0.5,
 gamma 5, lr 5e-7, batch 32, 7 epochs, 10% warmup, no image cropping; the vision tower
@@ -34,6 +34,7 @@ is frozen as in LLaVA-1.5.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import ml_collections
@@ -44,8 +45,9 @@ from rlhfv_jax.data import factory
 from rlhfv_jax.evals import objhal
 
 
-def base_config(stage: str = "ddpo", model_size: str = "7b") -> ml_collections.ConfigDict:
-  """Every field, at its default, for `stage` and a `model_size` from `llava_config`."""
+def base_config(stage: str = "ddpo", model_size: str = "7b",
+                family: str = "llava15") -> ml_collections.ConfigDict:
+  """Every field, at its default, for `stage` and a `model_size` of a model `family`."""
   config = ml_collections.ConfigDict()
   config.stage = stage
   config.seed = 0
@@ -57,7 +59,7 @@ def base_config(stage: str = "ddpo", model_size: str = "7b") -> ml_collections.C
       # A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors)
       # folded into the params above: evaluate it, or train on from it.
       peft_adapter=""))
-  config.model = model.llava_config(model_size)
+  config.model = model.model_config(family, model_size)
   config.data = factory.get_data_config()
   config.ddpo = ml_collections.ConfigDict(ddpo.DDPOConfig().to_dict())
   config.train = ml_collections.ConfigDict(dict(
@@ -103,34 +105,63 @@ def base_config(stage: str = "ddpo", model_size: str = "7b") -> ml_collections.C
   return config
 
 
-def llava15_base(stage: str, size: str = "") -> ml_collections.ConfigDict:
-  """What every LLaVA-1.5 recipe in configs/ shares: bf16 + remat, a llava-hf checkpoint
-  as init, FSDP over every device (f32 master params + Adam moments of 7B/13B do not fit
+@dataclasses.dataclass(frozen=True)
+class FamilyRecipe:
+  """What the recipes in configs/ set differently per model family (recipe data only:
+  the code that builds a run is the same for every family).
+
+  Attributes:
+    shape_size: the size config.model holds until the checkpoint's architecture is read
+      (`init.model_from_checkpoint`), when a recipe pins none.
+    lora: rank and alpha of the family's usual LoRA recipe.
+    buckets: data bucket lengths: the image tokens + a prompt + the answers (both, in a
+      shared-prefix preference row) must fit the largest.
+  """
+
+  shape_size: str
+  lora: dict
+  buckets: tuple[int, ...]
+
+
+RECIPES = {
+    # LLaVA-1.5's own LoRA recipe (scripts/v1_5/finetune_lora.sh, Liu et al. 2023):
+    # rank 128, alpha 256 on every linear layer of the language model. 576 image tokens.
+    "llava15": FamilyRecipe("7b", dict(rank=128, alpha=256.0),
+                            tuple(factory.get_data_config().buckets)),
+    # Gemma 3: the LoRA of TRL's Gemma 3 vision fine-tuning example (r 16, alpha 16, every
+    # linear layer of the language model). 256 image tokens + ~20 prompt tokens + answers
+    # of RLHF-V's 100-250 tokens (two in a shared-prefix row) fit 768-1280.
+    "gemma3": FamilyRecipe("4b", dict(rank=16, alpha=16.0), (512, 768, 1024, 1280, 1536)),
+}
+
+
+def family_base(family: str, stage: str, size: str = "") -> ml_collections.ConfigDict:
+  """What every recipe in configs/ shares: bf16 + remat, the family's HF checkpoint as
+  init, FSDP over every device (f32 master params + Adam moments of 7B and up do not fit
   one 80 GB accelerator; the paper used DeepSpeed ZeRO on 8 A100s).
 
   Args:
+    family: a `rlhfv_jax.model.families` name.
     stage: the run's stage.
-    size: "7b" / "13b" pins the architecture; "" lets it follow the checkpoint
-      (`init.model_from_checkpoint`; config.model holds the 7B shapes until then).
+    size: a named size pins the architecture; "" lets it follow the checkpoint
+      (`init.model_from_checkpoint`; config.model holds `FamilyRecipe.shape_size`'s
+      shapes until then).
   """
-  config = base_config(stage, size or "7b")
+  recipe = RECIPES[family]
+  config = base_config(stage, size or recipe.shape_size, family)
   config.model.update(dtype="bfloat16", remat=True)
   config.init.update(params="hf", model_from_checkpoint=not size)
+  config.data.buckets = recipe.buckets
   config.train.parallelism = "fsdp"
   config.train.mesh.update(data=1, fsdp=-1)
   return config
 
 
-# LoRA for one accelerator (issue 27; `rlhfv_jax.model.lora`): LLaVA-1.5's own LoRA recipe
-# (scripts/v1_5/finetune_lora.sh, Liu et al. 2023): rank 128, alpha 256 on every linear
-# layer of the language model; the base held in bfloat16 (adapters float32), remat.
-LORA_RECIPE = dict(rank=128, alpha=256.0)
-
-
 def use_lora(config: ml_collections.ConfigDict, learning_rate: float) -> None:
-  """Turns a LLaVA-1.5 recipe into its LoRA variant (`LORA_RECIPE`, at `learning_rate`):
-  only the adapters train and hold optimizer state, the base is stored in bfloat16."""
-  config.model.lora.update(LORA_RECIPE)
+  """Turns a recipe into its LoRA variant (the family's `FamilyRecipe.lora`, at
+  `learning_rate`): only the adapters train and hold optimizer state, the base is
+  stored in bfloat16 (adapters float32)."""
+  config.model.lora.update(RECIPES[model.family_of(config.model).name].lora)
   config.model.param_dtype = "bfloat16"
   config.optim.learning_rate = learning_rate
 

@@ -52,6 +52,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from rlhfv_jax.annotate import store as store_lib
+from rlhfv_jax.data import factory
 from rlhfv_jax.data import tokenizer as tokenizer_lib
 from rlhfv_jax.data.records import ErrorLog, RecordError
 from rlhfv_jax.evals import objhal
@@ -143,7 +144,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
                for item in items if item.id in claims
                for k, claim in enumerate(claims[item.id])]
   # The labeler must answer yes/no in one token: checked before its weights are read.
-  tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer)
+  tokenizer = factory.make_tokenizer(config)
   choices = {"yes": tokenizer_lib.choice_token_ids(tokenizer, lab.yes_words),
              "no": tokenizer_lib.choice_token_ids(tokenizer, lab.no_words)}
   sample, params = answering.local_sampler(config, lab.batch_size)

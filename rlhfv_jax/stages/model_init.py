@@ -2,13 +2,13 @@
 
 * `resolve_model_config`: with ``init.model_from_checkpoint`` (the recipes' default when
   no size is pinned) the architecture is read from where the params come from — the
-  llava-hf checkpoint's ``config.json`` (``init.params="hf"``) or the earlier run's
+  HF checkpoint's ``config.json`` (``init.params="hf"``) or the earlier run's
   resolved ``config.json`` (``init.params="checkpoint"``) — keeping the run's execution
   settings (dtype, param_dtype, remat).
 * `check_checkpoint_shapes`: a pinned size is compared with the checkpoint's parameter
-  shapes before anything runs (the llava-hf ``config.json``, or the run's orbax metadata),
+  shapes before anything runs (the HF ``config.json``, or the run's orbax metadata),
   so a mismatch is one line naming the differing parameters and the way out.
-* `load_initial_params`: random, a llava-hf directory, or an earlier stage's checkpoint.
+* `load_initial_params`: random, an HF directory (any family of `rlhfv_jax.model.families`), or an earlier stage's checkpoint.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ CHECKPOINT_DIR = "checkpoints"
 RUN_CONFIG_FILE = "config.json"
 # Model-config fields that say how the run executes, not what the checkpoint holds (its
 # LoRA adapters too: a run adapts its own starting point).
-RUN_SETTINGS = ("dtype", "param_dtype", "remat", "lora")
+RUN_SETTINGS = ("dtype", "param_dtype", "remat", "logits_chunk", "lora")
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> str:
@@ -66,7 +66,8 @@ def resolve_model_config(config: Any) -> Any:
   else:
     return config  # random init, or validation names the missing path
   for name in RUN_SETTINGS:
-    from_checkpoint[name] = config.model[name]
+    if name in config.model:
+      from_checkpoint[name] = config.model[name]
   changed = sorted(_differences(config.model.to_dict(), from_checkpoint.to_dict()))
   with config.unlocked():
     config.model = from_checkpoint
@@ -89,6 +90,14 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 _WAY_OUT = ("Give no size (no ':7b' / ':13b' argument, no --config.model.* overrides) so "
             "that the architecture follows the checkpoint (init.model_from_checkpoint=True), "
             "or point init at a checkpoint of the config's size")
+
+
+def _check_family(stored: Any, model_cfg: Any, source: str) -> None:
+  """Raises a ValueError when a checkpoint is of another model family than the config."""
+  have, want = model_lib.family_of(stored).name, model_lib.family_of(model_cfg).name
+  if have != want:
+    raise ValueError(f"{source} is a {have} checkpoint but config.model is {want}: use a "
+                     f"configs/{have}_*.py recipe, or init.model_from_checkpoint=True")
 
 
 def _check_param_shapes(params: Any, expected: Any, source: str) -> None:
@@ -187,8 +196,10 @@ def check_checkpoint_shapes(config: Any) -> None:
     return
   expected = model_lib.param_shapes(lora.base_config(config.model))
   if init.params == "hf" and init.get("hf_checkpoint"):
-    stored = model_lib.param_shapes(model_lib.config_from_hf(init.hf_checkpoint))
-    _check_param_shapes(stored, expected, f"init.hf_checkpoint={init.hf_checkpoint}")
+    source = f"init.hf_checkpoint={init.hf_checkpoint}"
+    stored_cfg = model_lib.config_from_hf(init.hf_checkpoint)
+    _check_family(stored_cfg, config.model, source)
+    _check_param_shapes(model_lib.param_shapes(stored_cfg), expected, source)
   elif init.params == "checkpoint" and init.get("checkpoint_dir"):
     pointer = lora_pointer(init.checkpoint_dir)
     if pointer is not None:  # a LoRA run: its checkpoints hold what it trained
@@ -197,7 +208,7 @@ def check_checkpoint_shapes(config: Any) -> None:
 
 
 def load_initial_params(config: Any, target_shardings: Any = None) -> Any:
-  """The starting params named by `config.init` (random, a llava-hf dir, or a checkpoint:
+  """The starting params named by `config.init` (random, an HF dir, or a checkpoint:
   of a LoRA run, its base with its adapters folded in; then an ``init.peft_adapter``
   folded in), as plain weights (no adapters) of `config.model`'s architecture.
 
@@ -232,18 +243,19 @@ def _load_start(config: Any, target_shardings: Any) -> Any:
   if init.params == "hf":
     from rlhfv_jax.model import hf_io  # local: safetensors + transformers config
     source = f"init.hf_checkpoint={init.hf_checkpoint}"
+    stored_cfg = model_lib.config_from_hf(init.hf_checkpoint)
+    _check_family(stored_cfg, cfg, source)
     if target_shardings is None:
-      _, params = hf_io.load_hf_llava(init.hf_checkpoint, param_dtype=cfg.param_dtype)
+      _, params = hf_io.load_hf(init.hf_checkpoint, param_dtype=cfg.param_dtype)
       _check_param_shapes(params, expected, source)
       return params
     # Straight into the target shardings, each process reading only its devices' slices
     # (no process holds the whole model). The checkpoint's config.json shapes are checked
     # first; the loader checks its tensors against them, all before reading any.
-    _check_param_shapes(model_lib.param_shapes(model_lib.config_from_hf(init.hf_checkpoint)),
-                        expected, source)
+    _check_param_shapes(model_lib.param_shapes(stored_cfg), expected, source)
     logging.info("initial params: %s, loaded into the target shardings", source)
-    return hf_io.load_hf_llava_sharded(init.hf_checkpoint, target_shardings,
-                                       param_dtype=cfg.param_dtype)[1]
+    return hf_io.load_hf_sharded(init.hf_checkpoint, target_shardings,
+                                 param_dtype=cfg.param_dtype)[1]
   ckpt, step = _checked_checkpoint(config, expected)
   if target_shardings is None:
     target_shardings = jax.tree.map(lambda _: mesh_lib.replicated(), expected)

@@ -80,7 +80,7 @@ STAGES: dict[str, Stage] = {
         run="rlhfv_jax.stages.iterate:run", validate="rlhfv_jax.stages.iterate:validate",
         trains=True, reads_dataset=False),
     "export_hf": Stage(
-        "a run's params -> a llava-hf directory (config, safetensors, tokenizer, image "
+        "a run's params -> an HF directory (config, safetensors, tokenizer, image "
         "processor, chat template) that transformers loads. Needs: init (checkpoint), "
         "data.tokenizer, export_hf.out_dir (default <workdir>/hf).",
         run="rlhfv_jax.stages.export_hf:run", reads_dataset=False),

@@ -1,4 +1,5 @@
-"""Image preprocessing against a PIL/NumPy re-derivation, and the augmentation policy."""
+"""Image preprocessing against a PIL/NumPy re-derivation and transformers' Gemma 3 processor,
+and the augmentation policy."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rlhfv_jax.data.images import (CLIP_MEAN, CLIP_STD, AugmentationPolicy, ImagePreprocessor,
-                                   augmentation_rng)
+from rlhfv_jax.data.images import (CLIP_MEAN, CLIP_STD, PROCESSINGS, AugmentationPolicy,
+                                   ImagePreprocessor, augmentation_rng, decode_image)
 
 SIZE = 16
 
@@ -125,3 +126,122 @@ def test_processor_settings_load_from_a_local_hf_directory(tmp_path, wide_image)
   square.paste(Image.fromarray(wide_image), (0, 4))
   resized = np.asarray(square.resize((SIZE, SIZE), Image.Resampling.BICUBIC), np.float32) / 255
   np.testing.assert_allclose(out, (resized - 0.5) / 0.25, atol=1e-5)
+
+
+# Gemma 3's processing ("siglip"): transformers' Gemma3ImageProcessor, PIL backend.
+
+def gemma3_processor(size: int = SIZE, **kwargs):
+  from transformers import Gemma3ImageProcessorPil
+  return Gemma3ImageProcessorPil(**dict(dict(size={"height": size, "width": size},
+                                             image_mean=[0.5] * 3, image_std=[0.5] * 3,
+                                             do_pan_and_scan=False), **kwargs))
+
+
+def transformers_pixels(processor, image: Image.Image) -> np.ndarray:
+  return processor(image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+
+
+@pytest.mark.parametrize("shape", [(24, 32, 3), (40, 12, 3), (16, 16, 3), (20, 30), (18, 22, 4),
+                                   (300, 451, 3)])
+def test_siglip_resize_mode_is_transformers_gemma3_image_processor(shape):
+  """The default mode: straight to image_size x image_size, bilinear, (x / 255 - 0.5) / 0.5.
+
+  transformers gets the decoded RGB image: `decode_image` drops an alpha channel (as
+  LLaVA's loader does), where transformers' own RGB conversion would composite on white.
+  """
+  pixels = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+  for size in (SIZE, 896) if shape[0] == 300 else (SIZE,):
+    out = ImagePreprocessor(size, processing="siglip")(encoded(pixels))
+    expected = transformers_pixels(gemma3_processor(size), decode_image(encoded(pixels)))
+    assert out.shape == (size, size, 3) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, expected)
+  resized = Image.fromarray(pixels).convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+  np.testing.assert_allclose(ImagePreprocessor(SIZE, processing="siglip")(encoded(pixels)),
+                             (np.asarray(resized, np.float32) / 255 - 0.5) / 0.5, atol=1e-5)
+
+
+def test_siglip_pad_mode_pads_with_the_mean_then_resizes(wide_image):
+  pre = ImagePreprocessor(SIZE, resize_mode="pad", processing="siglip")
+  square = Image.new("RGB", (32, 32), (127, 127, 127))  # int(0.5 * 255)
+  square.paste(Image.fromarray(wide_image), (0, 4))
+  np.testing.assert_array_equal(pre(encoded(wide_image)),
+                                transformers_pixels(gemma3_processor(), square))
+  assert pre.settings["pad_fill"] == [127, 127, 127]
+
+
+def test_resize_modes_and_processings_are_checked():
+  assert ImagePreprocessor(SIZE).resize_mode == "pad"  # LLaVA-1.5's default, as before
+  assert ImagePreprocessor(SIZE, processing="siglip").resize_mode == "resize"
+  with pytest.raises(ValueError, match=r"resize_mode='center_crop'; expected one of \('resize', "
+                                       r"'pad'\) with the 'siglip' image processing"):
+    ImagePreprocessor(SIZE, resize_mode="center_crop", processing="siglip")
+  with pytest.raises(ValueError, match="resize_mode='resize'; expected one of"):
+    ImagePreprocessor(SIZE, resize_mode="resize")
+  with pytest.raises(ValueError, match="image processing 'qwen' is not defined; defined: clip, "
+                                       "siglip"):
+    ImagePreprocessor(SIZE, processing="qwen")
+  assert set(PROCESSINGS) == {"clip", "siglip"}
+
+
+def test_siglip_settings_load_from_a_local_hf_directory_without_pan_and_scan(tmp_path):
+  gemma3_processor(896, image_mean=[0.4] * 3, image_std=[0.2] * 3,
+                   do_pan_and_scan=True).save_pretrained(tmp_path)
+  wide = np.random.default_rng(3).integers(0, 256, (400, 1200, 3), dtype=np.uint8)
+  pre = ImagePreprocessor(SIZE, processor_dir=str(tmp_path), processing="siglip")
+  resized = Image.fromarray(wide).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+  np.testing.assert_allclose(pre(encoded(wide)), (np.asarray(resized, np.float32) / 255 - 0.4)
+                             / 0.2, atol=1e-4)
+  assert pre.settings["image_mean"] == pytest.approx([0.4] * 3)
+  assert pre._processor.do_pan_and_scan is False  # its crops would be extra images
+
+
+def test_augmentation_acts_the_same_before_either_processing(wide_image):
+  """The policy augments the decoded image, whatever processes it next."""
+  data = encoded(wide_image)
+  for name in ("photometric", "flip", "random_crop_ablation"):
+    policy = AugmentationPolicy(name=name)
+    pre = ImagePreprocessor(SIZE, processing="siglip", policy=policy)
+    for epoch in range(4):
+      augmented = policy.apply(Image.fromarray(wide_image), augmentation_rng(0, epoch, 5))
+      np.testing.assert_array_equal(pre(data, augmentation_rng(0, epoch, 5)),
+                                    transformers_pixels(gemma3_processor(), augmented))
+  flip = ImagePreprocessor(SIZE, processing="siglip", policy=AugmentationPolicy(name="flip"))
+  plain = ImagePreprocessor(SIZE, processing="siglip")(data)
+  outs = [flip(data, augmentation_rng(0, 0, i)) for i in range(8)]
+  clip_flip = ImagePreprocessor(SIZE, policy=AugmentationPolicy(name="flip"))
+  clip_plain = ImagePreprocessor(SIZE)(data)
+  # The same draws flip the same examples under either processing.
+  assert [np.array_equal(o, plain) for o in outs] == [
+      np.array_equal(clip_flip(data, augmentation_rng(0, 0, i)), clip_plain) for i in range(8)]
+  for o in outs:
+    if not np.array_equal(o, plain):
+      np.testing.assert_allclose(o, plain[:, ::-1], atol=1e-5)
+
+
+def test_the_factory_refuses_crops_and_unallowed_flips_for_gemma3():
+  from rlhfv_jax.data import factory
+  facts = factory.ModelFacts(num_image_tokens=4, image_token_id=600, image_size=SIZE,
+                             chat_template="gemma3", image_processing="siglip")
+  config = ml_collections.ConfigDict(dict(data=factory.get_data_config()))
+  assert factory.make_preprocessor(config, facts).settings["resize_mode"] == "resize"
+  config.data.augmentation = "random_crop"
+  with pytest.raises(ValueError, match="random_crop_ablation"):
+    factory.make_preprocessor(config, facts)
+  config.data.augmentation = "flip"
+  with pytest.raises(ValueError, match="allow_flip"):
+    factory.make_preprocessor(config, facts)
+  config.data.update(allow_flip=True, image_resize_mode="pad")
+  pre = factory.make_preprocessor(config, facts)
+  assert (pre.policy.name, pre.resize_mode, pre.processing) == ("flip", "pad", "siglip")
+
+
+def test_equal_settings_give_equal_pixels_whatever_the_processing(tmp_path, wide_image):
+  """Why `settings` (what the reference cache compares) needs no processing name."""
+  from transformers import CLIPImageProcessorPil
+  CLIPImageProcessorPil(image_mean=[0.5] * 3, image_std=[0.5] * 3, resample=2,
+                        size={"shortest_edge": 336},
+                        crop_size={"height": 336, "width": 336}).save_pretrained(tmp_path)
+  clip = ImagePreprocessor(SIZE, processor_dir=str(tmp_path))
+  siglip = ImagePreprocessor(SIZE, resize_mode="pad", processing="siglip")
+  assert clip.settings == siglip.settings
+  np.testing.assert_allclose(clip(encoded(wide_image)), siglip(encoded(wide_image)), atol=1e-6)

@@ -133,7 +133,7 @@ def test_cached_decoding_gives_the_full_forward_logits(reference):
   prompt_len, num_rows = ids.shape[1] - 3, ids.shape[0]
   features = model.apply(variables, pixels, method=model_lib.Llava.encode_images)
   positions = np.cumsum(mask, axis=1) - 1
-  cache = model_lib.llama.init_kv_cache(cfg, num_rows, ids.shape[1] + 2)
+  cache = model_lib.family_of(cfg).init_kv_cache(cfg, num_rows, ids.shape[1] + 2)
   key_valid = np.concatenate([mask, np.ones((num_rows, 2), bool)], axis=1)
   logits, cache = model.apply(
       variables, ids[:, :prompt_len], key_valid, features, positions=positions[:, :prompt_len],

@@ -12,7 +12,7 @@ import pytest
 import safetensors.numpy
 
 from rlhfv_jax import model as model_lib
-from rlhfv_jax.model import hf_io, llava, lora, peft_io
+from rlhfv_jax.model import hf_io, lora, peft_io
 
 from . import hf_reference as ref
 
@@ -56,7 +56,7 @@ def exported(tmp_path_factory):
 
 
 def base_shapes(cfg):
-  return llava.param_shapes(lora.base_config(cfg))
+  return model_lib.param_shapes(lora.base_config(cfg))
 
 
 def hf_llava(path):

@@ -125,35 +125,40 @@ def test_all_problems_are_reported_at_once():
   assert message.count("\n  - ") == 3
 
 
-def test_real_configs_validate_once_their_paths_are_given():
-  for size in ("", "7b", "13b"):
-    for variant in ("", "rlhfv_release", "precompute_ref", "eval"):
-      config = config_files.load("llava15_ddpo.py", f"{size},{variant}")
+@pytest.mark.parametrize("family,sizes", [("llava15", ("", "7b", "13b")),
+                                          ("gemma3", ("", "4b", "12b", "27b"))])
+def test_real_configs_validate_once_their_paths_are_given(family, sizes):
+  for size in sizes:
+    for variant in ("", "rlhfv_release", "precompute_ref", "eval", "lora"):
+      config = config_files.load(f"{family}_ddpo.py", f"{size},{variant}")
+      assert config.model.family == family
       config.init.update(hf_checkpoint="/models/llava", checkpoint_dir="/runs/ddpo")
       config.data.update(data_dir="/d", tokenizer="/t")
       config_validation.validate_config(config, num_devices=8, num_processes=1)
       # No size: the architecture follows the checkpoint; a size pins it.
       assert config.init.model_from_checkpoint == (not size)
-    sft = config_files.load("llava15_vqav2_sft.py", size)
+    sft = config_files.load(f"{family}_vqav2_sft.py", size)
     sft.init.hf_checkpoint = "/models/llava"
     sft.data.update(data_dir="/d", tokenizer="/t")
     config_validation.validate_config(sft, num_devices=8, num_processes=1)
     for variant in ("sample", "label", "export_hf"):
-      feedback = config_files.load("llava15_feedback.py", f"{variant},{size}")
+      feedback = config_files.load(f"{family}_feedback.py", f"{variant},{size}")
       assert feedback.stage == variant
       feedback.init.update(hf_checkpoint="/models/llava", checkpoint_dir="/runs/ddpo")
       feedback.data.tokenizer = "/t"
       feedback.sample.images = "/images"
       feedback.label.store = "/runs/feedback/annotations.sqlite"
       config_validation.validate_config(feedback, num_devices=8, num_processes=1)
-    rounds = config_files.load("llava15_iterate.py", size)
+    rounds = config_files.load(f"{family}_iterate.py", size)
     assert (rounds.stage, rounds.iterate.rounds, rounds.sample.num_samples) == ("iterate", 4, 10)
     rounds.init.hf_checkpoint = "/models/llava"
     rounds.data.tokenizer = "/t"
     rounds.sample.images = "/images"
     iterate.validate(rounds)
+    halbench = config_files.load(f"{family}_hallucination_eval.py", size)
+    assert halbench.stage == "hallucination_eval" and halbench.model.family == family
   # Without the paths the messages say what to set.
-  message = problems_of(config_files.load("llava15_ddpo.py", "7b"), num_devices=8)
+  message = problems_of(config_files.load(f"{family}_ddpo.py", sizes[1]), num_devices=8)
   for field in ("init.hf_checkpoint", "data.data_dir", "data.tokenizer"):
     assert field in message
 

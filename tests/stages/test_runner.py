@@ -8,7 +8,7 @@ import json
 import pytest
 
 import config_files
-from rlhfv_jax.model.config import SIZES
+from rlhfv_jax.model.llava15.config import SIZES
 from rlhfv_jax.stages import defaults
 from rlhfv_jax.stages import registry
 from rlhfv_jax.stages import runner
@@ -72,7 +72,7 @@ def test_config_files_read_their_argument(name, arg, stage, size):
   with pytest.raises(ValueError, match=f"configs/{name}:bogus"):
     config_files.load(name, "bogus")
   lora = "lora" in arg.split(",")
-  assert config.model.lora.rank == (defaults.LORA_RECIPE["rank"] if lora else 0)
+  assert config.model.lora.rank == (defaults.RECIPES["llava15"].lora["rank"] if lora else 0)
   assert config.model.param_dtype == ("bfloat16" if lora else "float32")
   if lora and stage == "ddpo":  # the reference is the base, inside the step
     assert not config.data.use_ref_cache

@@ -12,7 +12,6 @@ instead of silently wrong.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional
 
 import flax.linen as nn
@@ -21,10 +20,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rlhfv_jax.model import config as config_lib
 from rlhfv_jax.model import layers
-from rlhfv_jax.model import llama
-from rlhfv_jax.model import vision
+from rlhfv_jax.model.llava15 import config as config_lib
+from rlhfv_jax.model.llava15 import llama
+from rlhfv_jax.model.llava15 import vision
 
 
 def _check_placeholder_counts(is_image_token, num_tokens: int) -> None:
@@ -67,7 +66,7 @@ class Llava(nn.Module):
   `vision_tower`, `multi_modal_projector`, `language_model` and (untied) `lm_head`.
 
   Attributes:
-    cfg: model config (see `rlhfv_jax.model.config`); stored frozen.
+    cfg: model config (see `rlhfv_jax.model.llava15.config`); stored frozen.
   """
 
   cfg: ml_collections.ConfigDict
@@ -99,7 +98,8 @@ class Llava(nn.Module):
              positions: Optional[jax.Array] = None, segment_ids: Optional[jax.Array] = None,
              shared_segment: Optional[int] = None,
              kv_cache: Optional[llama.KVCache] = None, cache_index: jax.Array | int = 0,
-             logits_index: Optional[jax.Array] = None, logits_from: int = 0):
+             logits_index: Optional[jax.Array] = None, logits_from: int = 0,
+             return_hidden: bool = False):
     """Runs the decoder on tokens with image features spliced in.
 
     Args:
@@ -124,9 +124,12 @@ class Llava(nn.Module):
       logits_from: a static int; logits only at time indices `logits_from`.. (shape
         [N, T - logits_from, V]): the LM head skips positions whose target is never
         scored (training: the prompt up to the image placeholders).
+      return_hidden: return the final hidden states [N, T', D] instead of logits; `head`
+        turns them into logits (the log-prob layer does, a chunk of tokens at a time).
 
     Returns:
-      logits [N, T, V] float32, or (logits, updated cache) when `kv_cache` is given.
+      logits [N, T', V] float32 (or hidden states), with the updated cache when
+      `kv_cache` is given.
     """
     cfg = self.cfg
     embeds = self.language_model.embed_tokens(input_ids)
@@ -160,18 +163,22 @@ class Llava(nn.Module):
       hidden = jnp.take_along_axis(hidden, logits_index[:, None, None], axis=1)
     elif logits_from:
       hidden = hidden[:, logits_from:]
-    if cfg.text.tie_word_embeddings:
+    out = hidden if return_hidden else self.head(hidden)
+    return out if kv_cache is None else (out, new_cache)
+
+  def head(self, hidden: jax.Array) -> jax.Array:
+    """Final hidden states [..., D] -> logits [..., V] float32 (the LM head)."""
+    if self.cfg.text.tie_word_embeddings:
       logits = self.language_model.embed_tokens.attend(hidden)
     else:
       logits = self.lm_head(hidden)
-    logits = logits.astype(jnp.float32)
-    return logits if kv_cache is None else (logits, new_cache)
+    return logits.astype(jnp.float32)
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
                pixel_values: Optional[jax.Array] = None, sequences_per_image: int = 1, *,
                positions: Optional[jax.Array] = None,
                segment_ids: Optional[jax.Array] = None, shared_segment: Optional[int] = None,
-               logits_from: int = 0) -> jax.Array:
+               logits_from: int = 0, return_hidden: bool = False) -> jax.Array:
     """Logits [N, T - logits_from, V] float32 for N = sequences_per_image * B sequences.
 
     Each of the B images in `pixel_values` [B, H, W, C] is encoded once; sequence j
@@ -182,70 +189,5 @@ class Llava(nn.Module):
     features = None if pixel_values is None else self.encode_images(pixel_values)
     return self.decode(input_ids, attention_mask, features, sequences_per_image,
                        positions=positions, segment_ids=segment_ids,
-                       shared_segment=shared_segment, logits_from=logits_from)
-
-
-def _dummy_inputs(cfg: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array, jax.Array]:
-  n = config_lib.num_image_tokens(cfg)
-  input_ids = jnp.full((1, n + 1), cfg.image_token_id, jnp.int32).at[0, 0].set(cfg.bos_token_id)
-  pixels = jnp.zeros((1, cfg.vision.image_size, cfg.vision.image_size,
-                      cfg.vision.num_channels), jnp.float32)
-  return input_ids, jnp.ones_like(input_ids, bool), pixels
-
-
-def init_params(cfg: ml_collections.ConfigDict, rng: jax.Array):
-  """Random parameters (a plain nested dict of `param_dtype` arrays)."""
-  model = Llava(cfg)
-  return jax.jit(lambda r: model.init(r, *_dummy_inputs(cfg))["params"])(rng)
-
-
-def param_shapes(cfg: ml_collections.ConfigDict):
-  """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating anything."""
-  model = Llava(cfg)
-  return jax.eval_shape(lambda r: model.init(r, *_dummy_inputs(cfg))["params"],
-                        jax.random.key(0))
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class LlavaApplyFn:
-  """`apply_fn(params, input_ids, attention_mask, pixel_values, sequences_per_image=1,
-  logits_from=0, **packing)` -> logits [N, T - logits_from, V] float32 (see
-  `Llava.__call__`; `packing`: positions, segment_ids, shared_segment).
-
-  Not jitted: the caller jits the step that uses it. `sequences_per_image`,
-  `logits_from` and `shared_segment` must be Python ints.
-
-  Attributes:
-    cfg: the model config.
-    scored_from: the first time index whose target an answer can hold, which the
-      log-prob layer (`rlhfv_jax.logps`) computes logits from. Every training row
-      starts with BOS and the image placeholders before any answer, so no target
-      before `num_image_tokens` is ever scored: the LM head (and its [N, T, V] logits)
-      skips those positions, 56% of a 1024-token LLaVA-1.5 row.
-  """
-
-  cfg: ml_collections.ConfigDict
-  scored_from: int = 0
-
-  def __post_init__(self):
-    object.__setattr__(self, "_model", Llava(self.cfg))
-
-  def __call__(self, params, input_ids, attention_mask, pixel_values, sequences_per_image=1,
-               logits_from=0, positions=None, segment_ids=None, shared_segment=None):
-    return self._model.apply({"params": params}, input_ids, attention_mask, pixel_values,
-                             sequences_per_image, logits_from=logits_from,
-                             positions=positions, segment_ids=segment_ids,
-                             shared_segment=shared_segment)
-
-
-def make_apply_fn(cfg: ml_collections.ConfigDict, *,
-                  skip_prompt_logits: bool = True) -> LlavaApplyFn:
-  """The model call of the losses and passes (`LlavaApplyFn`).
-
-  Args:
-    cfg: the model config.
-    skip_prompt_logits: declare `scored_from = num_image_tokens(cfg)` (see
-      `LlavaApplyFn`); False computes logits at every position (rows whose answers may
-      start before the image tokens end, e.g. text-only experiments).
-  """
-  return LlavaApplyFn(cfg, config_lib.num_image_tokens(cfg) if skip_prompt_logits else 0)
+                       shared_segment=shared_segment, logits_from=logits_from,
+                       return_hidden=return_hidden)

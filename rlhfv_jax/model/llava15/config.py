@@ -12,9 +12,11 @@ the HF `LlavaConfig` / `CLIPVisionConfig` / `LlamaConfig` meaning):
         num_kv_heads, head_dim, hidden_act, rope_theta, rms_norm_eps,
         max_position_embeddings, tie_word_embeddings}
   image_token_id, pad_token_id, bos_token_id, eos_token_id
+  family       # "llava15" (`rlhfv_jax.model.families`)
   dtype        # compute dtype: "float32" (CPU tests) or "bfloat16" (accelerators)
   param_dtype  # storage dtype of the parameters
   remat        # rematerialize each transformer layer in the backward pass
+  logits_chunk # tokens per LM-head chunk in the losses (0: all at once; `rlhfv_jax.logps`)
   lora.{rank, alpha, targets, dropout, trained}  # LoRA adapters (rank 0: off;
                # `rlhfv_jax.model.lora`); not part of the HF config
 
@@ -39,6 +41,7 @@ LLAVA_HF_VOCAB_SIZE = 32064
 LLAVA_HF_IMAGE_TOKEN_ID = 32000
 LLAVA_HF_PAD_TOKEN_ID = 32001
 
+FAMILY = "llava15"
 SIZES = ("tiny", "7b", "13b")
 
 # Activation names understood by `rlhfv_jax.model.layers.activation` (HF ACT2FN names).
@@ -113,6 +116,7 @@ def llava_config(size: str, *, vocab_size: int | None = None,
     pad_token_id = text.vocab_size - 2 if small_vocab else LLAVA_HF_PAD_TOKEN_ID
 
   cfg = ml_collections.ConfigDict(dict(
+      family=FAMILY,
       vision=vision,
       projector=ml_collections.ConfigDict(dict(hidden_act="gelu", use_bias=True)),
       text=text,
@@ -123,6 +127,7 @@ def llava_config(size: str, *, vocab_size: int | None = None,
       dtype="float32",
       param_dtype="float32",
       remat=False,
+      logits_chunk=0,
       lora=lora_lib.default_config(),
   ))
   validate_config(cfg)
@@ -175,6 +180,10 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   for name in ("dtype", "param_dtype"):
     if cfg[name] not in ("float32", "bfloat16", "float16"):
       problems.append(f"{name}={cfg[name]!r} must be float32, bfloat16 or float16")
+  if cfg.get("family", FAMILY) != FAMILY:
+    problems.append(f"family={cfg.family!r} is not {FAMILY!r}")
+  if int(cfg.get("logits_chunk", 0) or 0) < 0:
+    problems.append(f"logits_chunk={cfg.logits_chunk} must be >= 0 (0: no chunking)")
   problems += lora_lib.problems(cfg)
   if problems:
     raise ValueError("Invalid model config: " + "; ".join(problems))
@@ -222,6 +231,7 @@ def config_from_hf(path_or_config) -> ml_collections.ConfigDict:
     raise NotImplementedError("Llama attention_bias / mlp_bias are not implemented")
   head_dim = getattr(ht, "head_dim", None) or ht.hidden_size // ht.num_attention_heads
   cfg = ml_collections.ConfigDict(dict(
+      family=FAMILY,
       vision=dict(
           image_size=hv.image_size, patch_size=hv.patch_size,
           num_channels=hv.num_channels, hidden_size=hv.hidden_size,
@@ -250,6 +260,7 @@ def config_from_hf(path_or_config) -> ml_collections.ConfigDict:
       dtype="float32",
       param_dtype="float32",
       remat=False,
+      logits_chunk=0,
       lora=lora_lib.default_config(),
   ))
   validate_config(cfg)

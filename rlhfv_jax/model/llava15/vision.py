@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rlhfv_jax.model import config as config_lib
+from rlhfv_jax.model.llava15 import config as config_lib
 from rlhfv_jax.model import layers
 
 
