@@ -71,8 +71,10 @@ def shapes(name: str, family: str = "llava15") -> tuple[ml_collections.ConfigDic
   patches = 12 if name == "image-heavy" else 4  # image tokens per side
   cfg.vision.update(image_size=8 * patches * pool, patch_size=8, hidden_size=192,
                     intermediate_size=768, num_layers=6, num_heads=6)
-  if "mm_tokens_per_image" in cfg:  # a pooling projector: patches x patches tokens out
-    cfg.mm_tokens_per_image = patches * patches
+  if "mm_tokens_per_image" in cfg:  # Gemma 3: patches x patches tokens out, and 3 local
+    cfg.mm_tokens_per_image = patches * patches  # layers to 1 global one (of 4)
+    cfg.text.update(layer_types=("sliding_attention",) * 3 + ("full_attention",),
+                    sliding_window=64)
   if "logits_chunk" in cfg and pool > 1:
     cfg.logits_chunk = 1024
   model_lib.validate_config(cfg)

@@ -1,5 +1,6 @@
-"""Building blocks shared by the vision tower and the decoder: activations, RMSNorm,
-rotary embeddings and attention masks."""
+"""Building blocks shared by the families' vision towers and decoders: activations,
+RMSNorm, rotary embeddings, attention masks, image features spliced into the token
+embeddings, and the positions whose logits are computed."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _quick_gelu(x: jax.Array) -> jax.Array:
@@ -111,3 +113,68 @@ def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
   their outputs are never used.
   """
   return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def _check_placeholder_counts(is_image_token, num_tokens: int) -> None:
+  """Eagerly validates per-row image placeholder counts when they are concrete."""
+  if isinstance(is_image_token, jax.core.Tracer):
+    return
+  counts = np.asarray(is_image_token).sum(axis=1)
+  bad = np.nonzero((counts != 0) & (counts != num_tokens))[0]
+  if bad.size:
+    raise ValueError(
+        f"Rows {bad.tolist()} hold {counts[bad].tolist()} image placeholder tokens; each "
+        f"row needs 0 or exactly num_image_tokens={num_tokens} (expand `<image>` first).")
+
+
+def merge_image_features(inputs_embeds: jax.Array, is_image_token: jax.Array,
+                         image_features: jax.Array) -> jax.Array:
+  """Replaces the placeholder embeddings of each row by its image features, in order.
+
+  Args:
+    inputs_embeds: [N, T, D] token embeddings.
+    is_image_token: [N, T] bool, True at placeholder positions.
+    image_features: [N, n, D] features of each row's image.
+
+  Returns:
+    [N, T, D] embeddings; rows whose placeholder count is neither 0 nor n are NaN.
+  """
+  num_tokens = image_features.shape[1]
+  _check_placeholder_counts(is_image_token, num_tokens)
+  feature_index = jnp.clip(jnp.cumsum(is_image_token, axis=1) - 1, 0, num_tokens - 1)
+  gathered = jnp.take_along_axis(image_features, feature_index[..., None], axis=1)
+  merged = jnp.where(is_image_token[..., None], gathered.astype(inputs_embeds.dtype),
+                     inputs_embeds)
+  count = is_image_token.sum(axis=1)
+  bad_row = (count != 0) & (count != num_tokens)
+  return jnp.where(bad_row[:, None, None], jnp.nan, merged)
+
+
+def splice_images(embeds: jax.Array, is_image_token: jax.Array,
+                  image_features: Optional[jax.Array], sequences_per_image: int) -> jax.Array:
+  """Token embeddings [N, T, D] with each row's image features at its placeholders.
+
+  Args:
+    embeds: [N, T, D] token embeddings.
+    is_image_token: [N, T] bool, True at placeholder positions.
+    image_features: [B, n, D] features (None: text only, `embeds` as they are); row j uses
+      image j % B.
+    sequences_per_image: N = sequences_per_image * B.
+  """
+  if image_features is None:
+    return embeds
+  if image_features.shape[0] * sequences_per_image != embeds.shape[0]:
+    raise ValueError(
+        f"{embeds.shape[0]} sequences do not match {image_features.shape[0]} images "
+        f"x sequences_per_image={sequences_per_image}")
+  tiled = jnp.concatenate([image_features] * sequences_per_image, axis=0)
+  return merge_image_features(embeds, is_image_token, tiled)
+
+
+def scored_positions(hidden: jax.Array, logits_index: Optional[jax.Array],
+                     logits_from: int) -> jax.Array:
+  """The hidden states [N, T, D] whose logits are wanted: at `logits_index` [N] of each
+  row ([N, 1, D]), else from time index `logits_from` on ([N, T - logits_from, D])."""
+  if logits_index is not None:
+    return jnp.take_along_axis(hidden, logits_index[:, None, None], axis=1)
+  return hidden[:, logits_from:] if logits_from else hidden

@@ -36,7 +36,6 @@ from rlhfv_jax.model import layers
 from rlhfv_jax.model.gemma3 import config as config_lib
 from rlhfv_jax.model.gemma3 import decoder
 from rlhfv_jax.model.gemma3 import siglip
-from rlhfv_jax.model.llava15.llava import merge_image_features
 
 
 def image_blocks(is_image_token: jax.Array) -> jax.Array:
@@ -89,14 +88,9 @@ class Gemma3(nn.Module):
     `kv_cache` comes from `decoder.init_kv_cache`.
     """
     cfg = self.cfg
-    embeds = self.language_model.embed(input_ids)
-    if image_features is not None:
-      if image_features.shape[0] * sequences_per_image != input_ids.shape[0]:
-        raise ValueError(
-            f"{input_ids.shape[0]} sequences do not match {image_features.shape[0]} images "
-            f"x sequences_per_image={sequences_per_image}")
-      tiled = jnp.concatenate([image_features] * sequences_per_image, axis=0)
-      embeds = merge_image_features(embeds, input_ids == cfg.image_token_id, tiled)
+    embeds = layers.splice_images(self.language_model.embed(input_ids),
+                                  input_ids == cfg.image_token_id, image_features,
+                                  sequences_per_image)
     num_new = input_ids.shape[1]
     layer_cache = new_cache = None
     if kv_cache is None:
@@ -130,10 +124,7 @@ class Gemma3(nn.Module):
     in_window = positions[:, :, None] - key_positions[:, None, :] < int(cfg.text.sliding_window)
     hidden, layer_cache = self.language_model(embeds, positions, mask, mask & in_window[:, None],
                                               layer_cache, cache_index)
-    if logits_index is not None:
-      hidden = jnp.take_along_axis(hidden, logits_index[:, None, None], axis=1)
-    elif logits_from:
-      hidden = hidden[:, logits_from:]
+    hidden = layers.scored_positions(hidden, logits_index, logits_from)
     out = hidden if return_hidden else self.head(hidden)
     return out if kv_cache is None else (out, dict(layer_cache, **new_cache))
 

@@ -18,47 +18,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from rlhfv_jax.model import layers
 from rlhfv_jax.model.llava15 import config as config_lib
 from rlhfv_jax.model.llava15 import llama
 from rlhfv_jax.model.llava15 import vision
-
-
-def _check_placeholder_counts(is_image_token, num_tokens: int) -> None:
-  """Eagerly validates per-row image placeholder counts when they are concrete."""
-  if isinstance(is_image_token, jax.core.Tracer):
-    return
-  counts = np.asarray(is_image_token).sum(axis=1)
-  bad = np.nonzero((counts != 0) & (counts != num_tokens))[0]
-  if bad.size:
-    raise ValueError(
-        f"Rows {bad.tolist()} hold {counts[bad].tolist()} image placeholder tokens; each "
-        f"row needs 0 or exactly num_image_tokens={num_tokens} (expand `<image>` first).")
-
-
-def merge_image_features(inputs_embeds: jax.Array, is_image_token: jax.Array,
-                         image_features: jax.Array) -> jax.Array:
-  """Replaces the placeholder embeddings of each row by its image features, in order.
-
-  Args:
-    inputs_embeds: [N, T, D] token embeddings.
-    is_image_token: [N, T] bool, True at placeholder positions.
-    image_features: [N, n, D] features of each row's image.
-
-  Returns:
-    [N, T, D] embeddings; rows whose placeholder count is neither 0 nor n are NaN.
-  """
-  num_tokens = image_features.shape[1]
-  _check_placeholder_counts(is_image_token, num_tokens)
-  feature_index = jnp.clip(jnp.cumsum(is_image_token, axis=1) - 1, 0, num_tokens - 1)
-  gathered = jnp.take_along_axis(image_features, feature_index[..., None], axis=1)
-  merged = jnp.where(is_image_token[..., None], gathered.astype(inputs_embeds.dtype),
-                     inputs_embeds)
-  count = is_image_token.sum(axis=1)
-  bad_row = (count != 0) & (count != num_tokens)
-  return jnp.where(bad_row[:, None, None], jnp.nan, merged)
 
 
 class Llava(nn.Module):
@@ -132,14 +96,9 @@ class Llava(nn.Module):
       `kv_cache` is given.
     """
     cfg = self.cfg
-    embeds = self.language_model.embed_tokens(input_ids)
-    if image_features is not None:
-      if image_features.shape[0] * sequences_per_image != input_ids.shape[0]:
-        raise ValueError(
-            f"{input_ids.shape[0]} sequences do not match {image_features.shape[0]} images "
-            f"x sequences_per_image={sequences_per_image}")
-      tiled = jnp.concatenate([image_features] * sequences_per_image, axis=0)
-      embeds = merge_image_features(embeds, input_ids == cfg.image_token_id, tiled)
+    embeds = layers.splice_images(self.language_model.embed_tokens(input_ids),
+                                  input_ids == cfg.image_token_id, image_features,
+                                  sequences_per_image)
     num_new = input_ids.shape[1]
     if kv_cache is None:
       if segment_ids is not None and positions is None:
@@ -159,10 +118,7 @@ class Llava(nn.Module):
     mask = layers.causal_attention_mask(query_slots, attention_mask, segment_ids, key_segments,
                                         shared_segment)
     hidden, new_cache = self.language_model(embeds, positions, mask, kv_cache, cache_index)
-    if logits_index is not None:
-      hidden = jnp.take_along_axis(hidden, logits_index[:, None, None], axis=1)
-    elif logits_from:
-      hidden = hidden[:, logits_from:]
+    hidden = layers.scored_positions(hidden, logits_index, logits_from)
     out = hidden if return_hidden else self.head(hidden)
     return out if kv_cache is None else (out, new_cache)
 
