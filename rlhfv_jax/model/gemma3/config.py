@@ -44,9 +44,9 @@ from typing import Any, Union
 
 import ml_collections
 
+from rlhfv_jax.model import config_common
 from rlhfv_jax.model import families
 from rlhfv_jax.model import layers
-from rlhfv_jax.model import lora as lora_lib
 
 FAMILY = "gemma3"
 SIZES = ("tiny", "4b", "12b", "27b")
@@ -151,11 +151,7 @@ def gemma3_config(size: str, *, vocab_size: int | None = None,
       bos_token_id=BOS_TOKEN_ID if bos_token_id is None else bos_token_id,
       eos_token_id=(eos_token_id if eos_token_id is not None
                     else END_OF_TURN_ID if END_OF_TURN_ID < v - 3 else v - 4),
-      dtype="float32",
-      param_dtype="float32",
-      remat=False,
-      logits_chunk=0 if size == "tiny" else REAL_LOGITS_CHUNK,
-      lora=lora_lib.default_config(),
+      **config_common.run_settings(0 if size == "tiny" else REAL_LOGITS_CHUNK),
   ))
   validate_config(cfg)
   return cfg
@@ -218,21 +214,10 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
       layers.activation(act)
     except ValueError as e:
       problems.append(f"{name}: {e}")
-  for name in ("image_token_id", "boi_token_id", "eoi_token_id", "pad_token_id",
-               "bos_token_id", "eos_token_id"):
-    if not 0 <= cfg[name] < t.vocab_size:
-      problems.append(f"{name}={cfg[name]} is outside the vocabulary "
-                      f"[0, text.vocab_size={t.vocab_size})")
-  for name in ("dtype", "param_dtype"):
-    if cfg[name] not in ("float32", "bfloat16", "float16"):
-      problems.append(f"{name}={cfg[name]!r} must be float32, bfloat16 or float16")
-  if cfg.get("family", FAMILY) != FAMILY:
-    problems.append(f"family={cfg.family!r} is not {FAMILY!r}")
-  if int(cfg.get("logits_chunk", 0) or 0) < 0:
-    problems.append(f"logits_chunk={cfg.logits_chunk} must be >= 0 (0: no chunking)")
-  problems += lora_lib.problems(cfg)
-  if problems:
-    raise ValueError("Invalid model config: " + "; ".join(problems))
+  problems += config_common.shared_problems(
+      cfg, FAMILY, ("image_token_id", "boi_token_id", "eoi_token_id", "pad_token_id",
+                    "bos_token_id", "eos_token_id"))
+  config_common.raise_problems(problems)
 
 
 def _as_gemma3_config(path_or_config: Union[str, os.PathLike, Any]):
@@ -354,11 +339,7 @@ def config_from_hf(path_or_config) -> ml_collections.ConfigDict:
       bos_token_id=ht.bos_token_id if ht.bos_token_id is not None else BOS_TOKEN_ID,
       # What ends an answer: <end_of_turn> when the checkpoint lists it, else its last EOS.
       eos_token_id=END_OF_TURN_ID if END_OF_TURN_ID in eos or not eos else eos[-1],
-      dtype="float32",
-      param_dtype="float32",
-      remat=False,
-      logits_chunk=REAL_LOGITS_CHUNK if ht.vocab_size > IMAGE_TOKEN_ID else 0,
-      lora=lora_lib.default_config(),
+      **config_common.run_settings(REAL_LOGITS_CHUNK if ht.vocab_size > IMAGE_TOKEN_ID else 0),
   ))
   _check_preprocessor(path_or_config, cfg.vision.image_size)
   validate_config(cfg)

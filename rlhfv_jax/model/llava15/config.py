@@ -27,13 +27,13 @@ last layer and -2 (LLaVA-1.5) the one before it.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Union
 
 import ml_collections
 
-from rlhfv_jax.model import lora as lora_lib
+from rlhfv_jax.model import config_common
+from rlhfv_jax.model import families
 
 # Token ids of llava-hf/llava-1.5-*-hf: Llama-2 tokenizer (32000 pieces) + `<image>`
 # (32000) + `<pad>` (32001), embedding table padded to 32064 rows.
@@ -124,11 +124,7 @@ def llava_config(size: str, *, vocab_size: int | None = None,
       pad_token_id=pad_token_id,
       bos_token_id=1,
       eos_token_id=2,
-      dtype="float32",
-      param_dtype="float32",
-      remat=False,
-      logits_chunk=0,
-      lora=lora_lib.default_config(),
+      **config_common.run_settings(0),
   ))
   validate_config(cfg)
   return cfg
@@ -173,20 +169,8 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
                     ("text.hidden_act", t.hidden_act)):
     if act not in SUPPORTED_ACTIVATIONS:
       problems.append(f"{name}={act!r} is not one of {SUPPORTED_ACTIVATIONS}")
-  for name in ("image_token_id", "pad_token_id"):
-    if not 0 <= cfg[name] < t.vocab_size:
-      problems.append(f"{name}={cfg[name]} is outside the vocabulary "
-                      f"[0, text.vocab_size={t.vocab_size})")
-  for name in ("dtype", "param_dtype"):
-    if cfg[name] not in ("float32", "bfloat16", "float16"):
-      problems.append(f"{name}={cfg[name]!r} must be float32, bfloat16 or float16")
-  if cfg.get("family", FAMILY) != FAMILY:
-    problems.append(f"family={cfg.family!r} is not {FAMILY!r}")
-  if int(cfg.get("logits_chunk", 0) or 0) < 0:
-    problems.append(f"logits_chunk={cfg.logits_chunk} must be >= 0 (0: no chunking)")
-  problems += lora_lib.problems(cfg)
-  if problems:
-    raise ValueError("Invalid model config: " + "; ".join(problems))
+  problems += config_common.shared_problems(cfg, FAMILY, ("image_token_id", "pad_token_id"))
+  config_common.raise_problems(problems)
 
 
 def _as_llava_config(path_or_config: Union[str, os.PathLike, Any]):
@@ -195,15 +179,10 @@ def _as_llava_config(path_or_config: Union[str, os.PathLike, Any]):
 
   if isinstance(path_or_config, transformers.LlavaConfig):
     return path_or_config
-  path = os.fspath(path_or_config)
-  if os.path.isdir(path):
-    path = os.path.join(path, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"No HF config.json at {path}")
-  with open(path) as f:
-    raw = json.load(f)
+  raw = families.hf_config_dict(path_or_config)
   if raw.get("model_type") != "llava":
-    raise ValueError(f"{path}: model_type is {raw.get('model_type')!r}, expected 'llava'")
+    raise ValueError(f"{os.fspath(path_or_config)}: model_type is {raw.get('model_type')!r}, "
+                     "expected 'llava'")
   return transformers.LlavaConfig.from_dict(raw)
 
 
@@ -257,11 +236,7 @@ def config_from_hf(path_or_config) -> ml_collections.ConfigDict:
                     else ht.vocab_size - 1),
       bos_token_id=ht.bos_token_id if ht.bos_token_id is not None else 1,
       eos_token_id=ht.eos_token_id if isinstance(ht.eos_token_id, int) else 2,
-      dtype="float32",
-      param_dtype="float32",
-      remat=False,
-      logits_chunk=0,
-      lora=lora_lib.default_config(),
+      **config_common.run_settings(0),
   ))
   validate_config(cfg)
   return cfg
