@@ -278,3 +278,33 @@ def test_save_rejects_adapters_that_do_not_fit_the_config(exported, tmp_path):
     peft_io.save_peft_adapter(lora_config(targets=("q_proj",)), adapters, tmp_path)
   with pytest.raises(ValueError, match=r"No lora_a / lora_b leaves"):
     peft_io.save_peft_adapter(cfg, {}, tmp_path)
+
+
+def test_gemma3_adapters_round_trip_through_peft(tmp_path):
+  """A Gemma 3 LoRA run's adapters: PEFT puts them on transformers' Gemma 3 and gives the
+  project's logits (the export_hf stage writes them for a LoRA run of either family)."""
+  from . import gemma3_reference as gref
+  hf_base = gref.build_hf_gemma3()
+  hf_base.save_pretrained(tmp_path / "base")
+  cfg = model_lib.config_from_hf(tmp_path / "base")
+  cfg.lora.update(rank=4, alpha=8.0)
+  _, base = hf_io.load_hf(tmp_path / "base")
+  rng = np.random.default_rng(0)
+  adapters = jax.tree.map(lambda x: x + 0.3 * rng.normal(size=x.shape).astype(np.float32),
+                          lora.init_adapters(base, cfg.lora, jax.random.key(1)))
+  peft_io.save_peft_adapter(cfg, adapters, tmp_path / "adapter",
+                            base_model_name_or_path=str(tmp_path / "base"))
+  peft_model = peft.PeftModel.from_pretrained(hf_base, tmp_path / "adapter").eval()
+  assert sorted(peft.get_peft_model_state_dict(peft_model)) == sorted(
+      tensors(tmp_path / "adapter"))
+  ids, mask = gref.make_rows([14, 11], 14)
+  pixels = gref.random_pixels(2, seed=4)
+  logits = np.asarray(jax.jit(model_lib.make_apply_fn(cfg, skip_prompt_logits=False))(
+      lora.merge(base, adapters), ids, mask, pixels))
+  hf_logits = gref.torch_logits(peft_model, ids, mask, pixels)
+  np.testing.assert_allclose(logits[mask], hf_logits[mask], atol=ATOL, rtol=RTOL)
+  with peft_model.disable_adapter():
+    assert np.abs(gref.torch_logits(peft_model, ids, mask, pixels) - hf_logits)[mask].max() > (
+        100 * ATOL)
+  loaded = peft_io.load_peft_adapter(tmp_path / "adapter", cfg, base_shapes(cfg))
+  jax.tree.map(np.testing.assert_array_equal, loaded, adapters)
