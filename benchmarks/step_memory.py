@@ -71,6 +71,9 @@ def main() -> None:
   parser.add_argument("--devices", type=int, default=8)
   parser.add_argument("--length", type=int, default=1024)
   parser.add_argument("--pairs", default="1,2,4", help="pairs per device")
+  parser.add_argument("--variants", default="",
+                      help="comma-separated names of the full-DDPO rows to compile (default: "
+                           "all), e.g. 'shared prefix' and the chunked row's 'chunks'")
   parser.add_argument("--prompt_text", type=int, default=64,
                       help="prompt text tokens besides BOS and the image (shared prefix)")
   parser.add_argument("--lora_rank", type=int, default=64,
@@ -119,6 +122,10 @@ def main() -> None:
     chunked_cfg.logits_chunk = chunk
     variants[f"shared prefix, logits in chunks of {chunk}"] = model_lib.make_apply_fn(
         chunked_cfg)
+  if args.variants:
+    wanted = [w.strip() for w in args.variants.split(",")]
+    variants = {name: fn for name, fn in variants.items()
+                if any(name == w or (w == "chunks" and "chunks" in name) for w in wanted)}
   prompt = 1 + model_lib.num_image_tokens(cfg) + args.prompt_text
   packed_length = 2 * args.length - prompt
 
