@@ -18,6 +18,7 @@ import os
 import pathlib
 import signal
 import sys
+import time
 
 GLOBAL_BATCH = 8
 NUM_STEPS = 4
@@ -75,6 +76,10 @@ def main() -> None:
       if (args.sigterm_at and self.position == args.sigterm_at
           and jax.process_index() == 1):
         os.kill(os.getpid(), signal.SIGTERM)
+        # The notice reaches the other process through the coordination service,
+        # asynchronously: on a loaded machine the run's remaining steps could end before
+        # it does (the test then sees no preemption). A real notice comes minutes ahead.
+        time.sleep(3)
       batch = toy_model.preference_batch(self.position, batch=GLOBAL_BATCH)
       self.position += 1
       return jax.tree.map(lambda x: x[self.rows], batch)
