@@ -188,8 +188,9 @@ def test_chunked_log_probs_equal_a_numpy_log_softmax():
 
 
 def test_vocabulary_chunking_gives_the_unchunked_log_probs_metrics_and_gradients():
-  """`model.logits_chunk` changes memory, not results: DDPO (shared and unshared rows),
-  SFT loss/accuracy and their gradients equal the whole-batch LM head."""
+  """`model.logits_chunk` changes memory, not results: log-probs (shared and unshared
+  rows), the DDPO loss and its gradients, SFT loss and accuracy equal the whole-batch LM
+  head's."""
   cfg = model_lib.llava_config("tiny", vocab_size=100)
   chunked_cfg = model_lib.llava_config("tiny", vocab_size=100)
   chunked_cfg.logits_chunk = 13  # not a divisor of any row length here
@@ -200,31 +201,24 @@ def test_vocabulary_chunking_gives_the_unchunked_log_probs_metrics_and_gradients
   pixels = jnp.asarray(rng.normal(size=(3, 32, 32, 3)), jnp.float32)
   whole, chunked = model_lib.make_apply_fn(cfg), model_lib.make_apply_fn(chunked_cfg)
   assert (logps.logits_chunk(whole), logps.logits_chunk(chunked)) == (0, 13)
-  for shared in (False, True):
-    batch = packing.assemble_batch(examples, pixels, 56, eos_id=2, pad_id=0,
-                                   shared_prefix=shared)
-    grads = {}
-    for name, fn in (("whole", whole), ("chunked", chunked)):
-      loss = ddpo.make_ddpo_loss(fn, ddpo.PAPER_HPARAMS)
-      grads[name] = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, reference, batch)
-      lps = jax.jit(functools.partial(logps.answer_token_logps, fn))(params, batch)
-      grads[name] += (lps,)
-    (loss_w, metrics_w), grads_w, lps_w = grads["whole"]
-    (loss_c, metrics_c), grads_c, lps_c = grads["chunked"]
-    np.testing.assert_allclose(float(loss_c), float(loss_w), rtol=1e-6)
-    for got, want in zip(lps_c, lps_w):
+  unshared, shared = (packing.assemble_batch(examples, pixels, 56, eos_id=2, pad_id=0,
+                                             shared_prefix=s) for s in (False, True))
+  for batch in (unshared, shared):  # log-probs of both layouts
+    for got, want in zip(*(jax.jit(functools.partial(logps.answer_token_logps, fn))(params, batch)
+                           for fn in (chunked, whole))):
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads_w))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale),
-                 grads_c, grads_w)
+  # Loss and gradients through the chunks (the training layout).
+  (loss_w, _), grads_w = jax.jit(jax.value_and_grad(
+      ddpo.make_ddpo_loss(whole, ddpo.PAPER_HPARAMS), has_aux=True))(params, reference, shared)
+  (loss_c, _), grads_c = jax.jit(jax.value_and_grad(
+      ddpo.make_ddpo_loss(chunked, ddpo.PAPER_HPARAMS), has_aux=True))(params, reference, shared)
+  np.testing.assert_allclose(float(loss_c), float(loss_w), rtol=1e-6)
+  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads_w))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale),
+               grads_c, grads_w)
   sft_batch = SFTBatch(pixel_values=pixels, tokens=packing.assemble_batch(
       examples, pixels, 40, eos_id=2, pad_id=0).chosen)
-  (loss_w, m_w), g_w = jax.jit(jax.value_and_grad(ddpo.make_sft_loss(whole), has_aux=True))(
-      params, sft_batch)
-  (loss_c, m_c), g_c = jax.jit(jax.value_and_grad(ddpo.make_sft_loss(chunked), has_aux=True))(
-      params, sft_batch)
+  (loss_w, m_w), (loss_c, m_c) = (jax.jit(ddpo.make_sft_loss(fn))(params, sft_batch)
+                                  for fn in (whole, chunked))
   np.testing.assert_allclose(float(loss_c), float(loss_w), rtol=1e-6)
-  assert float(m_c["token_accuracy"]) == float(m_w["token_accuracy"])
-  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g_w))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale),
-               g_c, g_w)
+  assert float(m_c["token_accuracy"]) == float(m_w["token_accuracy"])  # argmax per chunk
