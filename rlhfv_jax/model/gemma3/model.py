@@ -27,13 +27,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from rlhfv_jax.model import layers
-from rlhfv_jax.model.gemma3 import config as config_lib
+from rlhfv_jax.model import multimodal
 from rlhfv_jax.model.gemma3 import decoder
 from rlhfv_jax.model.gemma3 import siglip
 
@@ -46,7 +44,7 @@ def image_blocks(is_image_token: jax.Array) -> jax.Array:
   return jnp.where(is_image_token, jnp.cumsum(starts, axis=1) - 1, -1)
 
 
-class Gemma3(nn.Module):
+class Gemma3(multimodal.MultimodalLM):
   """Gemma 3 MLLM. Parameter tree mirrors HF `Gemma3ForConditionalGeneration`:
   `vision_tower`, `multi_modal_projector`, `language_model` (and `lm_head` if untied).
 
@@ -54,22 +52,13 @@ class Gemma3(nn.Module):
     cfg: model config (see `rlhfv_jax.model.gemma3.config`); stored frozen.
   """
 
-  cfg: ml_collections.ConfigDict
-
-  def __post_init__(self):
-    if not isinstance(self.cfg, ml_collections.FrozenConfigDict):
-      config_lib.validate_config(self.cfg)
-      object.__setattr__(self, "cfg", ml_collections.FrozenConfigDict(self.cfg))
-    super().__post_init__()
 
   def setup(self):
     self.vision_tower = siglip.SiglipVisionTower(self.cfg)
     self.multi_modal_projector = siglip.MultiModalProjector(self.cfg)
     self.language_model = decoder.Gemma3TextModel(self.cfg)
     if not self.cfg.text.tie_word_embeddings:
-      self.lm_head = nn.Dense(self.cfg.text.vocab_size, use_bias=False,
-                              dtype=jnp.dtype(self.cfg.dtype),
-                              param_dtype=jnp.dtype(self.cfg.param_dtype))
+      self.lm_head = self.untied_head(self.cfg)
 
   def encode_images(self, pixel_values: jax.Array) -> jax.Array:
     """[B, H, W, C] NHWC pixels -> [B, mm_tokens_per_image, text_hidden] features."""
@@ -127,24 +116,3 @@ class Gemma3(nn.Module):
     hidden = layers.scored_positions(hidden, logits_index, logits_from)
     out = hidden if return_hidden else self.head(hidden)
     return out if kv_cache is None else (out, dict(layer_cache, **new_cache))
-
-  def head(self, hidden: jax.Array) -> jax.Array:
-    """Final hidden states [..., D] -> logits [..., V] float32 (the LM head)."""
-    if self.cfg.text.tie_word_embeddings:
-      logits = self.language_model.embed_tokens.attend(hidden)
-    else:
-      logits = self.lm_head(hidden)
-    return logits.astype(jnp.float32)
-
-  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
-               pixel_values: Optional[jax.Array] = None, sequences_per_image: int = 1, *,
-               positions: Optional[jax.Array] = None,
-               segment_ids: Optional[jax.Array] = None, shared_segment: Optional[int] = None,
-               logits_from: int = 0, return_hidden: bool = False) -> jax.Array:
-    """Logits [N, T - logits_from, V] float32 for N = sequences_per_image * B sequences
-    (see `Llava.__call__`)."""
-    features = None if pixel_values is None else self.encode_images(pixel_values)
-    return self.decode(input_ids, attention_mask, features, sequences_per_image,
-                       positions=positions, segment_ids=segment_ids,
-                       shared_segment=shared_segment, logits_from=logits_from,
-                       return_hidden=return_hidden)

@@ -14,18 +14,16 @@ from __future__ import annotations
 
 from typing import Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from rlhfv_jax.model import layers
-from rlhfv_jax.model.llava15 import config as config_lib
+from rlhfv_jax.model import multimodal
 from rlhfv_jax.model.llava15 import llama
 from rlhfv_jax.model.llava15 import vision
 
 
-class Llava(nn.Module):
+class Llava(multimodal.MultimodalLM):
   """LLaVA-1.5 MLLM. Parameter tree mirrors HF `LlavaForConditionalGeneration`:
   `vision_tower`, `multi_modal_projector`, `language_model` and (untied) `lm_head`.
 
@@ -33,22 +31,13 @@ class Llava(nn.Module):
     cfg: model config (see `rlhfv_jax.model.llava15.config`); stored frozen.
   """
 
-  cfg: ml_collections.ConfigDict
-
-  def __post_init__(self):
-    if not isinstance(self.cfg, ml_collections.FrozenConfigDict):
-      config_lib.validate_config(self.cfg)
-      object.__setattr__(self, "cfg", ml_collections.FrozenConfigDict(self.cfg))
-    super().__post_init__()
 
   def setup(self):
     self.vision_tower = vision.ClipVisionTower(self.cfg)
     self.multi_modal_projector = vision.MultiModalProjector(self.cfg)
     self.language_model = llama.LlamaModel(self.cfg)
     if not self.cfg.text.tie_word_embeddings:
-      self.lm_head = nn.Dense(self.cfg.text.vocab_size, use_bias=False,
-                              dtype=jnp.dtype(self.cfg.dtype),
-                              param_dtype=jnp.dtype(self.cfg.param_dtype))
+      self.lm_head = self.untied_head(self.cfg)
 
   def encode_images(self, pixel_values: jax.Array) -> jax.Array:
     """[B, H, W, C] NHWC pixels -> [B, num_image_tokens, text_hidden] features."""
@@ -121,29 +110,3 @@ class Llava(nn.Module):
     hidden = layers.scored_positions(hidden, logits_index, logits_from)
     out = hidden if return_hidden else self.head(hidden)
     return out if kv_cache is None else (out, new_cache)
-
-  def head(self, hidden: jax.Array) -> jax.Array:
-    """Final hidden states [..., D] -> logits [..., V] float32 (the LM head)."""
-    if self.cfg.text.tie_word_embeddings:
-      logits = self.language_model.embed_tokens.attend(hidden)
-    else:
-      logits = self.lm_head(hidden)
-    return logits.astype(jnp.float32)
-
-  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
-               pixel_values: Optional[jax.Array] = None, sequences_per_image: int = 1, *,
-               positions: Optional[jax.Array] = None,
-               segment_ids: Optional[jax.Array] = None, shared_segment: Optional[int] = None,
-               logits_from: int = 0, return_hidden: bool = False) -> jax.Array:
-    """Logits [N, T - logits_from, V] float32 for N = sequences_per_image * B sequences.
-
-    Each of the B images in `pixel_values` [B, H, W, C] is encoded once; sequence j
-    uses image j % B. Without `pixel_values`, placeholder ids are embedded as tokens.
-    `positions`, `segment_ids` and `shared_segment` pack several sequences in a row
-    (see `decode`).
-    """
-    features = None if pixel_values is None else self.encode_images(pixel_values)
-    return self.decode(input_ids, attention_mask, features, sequences_per_image,
-                       positions=positions, segment_ids=segment_ids,
-                       shared_segment=shared_segment, logits_from=logits_from,
-                       return_hidden=return_hidden)
