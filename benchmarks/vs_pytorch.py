@@ -57,14 +57,15 @@ from rlhfv_jax.train.train_state import TrainState
 GAMMA, BETA, LR = 5.0, 0.5, 1e-5
 
 
-# Per family: (vocabulary, image side in patches per row shape). Gemma 3 pools its
+# Per family: (vocabulary, patches per image token side, tokens per LM-head chunk: the
+# Gemma 3 sizes' 1024, LLaVA's none). Gemma 3 pools its
 # patches 4:1 (2 x 2), so it needs twice the patches per side for the same image tokens.
-FAMILY_SHAPES = {"llava15": (8192, 1), "gemma3": (65536, 2)}
+FAMILY_SHAPES = {"llava15": (8192, 1, 0), "gemma3": (65536, 2, 1024)}
 
 
 def shapes(name: str, family: str = "llava15") -> tuple[ml_collections.ConfigDict, int, int]:
   """(model config, prompt text tokens, answer tokens) of a row shape."""
-  vocab, pool = FAMILY_SHAPES[family]
+  vocab, pool, chunk = FAMILY_SHAPES[family]
   cfg = model_lib.model_config(family, "tiny", vocab_size=vocab)
   cfg.text.update(hidden_size=256, intermediate_size=688, num_layers=4, num_heads=8,
                   num_kv_heads=8, head_dim=32)
@@ -75,8 +76,7 @@ def shapes(name: str, family: str = "llava15") -> tuple[ml_collections.ConfigDic
     cfg.mm_tokens_per_image = patches * patches  # layers to 1 global one (of 4)
     cfg.text.update(layer_types=("sliding_attention",) * 3 + ("full_attention",),
                     sliding_window=64)
-  if "logits_chunk" in cfg and pool > 1:
-    cfg.logits_chunk = 1024
+  cfg.logits_chunk = chunk
   model_lib.validate_config(cfg)
   # 144 image tokens of a ~218-token row, as LLaVA-1.5's 576 of ~850; or 16 and long
   # answers.

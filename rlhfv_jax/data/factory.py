@@ -132,10 +132,8 @@ def template_texts(config: Any, facts: Optional[ModelFacts] = None) -> tuple[str
   """(system message, jinja2 prompt) of the run: ``config.data``'s, or where None the model
   family's chat template's defaults (without loading a tokenizer)."""
   facts = facts or ModelFacts.from_config(config)
-  spec = template_spec(facts.chat_template)
-  system, prompt = config.data.get("system_message"), config.data.get("prompt_template")
-  return (spec.system if system is None else system,
-          spec.prompt_template if prompt is None else prompt)
+  return template_spec(facts.chat_template).texts(config.data.get("system_message"),
+                                                  config.data.get("prompt_template"))
 
 
 def make_template(config: Any, facts: ModelFacts, tokenizer: Optional[Tokenizer] = None

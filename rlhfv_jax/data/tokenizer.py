@@ -123,6 +123,11 @@ class TemplateSpec:
   eos_token: Optional[str] = None
   markup: tuple[str, ...] = ()
 
+  def texts(self, system: Optional[str], prompt_template: Optional[str]) -> tuple[str, str]:
+    """(system message, prompt template) with this template's defaults where None."""
+    return (self.system if system is None else system,
+            self.prompt_template if prompt_template is None else prompt_template)
+
   @property
   def reserved(self) -> tuple[str, ...]:
     """Strings refused in system messages, questions and answers: ``<image>``, the image
@@ -366,8 +371,7 @@ class ChatTemplate:
                system: Optional[str] = None, template: Optional[str] = None,
                name: str = DEFAULT_TEMPLATE):
     spec = template_spec(name)
-    system = spec.system if system is None else system
-    template = spec.prompt_template if template is None else template
+    system, template = spec.texts(system, template)
     if num_image_tokens < 1:
       raise ValueError(f"num_image_tokens={num_image_tokens} must be >= 1")
     if template.count(IMAGE_PLACEHOLDER) != 1:
